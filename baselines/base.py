@@ -1,0 +1,49 @@
+"""The surface every model offers the harness (and any user): log_prob, sample, training_loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FlowModel(nn.Module):
+    """Base class of the baselines: a density model with a log-likelihood in nats.
+
+    Subclasses implement ``log_prob`` and ``sample``; ``training_loss`` and ``evaluate`` have
+    defaults (mean NLL; per-example NLL) that regularised or conditional models extend.
+    """
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x) (or log p(x | y)) per example, in nats, in the model's input space."""
+        raise NotImplementedError
+
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """The loss to minimise and scalar stats to log (default: mean negative log-likelihood)."""
+        return -self.log_prob(x, y).mean(), {}
+
+    def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-example evaluation terms; ``nll*`` terms are densities the harness converts to bits/dim."""
+        return {"nll": -self.log_prob(x, y)}
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class SoftClampScale(nn.Module):
+    """Bounds the log-scale channels (odd outputs, normflows' layout) smoothly to (-bound, bound).
+
+    An unbounded exp scale overflows on deep stacks (normflows issue #73); ``bound * tanh(s / bound)``
+    is the identity near zero and keeps every coupling invertible with a finite log-determinant.
+    """
+
+    def __init__(self, bound: float = 3.0):
+        super().__init__()
+        self.bound = bound
+
+    def forward(self, param: Tensor) -> Tensor:
+        shift, scale = param[:, 0::2], param[:, 1::2]
+        scale = self.bound * torch.tanh(scale / self.bound)
+        return torch.stack([shift, scale], dim=2).flatten(1, 2)  # re-interleave, any trailing dims

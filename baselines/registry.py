@@ -1,0 +1,63 @@
+"""Model registry: name -> builder, resolved lazily so that listing names never imports torch.
+
+Three ways in: the built-in table below, the ``@register("name")`` decorator (for a module the
+suite names under ``plugins:``), and the ``flowbench.models`` entry-point group of an installed
+package (``name = "package.module:build"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib import metadata
+
+# name -> ("module:function", one-line description)
+BUILTIN: dict[str, tuple[str, str]] = {
+    "realnvp": ("baselines.realnvp:build", "RealNVP (Dinh et al. 2017): affine couplings, alternating masks"),
+}
+
+_registered: dict[str, tuple[Callable, str]] = {}
+
+ENTRY_POINT_GROUP = "flowbench.models"
+
+
+def register(name: str, description: str = "") -> Callable[[Callable], Callable]:
+    """Decorator that registers ``build(data, **hparams) -> nn.Module`` under ``name``."""
+
+    def decorate(builder: Callable) -> Callable:
+        doc = description or (builder.__doc__ or "").strip().splitlines()[0:1]
+        _registered[name] = (builder, doc if isinstance(doc, str) else "".join(doc))
+        return builder
+
+    return decorate
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def model_names() -> list[str]:
+    """Every model name that can be built, without importing any model code."""
+    return sorted(set(BUILTIN) | set(_registered) | set(_entry_points()))
+
+
+def describe_models() -> dict[str, str]:
+    """name -> one-line description, without importing model code."""
+    out = {name: desc for name, (_, desc) in BUILTIN.items()}
+    out.update({name: desc for name, (_, desc) in _registered.items()})
+    for name, ep in _entry_points().items():
+        out.setdefault(name, f"plug-in model from {ep.value}")
+    return dict(sorted(out.items()))
+
+
+def get_builder(name: str) -> Callable:
+    """The builder registered under ``name`` (imports its module); KeyError if unknown."""
+    if name in _registered:
+        return _registered[name][0]
+    if name in BUILTIN:
+        module, _, func = BUILTIN[name][0].partition(":")
+        return getattr(importlib.import_module(module), func)
+    eps = _entry_points()
+    if name in eps:
+        return eps[name].load()
+    raise KeyError(name)

@@ -1,0 +1,219 @@
+"""The `flowbench` command: list | run | status | report.
+
+Heavy libraries (torch, pandas) load inside the commands that need them, so `flowbench --help`
+and `flowbench list` answer at once. Every user error is one line on stderr and exit code 2;
+a sweep with failed runs exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bench.errors import FlowbenchError
+
+EXIT_OK, EXIT_RUNS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default=os.environ.get("FLOWBENCH_RESULTS", "results"), metavar="DIR",
+                   help="results folder (default: ./results or $FLOWBENCH_RESULTS)")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a suite file")
+    p.add_argument("--only", metavar="K=V,...", help='filter the grid, e.g. "model=realnvp,dataset=moons,8gaussians"')
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help='override a setting for every run, e.g. "train.max_steps=200" (repeatable)')
+    p.add_argument("--seeds", metavar="S,S,...", help='replace the suite\'s seeds, e.g. "0,1,2"')
+    _add_results(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowbench", description="Benchmark and reproduction harness for normalizing flows.",
+        epilog="Start with `flowbench run smoke`; `flowbench COMMAND --help` tells more.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list models, datasets or suites")
+    p.add_argument("what", nargs="?", choices=("models", "datasets", "suites"), help="default: all three")
+
+    p = sub.add_parser("run", help="run a suite's pending runs (completed ones are skipped)")
+    _add_selection(p)
+    p.add_argument("--force", action="store_true", help="re-run runs even if their record says completed")
+    p.add_argument("--dry-run", action="store_true", help="print the grid and what would run, run nothing")
+    p.add_argument("--executor", default="inline", choices=("inline",), help="where runs execute (default: inline)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not print the table after the sweep")
+
+    p = sub.add_parser("status", help="a table of runs and their states, from the records")
+    p.add_argument("suite", nargs="?", help="a suite (shows its pending runs too); default: every suite found")
+    p.add_argument("--only", metavar="K=V,...", help="filter the grid like `run --only`")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seeds", metavar="S,S,...")
+    _add_results(p)
+
+    p = sub.add_parser("report", help="the model x dataset table (mean ± std over seeds)")
+    p.add_argument("suite", help="suite name (its records are read from the results folder)")
+    p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
+    p.add_argument("--out", default="reports", metavar="DIR", help="where to write the report (default: reports)")
+    _add_results(p)
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from baselines.registry import describe_models
+    from bench.data import REGISTRY
+    from bench.spec import suite_names
+
+    what = [args.what] if args.what else ["models", "datasets", "suites"]
+    if "models" in what:
+        print("models:")
+        for name, desc in describe_models().items():
+            print(f"  {name:<14} {desc}")
+    if "datasets" in what:
+        print("datasets:")
+        for name, entry in sorted(REGISTRY.items()):
+            print(f"  {name:<14} {entry.kind:<12} {entry.description}")
+    if "suites" in what:
+        print("suites:")
+        for name in suite_names():
+            print(f"  {name}")
+    return EXIT_OK
+
+
+def _specs(args: argparse.Namespace):
+    from bench.spec import load_suite, parse_only
+
+    suite = load_suite(args.suite)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise FlowbenchError(f"--seeds {args.seeds}: expected integers separated by commas, e.g. 0,1,2") from None
+    return suite, suite.runs(only=parse_only(args.only), seeds=seeds, sets=args.sets)
+
+
+def _check_writable(results: str) -> None:
+    from pathlib import Path
+
+    path = Path(results)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise FlowbenchError(f"results folder {path} is not writable ({err.strerror}); "
+                             "choose another with --results DIR") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.launch import pending, run_inline
+
+    suite, specs = _specs(args)
+    todo, done = pending(specs, args.results, args.force)
+    if args.dry_run:
+        print(f"suite {suite.name} ({suite.path}): {len(specs)} runs, {len(todo)} to run, {done} already completed")
+        for spec in specs:
+            mark = "run " if spec in todo else "done"
+            print(f"  {mark} {spec.run_id}  {spec.label:<40} max_steps={spec.train['max_steps']} metric={spec.metric}")
+        return EXIT_OK
+    _check_writable(args.results)
+    data_root = args.data_root or suite.data_root
+    print(f"suite {suite.name}: {len(specs)} runs, {len(todo)} to run, {done} already completed "
+          f"-> {os.path.join(args.results, suite.name)}", flush=True)
+    summary = run_inline(specs, args.results, data_root=data_root, device=args.device, force=args.force,
+                         progress=not args.quiet)
+    print(f"suite {suite.name}: {summary.line()}")
+    if not args.no_report:
+        _print_report(suite.name, args.results, None, "reports")
+    for label, message in summary.errors:
+        print(f"  failed: {label}: {message}", file=sys.stderr)
+    return EXIT_RUNS_FAILED if summary.failed else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.store import RunRecord, scan
+
+    if args.suite:
+        suite, specs = _specs(args)
+        rows = []
+        for spec in specs:
+            result = RunRecord(args.results, spec.suite, spec.run_id).read_result() or {}
+            value = (result.get("test") or {}).get(spec.metric)
+            rows.append((spec.run_id, spec.label, result.get("status", "pending"), result.get("steps", ""),
+                         f"{value:.4f}" if isinstance(value, float) else "", (result.get("error") or "")[:60]))
+        print(f"suite {suite.name}: {len(rows)} runs")
+        _print_rows(("run_id", "run", "status", "steps", f"test {specs[0].metric}", "error"), rows)
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row[2]] = counts.get(row[2], 0) + 1
+        print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        return EXIT_OK
+    df = scan(args.results)
+    _report_skipped(df)
+    if df.empty:
+        print(f"no run records under {args.results}")
+        return EXIT_OK
+    for suite_name, group in df.groupby("suite"):
+        counts = group["status"].value_counts().to_dict()
+        print(f"{suite_name}: {len(group)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return EXIT_OK
+
+
+def _print_rows(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _report_skipped(df) -> None:
+    for path, reason in df.attrs.get("skipped", []):
+        print(f"flowbench: warning: skipped unreadable record {path}: {reason}", file=sys.stderr)
+
+
+def _print_report(suite: str, results: str, metric: str | None, out: str) -> None:
+    from bench.report import write_report
+    from bench.store import scan
+
+    df = scan(results, suite)
+    _report_skipped(df)
+    if df.empty:
+        raise FlowbenchError(f'no run records for suite "{suite}" under {results}; run `flowbench run {suite}` first')
+    md, path = write_report(df, suite, out, metric)
+    print(md, end="")
+    print(f"(written to {path})")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _print_report(args.suite, args.results, args.metric, args.out)
+    return EXIT_OK
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(format="flowbench: %(levelname)s: %(message)s", level=logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except FlowbenchError as err:
+        print(f"flowbench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("flowbench: interrupted; finished records are kept, unfinished runs resume on the next `run`",
+              file=sys.stderr)
+        return 130

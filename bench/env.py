@@ -1,0 +1,59 @@
+"""Where a run ran: versions, device, host, git commit, SLURM ids (recorded in result.json)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "torchdiffeq", "normflows", "numpy", "pandas", "submitit")
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    """The commit of the flowbench checkout (with '+dirty' for uncommitted changes), if any."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str | None]:
+    from bench import __version__
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "flowbench": __version__}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Everything a reader needs to know about where a number came from."""
+    slurm = {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                                                 "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT") if k in os.environ}
+    return {"git_sha": git_sha(), "versions": versions(), "device": str(device), "device_name": device_name(device),
+            "host": socket.gethostname(), "pid": os.getpid(), "slurm": slurm}

@@ -1,0 +1,484 @@
+"""Suites and runs: load a suite's YAML, validate every field, expand the grid into RunSpecs.
+
+A suite names datasets, models and seeds, the training defaults, per-model / per-dataset /
+per-(model, dataset) overrides, budgets and the headline metric. Each RunSpec is fully resolved
+(defaults filled in) and its ``run_id`` is a short hash of that content, so a finished run is
+recognised on a re-run and a changed hyperparameter is a new run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import FlowbenchError, did_you_mean
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+METRICS = ("auto", "nll", "bpd", "nll_marginal", "bpd_marginal", "error", "mse", "mse_extrapolation")
+
+
+# -- YAML: accept 1e-3 as a float (YAML 1.1 wants 1.0e-3) -------------------------------------
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?(?:[eE][-+]?\d+)$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it (numbers, booleans, lists, null)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+# -- the training fields ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    types: tuple[type, ...]
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    minimum: float | None = None
+    help: str = ""
+
+
+TRAIN_FIELDS: dict[str, Field] = {
+    "batch_size": Field((int,), 256, minimum=1, help="training batch size"),
+    "eval_batch_size": Field((int,), 2048, minimum=1, help="batch size for val/test evaluation"),
+    "optimizer": Field((str,), "adam", choices=("adam", "adamw", "adamax")),
+    "lr": Field((float,), 1e-3, minimum=0.0),
+    "weight_decay": Field((float,), 0.0, minimum=0.0),
+    "schedule": Field((str,), "constant", choices=("constant", "cosine", "step"),
+                      help="learning-rate schedule after warm-up"),
+    "milestones": Field((list,), [], help="steps at which the 'step' schedule multiplies lr by gamma"),
+    "gamma": Field((float,), 0.1, minimum=0.0),
+    "warmup_steps": Field((int,), 0, minimum=0, help="linear learning-rate warm-up"),
+    "grad_clip": Field((float,), None, nullable=True, minimum=0.0, help="max gradient norm"),
+    "max_steps": Field((int,), 1000, nullable=True, minimum=1),
+    "max_epochs": Field((int,), None, nullable=True, minimum=1),
+    "max_minutes": Field((float,), None, nullable=True, minimum=0.0, help="training wall-clock budget"),
+    "eval_every": Field((int,), 100, minimum=1, help="steps between validation evaluations"),
+    "eval_max_examples": Field((int,), None, nullable=True, minimum=1,
+                               help="cap on validation examples per evaluation during training"),
+    "patience": Field((int,), None, nullable=True, minimum=1,
+                      help="early stopping after this many evaluations without improvement"),
+    "checkpoint_every": Field((int,), 200, minimum=1, help="steps between checkpoints"),
+}
+TRAIN_DEFAULTS = {k: f.default for k, f in TRAIN_FIELDS.items()}
+
+SUITE_KEYS = {
+    "name": "suite name (defaults to the file name)",
+    "description": "one line on what the suite is for",
+    "metric": "headline metric: auto (each dataset's own), nll, bpd, ...",
+    "datasets": "list of dataset names, or a mapping name -> data options",
+    "models": "list of model names, or a mapping name -> hyperparameters",
+    "seeds": "list of integer seeds",
+    "train": "training defaults (see TRAIN_FIELDS)",
+    "overrides": "list of {match: {model, dataset}, model:, train:, data:}",
+    "data_root": "where loaders find real data files",
+    "plugins": "modules to import that register extra models",
+    "slurm": "SLURM resources for --executor slurm",
+    "check": "tolerances for `flowbench check`",
+    "sources": "where the hyperparameters come from (free text or mapping)",
+}
+OVERRIDE_KEYS = ("match", "model", "train", "data")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
+                        dict: "a mapping", bool: "true/false"}[t] for t in types)
+
+
+def check_field(value: Any, spec: Field, where: str) -> Any:
+    """Validate (and normalise int -> float) one value; raises FlowbenchError naming ``where``."""
+    if value is None:
+        if spec.nullable:
+            return None
+        raise FlowbenchError(f"{where}: must not be empty; expected {_type_name(spec.types)}")
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise FlowbenchError(f"{where}: expected {_type_name(spec.types)}, got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise FlowbenchError(f"{where}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
+    if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
+        raise FlowbenchError(f"{where}: {value!r} is below the minimum {spec.minimum:g}")
+    return value
+
+
+def check_train(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Validate a (possibly partial) train mapping; unknown keys get a did-you-mean."""
+    if not isinstance(config, Mapping):
+        raise FlowbenchError(f"{where}: expected a mapping of training settings, got {config!r}")
+    out = {}
+    for key, value in config.items():
+        if key not in TRAIN_FIELDS:
+            raise FlowbenchError(f"{where}: unknown training setting \"{key}\"{did_you_mean(str(key), TRAIN_FIELDS)}")
+        out[key] = check_field(value, TRAIN_FIELDS[key], f"{where}.{key}")
+    if "milestones" in out and not all(isinstance(m, int) and not isinstance(m, bool) for m in out["milestones"]):
+        raise FlowbenchError(f"{where}.milestones: expected a list of integer steps, got {out['milestones']!r}")
+    return out
+
+
+# -- runs -------------------------------------------------------------------------------------
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True, eq=False)
+class RunSpec:
+    """One fully resolved run: what to train, on what, how, and how it is judged."""
+
+    suite: str
+    model: str
+    dataset: str
+    seed: int
+    model_config: dict[str, Any] = field(default_factory=dict)
+    data_config: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    metric: str = "nll"
+
+    def content(self) -> dict[str, Any]:
+        """Everything that determines the result (the suite's name does not)."""
+        return {"model": self.model, "dataset": self.dataset, "seed": self.seed,
+                "model_config": self.model_config, "data_config": self.data_config,
+                "train": self.train, "metric": self.metric}
+
+    @cached_property
+    def run_id(self) -> str:
+        return hashlib.sha256(_canonical(self.content()).encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.dataset}/seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "suite": self.suite, **self.content()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        return cls(suite=d["suite"], model=d["model"], dataset=d["dataset"], seed=d["seed"],
+                   model_config=dict(d.get("model_config", {})), data_config=dict(d.get("data_config", {})),
+                   train=dict(d.get("train", {})), metric=d.get("metric", "nll"))
+
+
+# -- suites -----------------------------------------------------------------------------------
+@dataclass
+class Override:
+    models: set[str] | None
+    datasets: set[str] | None
+    model: dict[str, Any]
+    train: dict[str, Any]
+    data: dict[str, Any]
+
+    def applies(self, model: str, dataset: str) -> bool:
+        return (self.models is None or model in self.models) and (self.datasets is None or dataset in self.datasets)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str
+    metric: str
+    datasets: dict[str, dict[str, Any]]
+    models: dict[str, dict[str, Any]]
+    seeds: list[int]
+    train: dict[str, Any]
+    overrides: list[Override]
+    data_root: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)
+
+    def runs(self, only: Mapping[str, set[str]] | None = None, seeds: Iterable[int] | None = None,
+             sets: Iterable[str] = (), check_models: bool = True) -> list[RunSpec]:
+        """Expand the grid (datasets x models x seeds), filtered by ``only``, with ``--set`` applied."""
+        from bench.data import REGISTRY
+
+        only = dict(only or {})
+        for key in only:
+            if key not in ("model", "dataset", "seed"):
+                raise FlowbenchError(f'--only: unknown key "{key}"; use model=, dataset= or seed=')
+        for key, names in (("model", self.models), ("dataset", self.datasets)):
+            for value in only.get(key, ()):
+                if value not in names:
+                    raise FlowbenchError(f'--only {key}={value}: the suite "{self.name}" has no {key} '
+                                         f'"{value}"{did_you_mean(value, names)}')
+        seed_list = list(seeds) if seeds is not None else list(self.seeds)
+        if "seed" in only:
+            try:
+                wanted = {int(s) for s in only["seed"]}
+            except ValueError:
+                raise FlowbenchError(f"--only seed=: expected integers, got {sorted(only['seed'])}") from None
+            seed_list = [s for s in seed_list if s in wanted]
+        cli = parse_sets(sets)
+        metric = cli.pop("metric", self.metric)
+        if metric not in METRICS:
+            raise FlowbenchError(f"--set metric={metric}: unknown metric{did_you_mean(str(metric), METRICS)}")
+
+        specs: list[RunSpec] = []
+        for dataset, data_options in self.datasets.items():
+            if "dataset" in only and dataset not in only["dataset"]:
+                continue
+            for model, hparams in self.models.items():
+                if "model" in only and model not in only["model"]:
+                    continue
+                model_cfg, train_cfg, data_cfg = dict(hparams), {**TRAIN_DEFAULTS, **self.train}, dict(data_options)
+                for ov in self.overrides:
+                    if ov.applies(model, dataset):
+                        model_cfg.update(ov.model), train_cfg.update(ov.train), data_cfg.update(ov.data)
+                model_cfg.update(cli.get("model", {}))
+                train_cfg.update(cli.get("train", {}))
+                data_cfg.update(cli.get("data", {}))
+                where = f"{self.path} ({model} on {dataset})"
+                train_cfg = {**TRAIN_DEFAULTS, **check_train(train_cfg, f"{where}: train")}
+                _check_budget(train_cfg, where)
+                data_cfg = resolve_data_options(dataset, data_cfg, f"{where}: data")
+                if check_models:
+                    model_cfg = resolve_model_config(model, model_cfg, f"{where}: models.{model}")
+                run_metric = REGISTRY[dataset].metric if metric == "auto" else metric
+                for seed in seed_list:
+                    specs.append(RunSpec(self.name, model, dataset, seed, copy.deepcopy(model_cfg),
+                                         dict(data_cfg), dict(train_cfg), run_metric))
+        if not specs:
+            raise FlowbenchError(f"{self.path}: the grid is empty after filters "
+                                 f"(datasets {list(self.datasets)}, models {list(self.models)}, seeds {seed_list})")
+        return specs
+
+
+def _check_budget(train: Mapping[str, Any], where: str) -> None:
+    if not any(train.get(k) for k in ("max_steps", "max_epochs", "max_minutes")):
+        raise FlowbenchError(f"{where}: train: no budget; set max_steps, max_epochs or max_minutes")
+
+
+def resolve_data_options(dataset: str, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Dataset options with the loader's defaults filled in, each checked against its default's type."""
+    from bench.data import REGISTRY
+
+    defaults = REGISTRY[dataset].options
+    out = dict(defaults)
+    for key, value in options.items():
+        if key not in defaults:
+            raise FlowbenchError(f'{where}: dataset "{dataset}" has no option "{key}"{did_you_mean(str(key), defaults)}')
+        default = defaults[key]
+        if default is not None:
+            types = (float,) if isinstance(default, float) else (type(default),)
+            value = check_field(value, Field(types, default, nullable=True), f"{where}.{key}")
+        out[key] = value
+    return out
+
+
+_signatures: dict[str, inspect.Signature] = {}
+
+
+def resolve_model_config(model: str, config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Hyperparameters with the builder's defaults filled in; unknown names get a did-you-mean."""
+    from baselines.registry import get_builder
+
+    if model not in _signatures:
+        _signatures[model] = inspect.signature(get_builder(model))
+    params = {n: p for n, p in list(_signatures[model].parameters.items())[1:]
+              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for key in config:
+        if key not in params:
+            raise FlowbenchError(f'{where}: model "{model}" has no hyperparameter "{key}"{did_you_mean(str(key), params)}')
+    out = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in config]
+    if missing:
+        raise FlowbenchError(f'{where}: model "{model}" needs hyperparameter(s) {", ".join(missing)}')
+    out.update(config)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
+    """``["train.max_steps=200", "model.hidden=32", "metric=nll"]`` -> nested mapping."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise FlowbenchError(f'--set {item}: expected KEY=VALUE, e.g. "train.max_steps=200"')
+        section, dot, name = key.partition(".")
+        if not dot:
+            if key != "metric":
+                raise FlowbenchError(f'--set {item}: "{key}" is not settable; use train.X=, model.X=, data.X= or metric=')
+            out["metric"] = parse_value(text)
+            continue
+        if section not in ("train", "model", "data"):
+            raise FlowbenchError(f'--set {item}: unknown section "{section}"{did_you_mean(section, ["train", "model", "data"])}')
+        out.setdefault(section, {})[name] = parse_value(text)
+    return out
+
+
+def parse_only(text: str | None) -> dict[str, set[str]]:
+    """``"model=realnvp,glow,dataset=moons"`` -> {"model": {realnvp, glow}, "dataset": {moons}}."""
+    out: dict[str, set[str]] = {}
+    key = None
+    for piece in filter(None, (p.strip() for p in (text or "").split(","))):
+        if "=" in piece:
+            key, _, value = piece.partition("=")
+            key = key.strip()
+        elif key is None:
+            raise FlowbenchError(f'--only {text}: expected KEY=VALUE pairs, e.g. "model=realnvp,dataset=moons"')
+        else:
+            value = piece
+        out.setdefault(key, set()).add(value.strip())
+    return out
+
+
+def find_suite(name_or_path: str | os.PathLike) -> Path:
+    """A suite file: an existing path, else ``suites/NAME.yaml`` here, in $FLOWBENCH_SUITES or in the project."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_file():
+            return path
+        raise FlowbenchError(f"suite file {path} does not exist")
+    dirs = [Path("suites"), *(Path(p) for p in os.environ.get("FLOWBENCH_SUITES", "").split(os.pathsep) if p), SUITES_DIR]
+    for d in dirs:
+        for ext in (".yaml", ".yml"):
+            if (d / f"{name_or_path}{ext}").is_file():
+                return d / f"{name_or_path}{ext}"
+    known = suite_names()
+    raise FlowbenchError(f'unknown suite "{name_or_path}"{did_you_mean(str(name_or_path), known)}; '
+                         f"looked in {', '.join(str(d) for d in dict.fromkeys(dirs))}")
+
+
+def suite_names() -> list[str]:
+    dirs = [Path("suites"), *(Path(p) for p in os.environ.get("FLOWBENCH_SUITES", "").split(os.pathsep) if p), SUITES_DIR]
+    return sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.y*ml")})
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FlowbenchError(f"{path}:{at} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    except OSError as err:
+        raise FlowbenchError(f"cannot read suite file {path}: {err.strerror}") from None
+
+
+def _names(value: Any, where: str, kind: str) -> dict[str, dict[str, Any]]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise FlowbenchError(f"{where}: expected a list of {kind} names, got {value!r}")
+        return {v: {} for v in value}
+    if isinstance(value, Mapping):
+        out = {}
+        for name, opts in value.items():
+            if opts is None:
+                opts = {}
+            if not isinstance(opts, Mapping):
+                raise FlowbenchError(f"{where}.{name}: expected a mapping of options, got {opts!r}")
+            out[str(name)] = dict(opts)
+        return out
+    raise FlowbenchError(f"{where}: expected a list or mapping of {kind} names, got {value!r}")
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """Read and validate a suite file; every problem is a FlowbenchError naming the file and field."""
+    from baselines.registry import model_names
+    from bench.data import REGISTRY
+
+    path = find_suite(name_or_path)
+    raw = read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise FlowbenchError(f"{path}: a suite is a mapping with at least datasets and models")
+    for key in raw:
+        if key not in SUITE_KEYS:
+            raise FlowbenchError(f'{path}: unknown key "{key}"{did_you_mean(str(key), SUITE_KEYS)}')
+    for key in ("datasets", "models"):
+        if not raw.get(key):
+            raise FlowbenchError(f"{path}: {key}: missing or empty; name at least one")
+
+    for module in raw.get("plugins") or []:
+        _import_plugin(module, path)
+    models = _names(raw["models"], f"{path}: models", "model")
+    known_models = model_names()
+    for name in models:
+        if name not in known_models:
+            raise FlowbenchError(f'{path}: models: unknown model "{name}"{did_you_mean(name, known_models)}')
+    datasets = _names(raw["datasets"], f"{path}: datasets", "dataset")
+    for name in datasets:
+        if name not in REGISTRY:
+            raise FlowbenchError(f'{path}: datasets: unknown dataset "{name}"{did_you_mean(name, REGISTRY)}')
+
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise FlowbenchError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    metric = raw.get("metric", "auto")
+    if metric not in METRICS:
+        raise FlowbenchError(f'{path}: metric: unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}')
+    train = check_train(raw.get("train") or {}, f"{path}: train")
+    overrides = [_override(o, i, path, models, datasets) for i, o in enumerate(raw.get("overrides") or [])]
+    for key in ("slurm", "check"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise FlowbenchError(f"{path}: {key}: expected a mapping, got {raw[key]!r}")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise FlowbenchError(f"{path}: name: {name!r} must be letters, digits, '-', '_' or '.'")
+    return Suite(name=name, path=path, description=str(raw.get("description", "")), metric=metric,
+                 datasets=datasets, models=models, seeds=seeds, train=train, overrides=overrides,
+                 data_root=raw.get("data_root"), plugins=list(raw.get("plugins") or []),
+                 slurm=dict(raw.get("slurm") or {}), check=dict(raw.get("check") or {}))
+
+
+def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mapping) -> Override:
+    where = f"{path}: overrides[{index}]"
+    if not isinstance(raw, Mapping):
+        raise FlowbenchError(f"{where}: expected a mapping with match: and model:/train:/data:")
+    for key in raw:
+        if key not in OVERRIDE_KEYS:
+            raise FlowbenchError(f'{where}: unknown key "{key}"{did_you_mean(str(key), OVERRIDE_KEYS)}')
+    match = raw.get("match")
+    if not isinstance(match, Mapping) or not match or set(match) - {"model", "dataset"}:
+        raise FlowbenchError(f"{where}.match: expected a mapping with model: and/or dataset:, got {match!r}")
+    sets = {}
+    for key, known in (("model", models), ("dataset", datasets)):
+        if key in match:
+            values = match[key] if isinstance(match[key], list) else [match[key]]
+            for v in values:
+                if v not in known:
+                    raise FlowbenchError(f'{where}.match.{key}: "{v}" is not in this suite{did_you_mean(str(v), known)}')
+            sets[key] = set(values)
+    for key in ("model", "data"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise FlowbenchError(f"{where}.{key}: expected a mapping, got {raw[key]!r}")
+    return Override(models=sets.get("model"), datasets=sets.get("dataset"), model=dict(raw.get("model") or {}),
+                    train=check_train(raw.get("train") or {}, f"{where}.train"), data=dict(raw.get("data") or {}))
+
+
+def _import_plugin(module: str, path: Path) -> None:
+    import importlib
+    import sys
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise FlowbenchError(f'{path}: plugins: cannot import "{module}" ({err}); is it on PYTHONPATH?') from None

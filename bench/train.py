@@ -1,0 +1,398 @@
+"""The one training and evaluation loop every model goes through.
+
+Adam-family optimiser with warm-up and schedule, budgets (steps, epochs, minutes), periodic
+validation, early stopping on the headline metric, best-checkpoint restore, final test
+evaluation, NaN/inf and solver-failure detection, periodic checkpoints with exact resume
+(model, optimiser, RNG states, data order, metric history), NFE accounting for CNFs.
+
+Model contract (see baselines.base.FlowModel): ``training_loss(x, y) -> (loss, stats)``,
+``evaluate(x, y) -> {term: per-example tensor}``; CNFs add ``read_nfe() -> (forward, backward)``,
+which returns the function evaluations since the last call and resets the counters.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.data import Dataset, Split, load_dataset
+from bench.env import environment
+from bench.errors import FlowbenchError
+from bench.metrics import peak_memory_mb, reported_metrics
+from bench.spec import RunSpec
+from bench.store import RunRecord, atomic_torch_save
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running loop to checkpoint and return as ``preempted`` (e.g. on SLURM's signal)."""
+    _stop.set()
+
+
+class Diverged(Exception):
+    """The loss or a metric became NaN/inf, or the ODE solver gave up."""
+
+
+class Preempted(Exception):
+    """A stop was requested; the state is checkpointed and the run can resume."""
+
+
+class CheckpointMismatch(FlowbenchError):
+    """A checkpoint on disk does not fit the model built from the spec."""
+
+
+@dataclass
+class LoopState:
+    """Everything that must survive a restart, besides model and optimiser states."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    epoch_order_state: Any = None  # batch-order generator state at the start of the epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    resumes: int = 0
+    window_loss: float = 0.0
+    window_steps: int = 0
+    window_nfe_forward: int = 0
+    window_nfe_backward: int = 0
+    stop_reason: str | None = None
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise FlowbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant, cosine or step decay."""
+    lr = train["lr"]
+    warmup = train["warmup_steps"]
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if train["schedule"] == "cosine" and total_steps:
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if train["schedule"] == "step":
+        return lr * train["gamma"] ** sum(step >= m for m in train["milestones"])
+    return lr
+
+
+def make_optimizer(model: torch.nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[train["optimizer"]]
+    return cls([p for p in model.parameters() if p.requires_grad], lr=train["lr"], weight_decay=train["weight_decay"])
+
+
+def read_nfe(model: torch.nn.Module) -> tuple[int, int]:
+    reader = getattr(model, "read_nfe", None)
+    return reader() if reader is not None else (0, 0)
+
+
+def _rng_states() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.device, batch_size: int,
+             max_examples: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Mean of every per-example term of ``model.evaluate`` over a split, in the data's space.
+
+    Preprocessing log-determinants are removed from ``nll*`` terms (so they are NLLs of the data,
+    not of the model's input); dequantisation noise is drawn from a fixed seed, so evaluations
+    are comparable across steps and do not disturb the training RNG streams.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(split) if max_examples is None else min(len(split), max_examples)
+    sums: dict[str, float] = {}
+    nfe_forward = batches = 0
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            x = split.x[start:start + batch_size].to(device, non_blocking=True)
+            y = None if split.y is None else split.y[start:start + batch_size].to(device, non_blocking=True)
+            logdet = None
+            if data.preprocess is not None:
+                x, logdet = data.preprocess(x, False)
+            terms = model.evaluate(x, y)
+            for key, value in terms.items():
+                if logdet is not None and (key == "nll" or key.startswith("nll_")):
+                    value = value - logdet
+                sums[key] = sums.get(key, 0.0) + float(value.double().sum())
+            nfe_forward += read_nfe(model)[0]
+            batches += 1
+    model.train(was_training)
+    means = {k: v / n for k, v in sums.items()}
+    for key, value in means.items():
+        if not math.isfinite(value):
+            raise Diverged(f"evaluation gave a non-finite {key} ({value})")
+    out = reported_metrics(data.info, means)
+    if nfe_forward:
+        out["nfe"] = nfe_forward / batches
+    return out
+
+
+class Trainer:
+    """Trains one RunSpec into its RunRecord; ``run()`` returns the result dictionary."""
+
+    def __init__(self, spec: RunSpec, record: RunRecord, data_root: str | None = None,
+                 device: str | None = None, progress: bool = True):
+        from baselines.registry import get_builder
+
+        self.spec, self.record, self.progress = spec, record, progress
+        self.train = spec.train
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.data = load_dataset(spec.dataset, spec.data_config, data_root)
+        seed_everything(spec.seed)
+        self.model = get_builder(spec.model)(self.data.info, **spec.model_config).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.train)
+        self.order = torch.Generator().manual_seed(spec.seed)
+        self.state = LoopState(epoch_order_state=self.order.get_state())
+        self.best_model_state: dict[str, Any] | None = None
+        self.train_x = self.data.train.x.to(self.device)
+        self.train_y = None if self.data.train.y is None else self.data.train.y.to(self.device)
+        n = len(self.train_x)
+        self.batch_size = min(self.train["batch_size"], n)
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        epochs_steps = self.train["max_epochs"] * self.steps_per_epoch if self.train["max_epochs"] else None
+        self.total_steps = min(filter(None, [self.train["max_steps"], epochs_steps]), default=None)
+        self._perm: torch.Tensor | None = None
+        if record.checkpoint_path.exists():
+            self._resume()
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _resume(self) -> None:
+        path = self.record.checkpoint_path
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:  # a truncated or foreign file
+            raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): cannot read checkpoint {path} "
+                                     f"({type(err).__name__}: {err}); delete it or re-run with --force") from None
+        if ckpt.get("run_id") != self.spec.run_id:
+            raise CheckpointMismatch(f"run {self.spec.label}: checkpoint {path} belongs to run {ckpt.get('run_id')}, "
+                                     f"not {self.spec.run_id}; delete it or re-run with --force")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} does not match "
+                                     f"the model ({first}); delete it or re-run with --force") from None
+        self.state = LoopState(**ckpt["loop"])
+        self.state.resumes += 1
+        self.best_model_state = ckpt.get("best_model")
+        self.order.set_state(self.state.epoch_order_state)
+        self._perm = torch.randperm(len(self.train_x), generator=self.order)
+        _set_rng_states(ckpt["rng"])
+        self.record.write_metrics(self.state.history)  # drop lines written after the checkpoint
+
+    def checkpoint(self) -> None:
+        atomic_torch_save(self.record.checkpoint_path, {
+            "run_id": self.spec.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states()})
+
+    # -- the loop -------------------------------------------------------------------------
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        s = self.state
+        if self._perm is None or s.batch_in_epoch >= self.steps_per_epoch:
+            if self._perm is not None:
+                s.epoch += 1
+                s.batch_in_epoch = 0
+            s.epoch_order_state = self.order.get_state()
+            self._perm = torch.randperm(len(self.train_x), generator=self.order)
+        start = s.batch_in_epoch * self.batch_size
+        idx = self._perm[start:start + self.batch_size].to(self.device)
+        s.batch_in_epoch += 1
+        return self.train_x[idx], None if self.train_y is None else self.train_y[idx]
+
+    def _budget_reached(self) -> str | None:
+        s, t = self.state, self.train
+        if t["max_steps"] and s.step >= t["max_steps"]:
+            return "max_steps"
+        if t["max_epochs"] and s.step >= t["max_epochs"] * self.steps_per_epoch:
+            return "max_epochs"
+        if t["max_minutes"] and s.train_seconds >= 60 * t["max_minutes"]:
+            return "max_minutes"
+        return None
+
+    def _step(self) -> float:
+        x, y = self._next_batch()
+        if self.data.preprocess is not None:
+            x, _ = self.data.preprocess(x, True)
+        lr = lr_at(self.state.step, self.train, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, _ = self.model.training_loss(x, y)
+        value = float(loss)
+        if not math.isfinite(value):
+            raise Diverged(f"non-finite training loss ({value}) at step {self.state.step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.train["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
+        self.optimizer.step()
+        return value
+
+    def _validate(self, pbar: Any) -> bool:
+        """Evaluate on val, log a metrics line; returns True when early stopping says stop."""
+        s, t = self.state, self.train
+        start = time.perf_counter()
+        val = evaluate(self.model, self.data, self.data.val, self.device, t["eval_batch_size"],
+                       t["eval_max_examples"], seed=self.spec.seed)
+        s.eval_seconds += time.perf_counter() - start
+        steps = max(1, s.window_steps)
+        row = {"step": s.step, "epoch": s.step / self.steps_per_epoch, "seconds": round(s.train_seconds, 4),
+               "train_loss": s.window_loss / steps, "lr": lr_at(max(0, s.step - 1), t, self.total_steps),
+               "nfe_forward": s.window_nfe_forward / steps, "nfe_backward": s.window_nfe_backward / steps,
+               "nfe_forward_total": s.nfe_forward, "nfe_backward_total": s.nfe_backward,
+               **{f"val_{k}": v for k, v in val.items()}}
+        s.history.append(row)
+        s.window_loss, s.window_steps, s.window_nfe_forward, s.window_nfe_backward = 0.0, 0, 0, 0
+        self.record.write_metrics(s.history)
+        metric = val.get(self.spec.metric)
+        if metric is None:
+            raise FlowbenchError(f"run {self.spec.label}: the headline metric \"{self.spec.metric}\" is not among "
+                                 f"the evaluation terms {sorted(val)}; set the suite's metric:")
+        if metric < s.best_metric:
+            s.best_metric, s.best_step, s.bad_evals = metric, s.step, 0
+            self.best_model_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        else:
+            s.bad_evals += 1
+        pbar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{self.spec.metric}": f"{metric:.4f}"}, refresh=False)
+        return bool(t["patience"] and s.bad_evals >= t["patience"])
+
+    def fit(self) -> None:
+        from tqdm.auto import tqdm
+
+        s, t = self.state, self.train
+        s.stop_reason = self._budget_reached()
+        with tqdm(total=self.total_steps, initial=s.step, desc=self.spec.label, leave=False, dynamic_ncols=True,
+                  mininterval=0.5, disable=not self.progress) as pbar:
+            while s.stop_reason is None:
+                if _stop.is_set():
+                    self.checkpoint()
+                    raise Preempted(f"stop requested at step {s.step}; checkpointed")
+                start = time.perf_counter()
+                loss = self._step()
+                s.train_seconds += time.perf_counter() - start
+                forward, backward = read_nfe(self.model)
+                s.step += 1
+                s.window_loss += loss
+                s.window_steps += 1
+                s.nfe_forward += forward
+                s.nfe_backward += backward
+                s.window_nfe_forward += forward
+                s.window_nfe_backward += backward
+                pbar.update(1)
+                s.stop_reason = self._budget_reached()
+                if s.step % t["eval_every"] == 0 or s.stop_reason:
+                    if self._validate(pbar):
+                        s.stop_reason = "early_stopping"
+                if s.step % t["checkpoint_every"] == 0 and not s.stop_reason:
+                    self.checkpoint()
+
+    def run(self) -> dict[str, Any]:
+        """Train, restore the best validation state, evaluate on test; the result record."""
+        wall = time.perf_counter()
+        self.record.write_result({"status": "running", "run_id": self.spec.run_id, "env": environment(self.device)})
+        self.model.train()
+        self.fit()
+        if self.best_model_state is not None:
+            self.model.load_state_dict(self.best_model_state)
+        start = time.perf_counter()
+        test = evaluate(self.model, self.data, self.data.test, self.device, self.train["eval_batch_size"], seed=10_000)
+        self.state.eval_seconds += time.perf_counter() - start
+        s = self.state
+        atomic_torch_save(self.record.model_path, {"run_id": self.spec.run_id, "model": self.model.state_dict(),
+                                                   "step": s.best_step, "model_config": self.spec.model_config})
+        best_val = next((r for r in s.history if r["step"] == s.best_step), s.history[-1] if s.history else {})
+        return {
+            "status": "completed", "error": None, "stop_reason": s.stop_reason,
+            "steps": s.step, "epochs": s.step / self.steps_per_epoch, "best_step": s.best_step,
+            "test": test, "val": {k[4:]: v for k, v in best_val.items() if k.startswith("val_")},
+            "train_loss": s.history[-1]["train_loss"] if s.history else None,
+            "nfe": {"train_forward": s.nfe_forward / max(1, s.step), "train_backward": s.nfe_backward / max(1, s.step),
+                    "test_forward": test.get("nfe")},
+            "train_seconds": s.train_seconds, "eval_seconds": s.eval_seconds,
+            "seconds_per_step": s.train_seconds / max(1, s.step), "wall_seconds": time.perf_counter() - wall,
+            "params": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
+            "peak_memory_mb": peak_memory_mb(self.device), "resumes": s.resumes,
+            "data": {"notes": self.data.info.notes, "n_train": len(self.data.train), "n_val": len(self.data.val),
+                     "n_test": len(self.data.test)},
+        }
+
+
+def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, device: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one spec and write its result.json; returns the result.
+
+    A diverging or crashing run gets a record saying so and returns normally, so a sweep goes on.
+    A checkpoint that does not fit raises CheckpointMismatch before anything in the record changes.
+    """
+    _stop.clear()
+    record.create(spec.to_dict())
+    base = {"run_id": spec.run_id, "suite": spec.suite, "model": spec.model, "dataset": spec.dataset, "seed": spec.seed}
+    trainer = None
+    try:
+        trainer = Trainer(spec, record, data_root=data_root, device=device, progress=progress)
+        result = trainer.run()
+    except CheckpointMismatch:
+        raise
+    except Preempted as err:
+        result = {"status": "preempted", "error": str(err)}
+    except Diverged as err:
+        result = {"status": "diverged", "error": str(err)}
+    except (AssertionError, FloatingPointError) as err:
+        if "underflow" in str(err) or isinstance(err, FloatingPointError):
+            result = {"status": "diverged", "error": f"ODE solver failure: {err}"}
+        else:
+            result = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    except FlowbenchError as err:
+        result = {"status": "failed", "error": str(err)}
+    except Exception as err:  # the sweep goes on; the record carries the traceback
+        result = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    if trainer is not None and result["status"] != "completed":
+        s = trainer.state
+        result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
+    result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
+    record.write_result(result)
+    if result["status"] == "completed":  # model.pt holds the weights; the training state is spent
+        record.checkpoint_path.unlink(missing_ok=True)
+    return result
