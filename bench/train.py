@@ -260,7 +260,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, _ = self.model.training_loss(x, y)
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise Diverged(f"non-finite training loss ({value}) at step {self.state.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
