@@ -194,6 +194,7 @@ class Trainer:
         epochs_steps = self.train["max_epochs"] * self.steps_per_epoch if self.train["max_epochs"] else None
         self.total_steps = min(filter(None, [self.train["max_steps"], epochs_steps]), default=None)
         self._perm: torch.Tensor | None = None
+        self._lr_varies = bool(self.train["warmup_steps"]) or self.train["schedule"] != "constant"
         if record.checkpoint_path.exists():
             self._resume()
 
@@ -256,9 +257,10 @@ class Trainer:
         x, y = self._next_batch()
         if self.data.preprocess is not None:
             x, _ = self.data.preprocess(x, True)
-        lr = lr_at(self.state.step, self.train, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self._lr_varies or self.state.step == 0 or self.state.resumes:
+            lr = lr_at(self.state.step, self.train, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         loss, _ = self.model.training_loss(x, y)
         value = float(loss.detach())
         if not math.isfinite(value):
