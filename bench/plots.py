@@ -1,0 +1,364 @@
+"""seaborn figures of a suite's records, each written as PNG and PDF.
+
+- ``metric_vs_time`` / ``metric_vs_nfe``: the validation headline metric against training
+  wall-clock and against cumulative NFE (forward + backward), one line per run, colour per model;
+- ``nfe_over_training``: forward and backward NFE per step over training (CNFs);
+- ``tolerances``: learned solver tolerances over training (``tol_*`` columns of metrics.jsonl);
+- ``bars``: the test headline metric per model, mean with a ± std error bar over seeds, per dataset;
+- ``toy_density`` / ``toy_samples``: 2-D density heat maps and samples of each model (toy data);
+- ``samples_<model>_<dataset>``: image sample grids.
+
+Only ``bench.store`` is imported at module level; matplotlib and seaborn load in ``all_figures``
+and torch, ``baselines`` and ``bench.data`` only in the functions that rebuild trained models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.store import RunRecord  # noqa: F401  (records are the only input)
+
+MAX_RUNS_PER_GROUP = 3  # curves: at most this many seeds per (model, dataset), to keep plots legible and fast
+MAX_PANELS = 12  # datasets per figure
+MAX_TOY_MODELS = 8
+
+
+def _setup() -> Any:
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg") and not os.environ.get("DISPLAY"):
+        matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    return sns
+
+
+def save(fig: Any, out_dir: Path, name: str) -> Path:
+    """Write ``name.png`` and ``name.pdf``; returns the PNG's path and closes the figure."""
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{name}.png"
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    fig.savefig(out_dir / f"{name}.pdf", bbox_inches="tight")
+    plt.close(fig)
+    return png
+
+
+def _grid(n: int, size: tuple[float, float] = (3.6, 2.8)) -> tuple[Any, list[Any]]:
+    import matplotlib.pyplot as plt
+
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+# -- histories ------------------------------------------------------------------------------------
+def load_histories(records: Any, per_group: int = MAX_RUNS_PER_GROUP) -> Any:
+    """metrics.jsonl of up to ``per_group`` completed runs per (model, dataset), as one DataFrame.
+
+    Adds ``model``, ``dataset``, ``seed``, ``run_id``, ``val_headline`` (the validation value of
+    the run's headline metric) and ``nfe_total`` (cumulative forward + backward NFE).
+    """
+    import pandas as pd
+
+    done = records.completed
+    if done.empty or "path" not in done:
+        return pd.DataFrame()
+    chosen = done.sort_values("seed").groupby(["model", "dataset"], sort=False).head(per_group)
+    frames = []
+    for row in chosen[["model", "dataset", "seed", "run_id", "path", "headline_metric"]].itertuples(index=False):
+        try:
+            with open(os.path.join(row.path, "metrics.jsonl")) as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            continue
+        if not lines:
+            continue
+        h = pd.DataFrame(lines)
+        h["model"], h["dataset"], h["seed"], h["run_id"] = row.model, row.dataset, row.seed, row.run_id
+        key = f"val_{row.headline_metric}"
+        h["val_headline"] = pd.to_numeric(h[key], errors="coerce") if key in h else math.nan
+        frames.append(h)
+    if not frames:
+        return pd.DataFrame()
+    hist = pd.concat(frames, ignore_index=True)
+    for col in ("nfe_forward_total", "nfe_backward_total", "nfe_forward", "nfe_backward", "seconds", "step"):
+        hist[col] = pd.to_numeric(hist[col], errors="coerce").fillna(0.0) if col in hist else 0.0
+    hist["nfe_total"] = hist["nfe_forward_total"] + hist["nfe_backward_total"]
+    return hist
+
+
+def _per_dataset(hist: Any, datasets: Sequence[str], draw: Callable[[Any, Any, str], None], ylabel_of: Callable[[str], str],
+                 xlabel: str) -> Any:
+    """One panel per dataset; ``draw(ax, frame, dataset)`` fills it; one legend for the figure."""
+    names = [d for d in datasets if d in set(hist["dataset"])][:MAX_PANELS]
+    fig, axes = _grid(len(names))
+    for ax, d in zip(axes, names):
+        draw(ax, hist[hist["dataset"] == d], d)
+        ax.set_title(d)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel_of(d))
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1.0 + 0.04 / max(1, len(axes) // 4)),
+                   ncol=min(len(labels), 6), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def metric_vs(hist: Any, x: str, xlabel: str, metrics: dict[str, str], datasets: Sequence[str]) -> Any:
+    """Validation headline metric against ``x`` (seconds or nfe_total), one line per run, colour per model."""
+    sns = _setup()
+
+    def draw(ax: Any, frame: Any, d: str) -> None:
+        sns.lineplot(data=frame, x=x, y="val_headline", hue="model", units="run_id", estimator=None, ax=ax,
+                     marker="o", markersize=3, linewidth=1.2, errorbar=None)
+
+    return _per_dataset(hist, datasets, draw, lambda d: f"val {metrics.get(d, 'metric')}", xlabel)
+
+
+def nfe_over_training(hist: Any, datasets: Sequence[str]) -> Any:
+    """Forward (solid) and backward (dashed) NFE per training step, over steps."""
+    sns = _setup()
+    long = hist.melt(id_vars=["model", "dataset", "run_id", "step"], value_vars=["nfe_forward", "nfe_backward"],
+                     var_name="pass", value_name="nfe")
+    long["pass"] = long["pass"].str.replace("nfe_", "", regex=False)
+
+    def draw(ax: Any, frame: Any, d: str) -> None:
+        sns.lineplot(data=frame, x="step", y="nfe", hue="model", style="pass", units="run_id", estimator=None,
+                     ax=ax, linewidth=1.2, errorbar=None)
+
+    return _per_dataset(long, datasets, draw, lambda d: "NFE per step", "training step")
+
+
+def tolerances(hist: Any, columns: Sequence[str], datasets: Sequence[str]) -> Any:
+    """Learned solver tolerances (``tol_*``) over training, log scale."""
+    sns = _setup()
+    long = hist.melt(id_vars=["model", "dataset", "run_id", "step"], value_vars=list(columns), var_name="tolerance",
+                     value_name="value").dropna(subset=["value"])
+    long["tolerance"] = long["tolerance"].str.replace("tol_", "", regex=False)
+
+    def draw(ax: Any, frame: Any, d: str) -> None:
+        sns.lineplot(data=frame, x="step", y="value", hue="model", style="tolerance", units="run_id", estimator=None,
+                     ax=ax, linewidth=1.2, errorbar=None)
+        if (frame["value"] > 0).all():
+            ax.set_yscale("log")
+
+    return _per_dataset(long, datasets, draw, lambda d: "tolerance", "training step")
+
+
+def bars(records: Any) -> Any:
+    """Test headline metric per model: mean over seeds with ± std error bars, one panel per dataset."""
+    sns = _setup()
+    done = records.completed.dropna(subset=["headline"])
+    metrics = records.headline_metrics
+    models = [m for m in records.models if m in set(done["model"])]
+    palette = dict(zip(models, sns.color_palette(n_colors=max(1, len(models)))))
+
+    def draw(ax: Any, frame: Any, d: str) -> None:
+        order = [m for m in models if m in set(frame["model"])]
+        sns.barplot(data=frame, x="model", y="headline", hue="model", order=order, hue_order=order, palette=palette,
+                    errorbar="sd", capsize=0.2, ax=ax, legend=False)
+        lo, hi = frame["headline"].min(), frame["headline"].max()
+        pad = (hi - lo) * 0.5 + 1e-3 * (abs(hi) + 1)
+        ax.set_ylim(lo - pad - frame.groupby("model")["headline"].std().fillna(0).max(),
+                    hi + pad + frame.groupby("model")["headline"].std().fillna(0).max())
+        ax.tick_params(axis="x", rotation=30)
+
+    return _per_dataset(done, records.datasets, draw, lambda d: f"test {metrics.get(d, '')}", "")
+
+
+# -- trained models (torch) -------------------------------------------------------------------------
+def load_model(run_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """Rebuild a completed run's model from ``model.pt`` and its spec; returns (model, dataset)."""
+    import torch
+
+    from baselines.registry import get_builder
+    from bench.data import load_dataset
+
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    data = load_dataset(spec["dataset"], spec.get("data_config", {}))
+    config = state.get("model_config", spec.get("model_config", {}))
+    model = get_builder(spec["model"])(data.info, **config)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, data
+
+
+def _first_runs(records: Any, kind: str) -> list[tuple[str, str, str]]:
+    """(model, dataset, run dir) of the lowest-seed completed run with model.pt per pair, for one data kind."""
+    from bench.data import REGISTRY
+
+    done = records.completed
+    if done.empty or "path" not in done:
+        return []
+    out = []
+    for (m, d), group in done.sort_values("seed").groupby(["model", "dataset"], sort=False):
+        entry = REGISTRY.get(d)
+        if entry is None or entry.kind != kind:
+            continue
+        for p in group["path"]:
+            if os.path.exists(os.path.join(p, "model.pt")):
+                out.append((m, d, p))
+                break
+    return out
+
+
+def toy_figures(records: Any, resolution: int = 120, n_samples: int = 2000) -> dict[str, Any]:
+    """Density heat maps and samples of each model on each 2-D toy dataset (rows models, columns datasets)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    runs = _first_runs(records, "toy")
+    if not runs:
+        return {}
+    models = [m for m in records.models if any(r[0] == m for r in runs)][:MAX_TOY_MODELS]
+    datasets = [d for d in records.datasets if any(r[1] == d for r in runs)][:MAX_PANELS]
+    _setup()
+    shape = (len(models), len(datasets))
+    size = (2.4 * shape[1], 2.4 * shape[0])
+    fig_d, ax_d = plt.subplots(*shape, figsize=size, squeeze=False)
+    fig_s, ax_s = plt.subplots(*shape, figsize=size, squeeze=False)
+    for axes in (ax_d, ax_s):
+        for ax in axes.ravel():
+            ax.set_xticks([]), ax.set_yticks([])
+    for m, d, path in runs:
+        if m not in models or d not in datasets:
+            continue
+        i, j = models.index(m), datasets.index(d)
+        try:
+            model, data = load_model(path)
+            x = data.test.x[:5000].float().numpy()
+            lo, hi = np.percentile(x, 0.5, axis=0), np.percentile(x, 99.5, axis=0)
+            pad = 0.15 * (hi - lo)
+            lo, hi = lo - pad, hi + pad
+            gx, gy = np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
+            mesh = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2).astype("float32")
+            with torch.no_grad():
+                logp = model.log_prob(torch.from_numpy(mesh)).reshape(resolution, resolution).numpy()
+                samples = model.sample(n_samples)
+            samples = samples.detach().float().numpy()
+            ax_d[i, j].imshow(np.exp(logp), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), cmap="magma",
+                              aspect="auto")
+            ax_s[i, j].scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.4, color="C0", rasterized=True)
+            ax_s[i, j].set_xlim(lo[0], hi[0]), ax_s[i, j].set_ylim(lo[1], hi[1])
+        except Exception as err:  # a model that cannot be rebuilt leaves a note, not a broken report
+            for ax in (ax_d[i, j], ax_s[i, j]):
+                ax.text(0.5, 0.5, f"cannot load:\n{type(err).__name__}", ha="center", va="center", fontsize=7,
+                        transform=ax.transAxes)
+    for axes in (ax_d, ax_s):
+        for j, d in enumerate(datasets):
+            axes[0, j].set_title(d)
+        for i, m in enumerate(models):
+            axes[i, 0].set_ylabel(m)
+    fig_d.suptitle("model density (test range)", y=1.0)
+    fig_s.suptitle(f"{n_samples} samples per model", y=1.0)
+    fig_d.tight_layout(), fig_s.tight_layout()
+    return {"toy_density": fig_d, "toy_samples": fig_s}
+
+
+def to_images(samples: Any) -> Any:
+    """Model-space samples (N, C, H, W) -> images in [0, 1]: logit-space values go through a sigmoid."""
+    import numpy as np
+
+    x = np.asarray(samples, dtype="float64")
+    if x.min() < -0.05 or x.max() > 1.05:
+        x = 1.0 / (1.0 + np.exp(-x))
+    return np.clip(x, 0.0, 1.0)
+
+
+def sample_grid(samples: Any, title: str = "", ncol: int = 8) -> Any:
+    """A grid of images (N, C, H, W) in [0, 1] (grey for one channel)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = to_images(samples)
+    n, c, h, w = x.shape
+    ncol = min(ncol, n)
+    nrow = math.ceil(n / ncol)
+    canvas = np.ones((nrow * (h + 2) + 2, ncol * (w + 2) + 2, 3))
+    for k in range(n):
+        r, col = divmod(k, ncol)
+        img = np.repeat(x[k], 3, 0) if c == 1 else x[k, :3]
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = img.transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(0.5 + 0.35 * ncol * w / 16, 0.5 + 0.35 * nrow * h / 16))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def image_figures(records: Any, n: int = 32) -> dict[str, Any]:
+    """A sample grid per (model, dataset) of image data, from each pair's lowest-seed completed run."""
+    import torch
+
+    out = {}
+    for m, d, path in _first_runs(records, "image")[:MAX_PANELS]:
+        try:
+            model, _ = load_model(path)
+            with torch.no_grad():
+                torch.manual_seed(0)
+                x = model.sample(n).detach().float().cpu().numpy()
+        except Exception:
+            continue
+        if x.ndim == 4:
+            out[f"samples_{m}_{d}"] = sample_grid(x, f"{m} on {d}")
+    return out
+
+
+# -- everything -------------------------------------------------------------------------------------
+def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike, models: bool = True) -> dict[str, Path]:
+    """Every figure the records allow, written as PNG + PDF under ``out_dir``; name -> PNG path.
+
+    ``models=False`` skips the figures that rebuild trained models (toy densities, image samples).
+    """
+    out_dir = Path(out_dir)
+    _setup()
+    written: dict[str, Path] = {}
+    if records.completed.empty:
+        return written
+    metrics = records.headline_metrics
+    datasets = records.datasets
+    if records.completed["headline"].notna().any():
+        written["bars"] = save(bars(records), out_dir, "bars")
+    hist = load_histories(records)
+    if not hist.empty and hist["val_headline"].notna().any():
+        written["metric_vs_time"] = save(metric_vs(hist, "seconds", "training seconds", metrics, datasets),
+                                         out_dir, "metric_vs_time")
+        if (hist["nfe_total"] > 0).any():
+            written["metric_vs_nfe"] = save(metric_vs(hist, "nfe_total", "cumulative NFE (forward + backward)",
+                                                      metrics, datasets), out_dir, "metric_vs_nfe")
+    if not hist.empty and ((hist["nfe_forward"] > 0) | (hist["nfe_backward"] > 0)).any():
+        written["nfe_over_training"] = save(nfe_over_training(hist, datasets), out_dir, "nfe_over_training")
+    tol_cols = [c for c in hist.columns if c.startswith("tol_")] if not hist.empty else []
+    if tol_cols:
+        written["tolerances"] = save(tolerances(hist, tol_cols, datasets), out_dir, "tolerances")
+    if models and "path" in records.completed:
+        has_weights = any(os.path.exists(os.path.join(p, "model.pt")) for p in
+                          records.completed.drop_duplicates(["model", "dataset"])["path"])
+        if has_weights:
+            for name, fig in {**toy_figures(records), **image_figures(records)}.items():
+                written[name] = save(fig, out_dir, name)
+    return written
