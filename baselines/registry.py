@@ -14,6 +14,8 @@ from importlib import metadata
 # name -> ("module:function", one-line description)
 BUILTIN: dict[str, tuple[str, str]] = {
     "realnvp": ("baselines.realnvp:build", "RealNVP (Dinh et al. 2017): affine couplings, alternating masks"),
+    "glow": ("baselines.glow:build", "Glow (Kingma & Dhariwal 2018): ActNorm, LU 1x1 conv, affine coupling, split priors"),
+    "iresnet": ("baselines.iresnet:build", "i-ResNet (Behrmann et al. 2019): Lipschitz residual blocks, power-series log-det"),
 }
 
 _registered: dict[str, tuple[Callable, str]] = {}

@@ -1,0 +1,105 @@
+"""i-ResNet (Behrmann et al. 2019) for vectors and images.
+
+Invertible residual blocks ``z = x + g(x)`` where every layer of g is spectrally normalised to a
+coefficient c < 1 (normflows' ``InducedNormLinear``/``InducedNormConv2d``, refreshed by power
+iteration at every training step) with ELU between layers, so Lip(g) < 1. The log-determinant
+is the paper's truncated power series with Hutchinson probes (``train_series_terms`` while
+training, ``eval_series_terms`` at evaluation); the inverse is a fixed-point iteration with at
+most ``inverse_iters`` steps. ActNorm sits before every block. Images use the multi-scale
+variant: a squeeze, then stages of blocks with half the channels factored out between stages.
+"""
+
+from __future__ import annotations
+
+import normflows as nf
+import torch
+from torch import Tensor
+
+from baselines.base import FlowModel
+from baselines.layers import (InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel, StandardNormalPrior,
+                              VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms, squeezable, squeezed)
+
+
+class _SpectralRefresh:
+    """Mixin: one power-iteration refresh of every spectral norm per training forward."""
+
+    n_power_iter: int
+
+    def _maybe_refresh(self) -> None:
+        if self.training and torch.is_grad_enabled():
+            refresh_spectral_norms(self, self.n_power_iter)
+
+
+class IResNetVector(_SpectralRefresh, VectorFlowModel):
+    """ActNorm + invertible residual block, ``n_blocks`` times, over N(0, I)."""
+
+    def __init__(self, dim: int, n_blocks: int = 10, hidden: int = 128, n_hidden: int = 2, coeff: float = 0.9,
+                 n_power_iter: int = 5, **block_options):
+        super().__init__()
+        self.n_power_iter = n_power_iter
+        flows = []  # normflows order: latent -> data; data -> latent each block is actnorm, residual
+        for _ in range(n_blocks):
+            flows += [InvertibleResidualBlock(lipschitz_mlp(dim, hidden, n_hidden, coeff, n_power_iter), **block_options),
+                      nf.flows.ActNorm((dim,))]
+        self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
+        refresh_spectral_norms(self, 200)
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self._maybe_refresh()
+        return super().log_prob(x, y)
+
+
+class IResNetImage(_SpectralRefresh, MultiScaleModel):
+    """The multi-scale i-ResNet; ``log_prob`` refreshes spectral norms while training."""
+
+    def __init__(self, flow: MultiScaleFlow, shape: tuple[int, ...], n_power_iter: int):
+        super().__init__(flow, shape)
+        self.n_power_iter = n_power_iter
+        refresh_spectral_norms(self, 200)
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        self._maybe_refresh()
+        return super().log_prob(x, y)
+
+
+def iresnet_image(shape: tuple[int, int, int], n_stages: int = 3, n_blocks: int = 16, hidden: int = 512,
+                  coeff: float = 0.9, n_power_iter: int = 5, **block_options) -> IResNetImage:
+    """Stages of (ActNorm, residual block) x n_blocks, each stage starting with a squeeze when the
+    size allows, half the channels factored out after every stage but the last."""
+    levels, priors, shapes = [], [], []
+    cur = tuple(shape)
+    for stage in range(n_stages):
+        level: list[nf.flows.Flow] = []
+        if squeezable(cur):
+            level.append(nf.flows.Squeeze())
+            cur = squeezed(cur)
+        for _ in range(n_blocks):
+            level += [nf.flows.ActNorm((cur[0], 1, 1)),
+                      InvertibleResidualBlock(lipschitz_cnn(cur, hidden, coeff, n_power_iter), **block_options)]
+        levels.append(level)
+        priors.append(StandardNormalPrior())
+        shapes.append(cur)
+        if stage < n_stages - 1:
+            cur = (cur[0] // 2, cur[1], cur[2])
+            if cur[0] < 1:
+                raise ValueError(f"iresnet: {n_stages} stages factor out more channels than {shape} has")
+    return IResNetImage(MultiScaleFlow(levels, priors, shapes), shape, n_power_iter)
+
+
+def build(data, n_blocks: int = 10, hidden: int = 128, n_hidden: int = 2, n_stages: int = 3, coeff: float = 0.9,
+          n_power_iter: int = 5, train_series_terms: int = 5, eval_series_terms: int = 20, train_probes: int = 1,
+          eval_probes: int = 1, probe: str = "gaussian", inverse_iters: int = 100,
+          inverse_tol: float = 1e-6) -> FlowModel:
+    """i-ResNet: n_blocks residual blocks (per stage for images, n_stages stages), Lipschitz coeff,
+    power-series terms for training/evaluation, Hutchinson probes, fixed-point inverse iterations."""
+    if not 0 < coeff < 1:
+        raise ValueError(f"iresnet: coeff must be in (0, 1) for invertibility, got {coeff}")
+    options = dict(train_terms=train_series_terms, eval_terms=eval_series_terms, train_probes=train_probes,
+                   eval_probes=eval_probes, probe=probe, inverse_iters=inverse_iters, inverse_tol=inverse_tol)
+    if len(data.shape) == 1:
+        return IResNetVector(data.shape[0], n_blocks=n_blocks, hidden=hidden, n_hidden=n_hidden, coeff=coeff,
+                             n_power_iter=n_power_iter, **options)
+    if len(data.shape) == 3:
+        return iresnet_image(tuple(data.shape), n_stages=n_stages, n_blocks=n_blocks, hidden=hidden, coeff=coeff,
+                             n_power_iter=n_power_iter, **options)
+    raise ValueError(f"iresnet needs flat (D,) or image (C, H, W) data, got shape {data.shape} for {data.name}")
