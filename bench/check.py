@@ -24,7 +24,7 @@ from bench.store import STATUSES  # noqa: F401  (the record format this module r
 PINNED_DIR = Path(__file__).resolve().parent.parent / "baselines" / "pinned"
 
 # quantity -> record column (the headline metric is added per dataset as its own name, e.g. "nll")
-QUANTITIES = {"nfe_forward": "nfe.train_forward", "nfe_backward": "nfe.train_backward", "nfe_test": "test.nfe",
+QUANTITIES = {"nfe_forward": "nfe.train_forward", "nfe_backward": "nfe.train_backward", "nfe_test": "nfe.test_forward",
               "train_seconds": "train_seconds"}
 
 # tolerance families: (kind, default). "abs": |current - pinned| in the metric's unit; "rel": fraction of pinned

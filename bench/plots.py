@@ -45,8 +45,8 @@ def save(fig: Any, out_dir: Path, name: str) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{name}.png"
-    fig.savefig(png, dpi=100, bbox_inches="tight")
-    fig.savefig(out_dir / f"{name}.pdf", bbox_inches="tight")
+    fig.savefig(png, dpi=100)  # figures are laid out once (tight_layout) before saving: no bbox_inches pass
+    fig.savefig(out_dir / f"{name}.pdf")
     plt.close(fig)
     return png
 
@@ -117,9 +117,8 @@ def _per_dataset(hist: Any, datasets: Sequence[str], draw: Callable[[Any, Any, s
             if lab not in labels and not lab.startswith("_"):
                 handles.append(h)
                 labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1.0 + 0.04 / max(1, len(axes) // 4)),
-                   ncol=min(len(labels), 6), frameon=False)
+    if handles and axes:
+        axes[0].legend(handles, labels, fontsize="small", frameon=True, framealpha=0.8)
     fig.tight_layout()
     return fig
 
@@ -272,8 +271,8 @@ def toy_figures(records: Any, resolution: int = 120, n_samples: int = 2000) -> d
             axes[0, j].set_title(d)
         for i, m in enumerate(models):
             axes[i, 0].set_ylabel(m)
-    fig_d.suptitle("model density (test range)", y=1.0)
-    fig_s.suptitle(f"{n_samples} samples per model", y=1.0)
+    fig_d.suptitle("model density (test range)")
+    fig_s.suptitle(f"{n_samples} samples per model")
     fig_d.tight_layout(), fig_s.tight_layout()
     return {"toy_density": fig_d, "toy_samples": fig_s}
 
@@ -307,6 +306,7 @@ def sample_grid(samples: Any, title: str = "", ncol: int = 8) -> Any:
     ax.axis("off")
     if title:
         ax.set_title(title)
+    fig.tight_layout()
     return fig
 
 

@@ -280,7 +280,7 @@ SECONDARY = [
     # key, column, title, digits, bold, published metric
     ("nfe_forward", "nfe.train_forward", "NFE per training step, forward solve", 1, True, "nfe"),
     ("nfe_backward", "nfe.train_backward", "NFE per training step, backward pass", 1, True, None),
-    ("nfe_test", "test.nfe", "NFE at evaluation (per test batch)", 1, True, None),
+    ("nfe_test", "nfe.test_forward", "NFE at evaluation (per test batch)", 1, True, None),
     ("error", "test.error", "test error (%)", 2, True, "error"),
     ("wall_clock", "train_seconds", "training wall-clock", 2, True, "train_hours"),
     ("params", "params", "parameters", 0, False, None),

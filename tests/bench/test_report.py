@@ -1,0 +1,157 @@
+"""Reports: aggregation (means, stds, counts, newest wins), tables with bold and gaps, all outputs,
+the CLI, and the HTML page in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from report_records import now, write_run
+
+from bench import report
+from bench.cli import main
+from bench.store import scan
+
+
+@pytest.fixture
+def sweep(results):
+    """realnvp and glow on power (3 seeds) and gas; one glow run failed, one pending, an older superseded record."""
+    t = now()
+    for seed, v in enumerate([-0.20, -0.10, -0.30]):
+        write_run(results, "s", "realnvp", "power", seed, v, mtime=t)
+    write_run(results, "s", "realnvp", "power", 0, 5.0, tag="old-config", mtime=t - 1000)  # superseded
+    write_run(results, "s", "glow", "power", 0, -0.05, mtime=t)
+    write_run(results, "s", "glow", "power", 1, -0.15, mtime=t)
+    write_run(results, "s", "glow", "power", 2, status="diverged", error="non-finite training loss (nan) at step 7")
+    write_run(results, "s", "realnvp", "gas", 0, -8.0, mtime=t)
+    write_run(results, "s", "glow", "gas", 0, status="pending")
+    return results
+
+
+def test_aggregation_means_stds_counts_and_newest_wins(sweep):
+    rec = report.prepare(scan(sweep, "s"), expected=[(m, d, s) for m in ("realnvp", "glow") for d in ("power", "gas")
+                                                      for s in (0, 1, 2)])
+    agg = report.aggregate(rec).set_index(["model", "dataset"])
+    r = agg.loc[("realnvp", "power")]
+    assert r["mean"] == pytest.approx(-0.2) and r["std"] == pytest.approx(statistics.stdev([-0.2, -0.1, -0.3]))
+    assert r["n"] == 3 and r["failed"] == 0  # the 5.0 of the older config is superseded
+    g = agg.loc[("glow", "power")]
+    assert g["mean"] == pytest.approx(-0.1) and g["n"] == 2 and g["failed"] == 1
+    assert rec.superseded == 1
+    assert ("glow", "gas", 0) in rec.missing and ("realnvp", "gas", 2) in rec.missing
+    assert ("glow", "power", 2) not in rec.missing  # failed is not missing: it is listed as failed
+    counts = report.run_counts(rec).set_index(["model", "dataset"])
+    assert counts.loc[("glow", "power")].tolist() == [2, 1, 0]
+    assert counts.loc[("glow", "gas")].tolist() == [0, 0, 3]
+
+
+def test_newest_record_per_run_id_wins(results, tmp_path):
+    write_run(results, "s", "realnvp", "power", 0, 1.0, mtime=now() - 100)
+    other = tmp_path / "copy"
+    shutil.copytree(results, other)
+    write_run(other, "s", "realnvp", "power", 0, 2.0, mtime=now())  # same run_id, rewritten later
+    df = pd.concat([scan(results, "s"), scan(other, "s")], ignore_index=True)
+    assert len(df) == 2 and df["run_id"].nunique() == 1
+    rec = report.prepare(df)
+    assert rec.completed["headline"].tolist() == [2.0]
+
+
+def test_table_bold_best_published_value_and_gap(sweep):
+    rec = report.prepare(scan(sweep, "s"))
+    tables = report.build_tables(rec, report.load_published())
+    head = tables[0]
+    md = report.to_markdown(head)
+    header = md.splitlines()[2]
+    assert header == "| model | gas | gas pub. | gas Δ | power | power pub. | power Δ |"
+    realnvp = next(line for line in md.splitlines() if line.startswith("| realnvp"))
+    glow = next(line for line in md.splitlines() if line.startswith("| glow"))
+    sd = statistics.stdev([-0.2, -0.1, -0.3])
+    # realnvp is best on power (-0.200 < -0.100): bold; published -0.17 ± 0.01; gap -0.030
+    assert f"**-0.200 ± {sd:.3f}** | -0.170 ± 0.010 | -0.030 |" in realnvp
+    assert f"-0.100 ± {statistics.stdev([-0.05, -0.15]):.3f} (1 failed) | -0.170 ± 0.010 | +0.070 |" in glow
+    assert "| -8.000 | -8.330 ± 0.140 | +0.330 |" in realnvp  # single model on gas: nothing to beat, no bold
+    assert "| – |" in glow  # glow on gas is pending
+    tex = report.to_latex(head)
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\textbf{-0.200 $\pm$ " in tex and r"$\Delta$" in tex
+    html = report.to_html(head)
+    assert "<b>-0.200 ± " in html and 'class="gap">+0.070<' in html
+
+
+def test_secondary_tables_and_every_output_file(results, tmp_path):
+    for seed in range(2):
+        write_run(results, "s", "ffjord", "cifar10", seed, 3.5 + 0.1 * seed, metric="bpd", nfe=500 + 10 * seed,
+                  seconds=7200 * 4, params=1_000_000, extra_test={"error": 20.0 + seed})
+        write_run(results, "s", "rnode", "cifar10", seed, 3.4, metric="bpd", nfe=300, seconds=7200,
+                  params=1_000_000, extra_test={"error": 25.0})
+    rep = report.write_report(scan(results, "s"), "s", tmp_path / "reports", figures=False)
+    keys = [t.key for t in rep.tables]
+    assert keys == ["headline", "nfe_forward", "nfe_backward", "nfe_test", "error", "wall_clock", "params"]
+    head = rep.tables[0]
+    assert head.cell("rnode", "cifar10")["published"] == 3.398 and head.cell("rnode", "cifar10")["best"]
+    wall = next(t for t in rep.tables if t.key == "wall_clock")
+    assert wall.unit == "hours" and wall.cell("ffjord", "cifar10")["mean"] == pytest.approx(8.0)
+    assert wall.cell("rnode", "cifar10")["published"] == pytest.approx(31.84)
+    for key in ("markdown", "table", "latex", "csv", "headline_csv", "runs_csv", "parquet", "records_parquet", "html"):
+        assert rep.files[key].exists() and rep.files[key].stat().st_size > 0, key
+    long = pd.read_parquet(rep.files["parquet"])
+    assert set(long["table"]) == set(keys) and len(long) == 2 * len(keys)
+    assert pd.read_parquet(rep.files["records_parquet"])["run_id"].nunique() == 4
+    assert pd.read_csv(rep.files["csv"]).equals(pd.read_csv(rep.files["csv"]))  # plain CSV, readable
+    md = rep.files["markdown"].read_text()
+    assert "## NFE per training step, forward solve" in md and "## parameters" in md and "1,000,000" in md
+
+
+def test_partial_sweep_says_what_is_missing(sweep, tmp_path):
+    rep = report.write_report(scan(sweep, "s"), "s", tmp_path / "r", figures=False,
+                              expected=[("realnvp", "power", 3)])
+    md = rep.files["markdown"].read_text()
+    assert "run(s) missing" in md and "realnvp/power/seed3" in md and "glow/gas/seed0" in md
+    assert "1 run(s) failed" in md and "non-finite training loss" in md
+    page = rep.files["html"].read_text()
+    assert "failed runs (1)" in page and "non-finite training loss (nan)" in page and "testhost" in page
+
+
+def test_cli_report_writes_everything_and_prints_the_table(sweep, tmp_path, capsys):
+    assert main(["report", "s", "--results", str(sweep), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| model | gas | gas pub. | gas Δ | power | power pub. | power Δ |" in out
+    assert "missing" in out and "failed" in out
+    folder = tmp_path / "rep" / "s"
+    for name in ("report.md", "tables.tex", "summary.csv", "summary.parquet", "index.html", "figures/bars.png",
+                 "figures/bars.pdf"):
+        assert (folder / name).exists(), name
+
+
+def test_modules_import_only_the_store():
+    code = ("import sys; import bench.report, bench.plots, bench.check;"
+            "print('HEAVY', sorted(m for m in ('torch', 'pandas', 'seaborn', 'matplotlib', 'baselines') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_html_report_renders_in_headless_chromium(sweep, tmp_path):
+    write_run(sweep, "s", "glow", "gas", 0, -8.2, nfe=10)  # the pending run completes
+    rep = report.write_report(scan(sweep, "s"), "s", tmp_path / "rep")
+    assert len(rep.figures) >= 3
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+           rep.files["html"].resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    dom = proc.stdout
+    assert proc.returncode == 0 and "<table" in dom, proc.stderr[-2000:]
+    n_images = rep.files["html"].read_text().count("<img ")
+    assert n_images == len(rep.figures)
+    assert f'data-images="{n_images}/{n_images}"' in dom  # every embedded figure decoded
+    assert f'data-tables="{len(rep.tables)}"' in dom
+    assert "flowbench report: s" in dom and "failed runs (1)" in dom
