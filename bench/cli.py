@@ -1,4 +1,4 @@
-"""The `flowbench` command: list | run | status | report.
+"""The `flowbench` command: list | run | status | report | check | pin.
 
 Heavy libraries (torch, pandas) load inside the commands that need them, so `flowbench --help`
 and `flowbench list` answer at once. Every user error is one line on stderr and exit code 2;
@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("--force", action="store_true", help="re-run runs even if their record says completed")
     p.add_argument("--dry-run", action="store_true", help="print the grid and what would run, run nothing")
-    p.add_argument("--executor", default="inline", choices=("inline",), help="where runs execute (default: inline)")
+    p.add_argument("--executor", default="inline", choices=("inline", "local", "slurm"),
+                   help="inline: this process (default); local: parallel processes; slurm: one job array")
+    p.add_argument("--slurm", metavar="K=V,...", help='override the suite\'s SLURM resources, e.g. '
+                   '"partition=gpu,timeout_min=120,gpus_per_node=1"')
+    p.add_argument("--wait", action="store_true", help="with --executor slurm: wait, show finished runs, "
+                   "exit 1 if any failed")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -58,10 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", metavar="S,S,...")
     _add_results(p)
 
-    p = sub.add_parser("report", help="the model x dataset table (mean ± std over seeds)")
-    p.add_argument("suite", help="suite name (its records are read from the results folder)")
+    p = sub.add_parser("cancel", help="cancel a suite's queued or running SLURM jobs")
+    _add_selection(p)
+
+    p = sub.add_parser("report", help="tables (vs published numbers), figures and index.html in reports/SUITE/")
+    p.add_argument("suite", help="suite name or file (its records are read from the results folder)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
     p.add_argument("--out", default="reports", metavar="DIR", help="where to write the report (default: reports)")
+    p.add_argument("--no-figures", action="store_true", help="tables and index.html only")
+    _add_results(p)
+
+    p = sub.add_parser("check", help="compare the newest records with baselines/pinned/SUITE.csv (exit 1: regressed)")
+    p.add_argument("suite", help="suite name or file")
+    p.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                   help="override a tolerance, e.g. nll=0.1 (absolute) or nfe=0.2 / nfe=20%% (relative); repeatable")
+    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
+    p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show every pinned quantity, not only what moved")
+    _add_results(p)
+
+    p = sub.add_parser("pin", help="write baselines/pinned/SUITE.csv from the newest completed records")
+    p.add_argument("suite", help="suite name or file")
+    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
+    p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
     _add_results(p)
     return parser
 
@@ -130,34 +154,83 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root = args.data_root or suite.data_root
     print(f"suite {suite.name}: {len(specs)} runs, {len(todo)} to run, {done} already completed "
           f"-> {os.path.join(args.results, suite.name)}", flush=True)
+    if args.executor != "inline":
+        return _run_submitit(args, suite, specs, data_root)
     summary = run_inline(specs, args.results, data_root=data_root, device=args.device, force=args.force,
                          progress=not args.quiet)
     print(f"suite {suite.name}: {summary.line()}")
     if not args.no_report:
-        _print_report(suite.name, args.results, None, "reports")
+        _print_report(str(suite.path), args.results, None, "reports", figures=False)
     for label, message in summary.errors:
         print(f"  failed: {label}: {message}", file=sys.stderr)
     return EXIT_RUNS_FAILED if summary.failed else EXIT_OK
+
+
+def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None) -> int:
+    from bench.launch import parse_slurm_overrides, slurm_parameters, submit, wait
+
+    options = {**suite.slurm, **parse_slurm_overrides(args.slurm)}
+    slurm_parameters(options, f"{suite.path}: slurm")  # validate before anything is submitted
+    summary, submitted, jobs = submit(specs, args.results, args.executor, options, data_root=data_root,
+                           device=args.device, force=args.force)
+    if not jobs:
+        print(f"suite {suite.name}: nothing submitted ({summary.line()})")
+        return EXIT_OK
+    array = jobs[0].job_id.split("_")[0]
+    print(f"suite {suite.name}: submitted {len(jobs)} runs as {args.executor} job {array} "
+          f"(logs in {os.path.join(args.results, suite.name, '_slurm')}); {summary.line()}", flush=True)
+    if not (args.wait or args.executor == "local"):
+        print(f"`flowbench status {args.suite}` follows them; `flowbench cancel {args.suite}` stops them")
+        return EXIT_OK
+    done = wait(submitted, args.results, jobs, progress=not args.quiet)
+    print(f"suite {suite.name}: {done.line()}")
+    for label, message in done.errors:
+        print(f"  failed: {label}: {message}", file=sys.stderr)
+    return EXIT_RUNS_FAILED if done.failed else EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from bench.launch import cancel
+
+    suite, specs = _specs(args)
+    ids = cancel(specs, args.results)
+    print(f"suite {suite.name}: cancelled {len(ids)} job(s)" + (f": {', '.join(ids)}" if ids else ""))
+    return EXIT_OK
+
+
+def _status_of_suite(args: argparse.Namespace) -> int:
+    """One line per run: the record's status joined with SLURM's view of its job, and counts."""
+    from bench.launch import reconcile, slurm_view
+    from bench.store import RunRecord
+
+    suite, specs = _specs(args)
+    view = slurm_view(specs, args.results)
+    rows, logs = [], []
+    for spec in specs:
+        info = view.get(spec.run_id, {})
+        result = reconcile(spec, args.results, info) or RunRecord(args.results, spec.suite, spec.run_id).read_result() or {}
+        status = result.get("status", "pending")
+        value = (result.get("test") or {}).get(spec.metric)
+        rows.append((spec.run_id, spec.label, status, info.get("state", ""), result.get("steps", ""),
+                     f"{value:.4f}" if isinstance(value, float) else "", (result.get("error") or "")[:70]))
+        if status not in ("completed", "pending", "running") and info.get("stderr"):
+            logs.append(f"  log of {spec.label}: {info['stderr']}")
+    print(f"suite {suite.name}: {len(rows)} runs")
+    _print_rows(("run_id", "run", "status", "slurm", "steps", f"test {specs[0].metric}", "error"), rows)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for line in logs:
+        print(line)
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bench.store import RunRecord, scan
 
     if args.suite:
-        suite, specs = _specs(args)
-        rows = []
-        for spec in specs:
-            result = RunRecord(args.results, spec.suite, spec.run_id).read_result() or {}
-            value = (result.get("test") or {}).get(spec.metric)
-            rows.append((spec.run_id, spec.label, result.get("status", "pending"), result.get("steps", ""),
-                         f"{value:.4f}" if isinstance(value, float) else "", (result.get("error") or "")[:60]))
-        print(f"suite {suite.name}: {len(rows)} runs")
-        _print_rows(("run_id", "run", "status", "steps", f"test {specs[0].metric}", "error"), rows)
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row[2]] = counts.get(row[2], 0) + 1
-        print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        return EXIT_OK
+        return _status_of_suite(args)
     df = scan(args.results)
     _report_skipped(df)
     if df.empty:
@@ -180,25 +253,76 @@ def _report_skipped(df) -> None:
         print(f"flowbench: warning: skipped unreadable record {path}: {reason}", file=sys.stderr)
 
 
-def _print_report(suite: str, results: str, metric: str | None, out: str) -> None:
-    from bench.report import write_report
+def _suite_context(name: str) -> tuple[str, list[tuple[str, str, int]] | None, dict]:
+    """(suite name, its grid as (model, dataset, seed), its check: mapping); the grid is None when
+    the suite file cannot be found (the records alone are reported)."""
+    from bench.spec import load_suite
+
+    try:
+        suite = load_suite(name)
+    except FlowbenchError:
+        if os.path.sep in name or name.endswith((".yaml", ".yml")):
+            raise
+        return name, None, {}
+    grid = [(s.model, s.dataset, s.seed) for s in suite.runs(check_models=False)]
+    return suite.name, grid, suite.check
+
+
+def _scan_suite(suite: str, results: str):
     from bench.store import scan
 
     df = scan(results, suite)
     _report_skipped(df)
     if df.empty:
         raise FlowbenchError(f'no run records for suite "{suite}" under {results}; run `flowbench run {suite}` first')
-    md, path = write_report(df, suite, out, metric)
-    print(md, end="")
-    print(f"(written to {path})")
+    return df
+
+
+def _print_report(suite: str, results: str, metric: str | None, out: str, figures: bool = True) -> None:
+    from bench.report import missing_text, to_markdown, write_report
+
+    name, grid, _ = _suite_context(suite)
+    df = _scan_suite(name, results)
+    report = write_report(df, name, out, metric, expected=grid, figures=figures)
+    print(to_markdown(report.tables[0], f"## {name}: {report.tables[0].title}"), end="")
+    print(missing_text(report.records), end="")
+    print(f"(report: {report.files['markdown']}, {report.files['html']}; {len(report.figures)} figures)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    _print_report(args.suite, args.results, args.metric, args.out)
+    _print_report(args.suite, args.results, args.metric, args.out, figures=not args.no_figures)
     return EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report}
+def cmd_check(args: argparse.Namespace) -> int:
+    from bench.check import check, format_result, parse_tolerances, suite_tolerances
+
+    name, _, check_cfg = _suite_context(args.suite)
+    tolerances = {**suite_tolerances(check_cfg), **parse_tolerances(args.tolerance)}
+    from bench.store import scan
+
+    df = scan(args.results, name)
+    _report_skipped(df)
+    result = check(df, name, tolerances, args.pinned, args.metric)
+    print(f"suite {name}: checking against {args.pinned or 'baselines/pinned'}/{name}.csv")
+    print(format_result(result, args.verbose), end="")
+    return result.exit_code
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from bench.check import pin
+
+    name, _, _ = _suite_context(args.suite)
+    df = _scan_suite(name, args.results)
+    path, table, records = pin(df, name, args.pinned, args.metric)
+    print(f"pinned {len(table)} quantities of {table[['model', 'dataset']].drop_duplicates().shape[0]} "
+          f"(model, dataset) pairs -> {path}")
+    if records.missing or not records.failed.empty:
+        print(f"  note: {len(records.missing)} missing and {len(records.failed)} failed runs are not pinned")
+    return EXIT_OK
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel, "check": cmd_check, "pin": cmd_pin}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
