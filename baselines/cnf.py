@@ -1,0 +1,318 @@
+"""The continuous-normalising-flow core shared by FFJORD, RNODE and InfoCNF (torchdiffeq).
+
+Pieces:
+- ``TimeNet``: the ODE dynamics network ``f(t, z)``, an MLP (vectors) or conv net (images) whose
+  layers are plain (``ignore``: no time input) or FFJORD's concat-squash layers
+  ``layer(h) * sigmoid(a t + b) + c t``; the time embeddings of every layer come out of one fused
+  operation per function evaluation.
+- ``CNFDynamics``: the augmented ODE ``(z, log-det, [kinetic], [Jacobian])`` with the divergence
+  by Hutchinson's estimator (one Gaussian or Rademacher probe per solve) or exactly (one autograd
+  call per dimension), in rescaled time ``s in [0, 1]`` so that the end time ``T`` is an ordinary
+  factor of the dynamics and receives an exact gradient (direct or adjoint); NFE counters for the
+  forward solve and the backward pass apart.
+- ``CNF``: one block, ``x -> (z(T), log|det dz/dx|, regularisers)``, with the training and the
+  evaluation solver/tolerances, adjoint or direct backpropagation, STEER, and solver failures
+  raised as ``SolverFailure`` (a ``FloatingPointError`` whose message says ``underflow`` when the
+  step size collapsed), which the harness records as a diverged run.
+
+Conventions: data at t = 0, latent at t = T; ``dz/dt = f(t, z)`` and ``d log|det|/dt = tr(df/dz)``,
+so ``log p(x) = log p(z(T)) + log|det|``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchdiffeq import odeint, odeint_adjoint
+
+ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "swish": nn.SiLU}
+FIXED_STEP = ("rk4", "euler", "midpoint", "explicit_adams", "implicit_adams")
+
+
+class SolverFailure(FloatingPointError):
+    """The ODE solver gave up (step size underflow) or produced a non-finite state."""
+
+
+# -- dynamics networks ---------------------------------------------------------------------------
+class TimeNet(nn.Module):
+    """``f(t, z)``: a stack of linear (vectors) or 3x3 conv (images) layers with an activation between.
+
+    ``layer_type="concatsquash"`` gates each layer's output by time (FFJORD's ConcatSquash layers:
+    ``W h * sigmoid(g_w t + g_b) + b_w t``); ``"ignore"`` leaves time out (FFJORD's image default).
+    """
+
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int], layer_type: str = "concatsquash",
+                 activation: str = "tanh", zero_last: bool = False):
+        super().__init__()
+        if layer_type not in ("concatsquash", "ignore"):
+            raise ValueError(f"layer_type must be 'concatsquash' or 'ignore', got {layer_type!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        shape = tuple(shape)
+        self.conv = len(shape) == 3
+        dims = [shape[0], *hidden, shape[0]]
+        if self.conv:
+            layers = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:])]
+        else:
+            layers = [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
+        if zero_last:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+        self.layers = nn.ModuleList(layers)
+        self.act = ACTIVATIONS[activation]()
+        self.squash = layer_type == "concatsquash"
+        self.splits = dims[1:]
+        if self.squash:  # all layers' hyper-networks in one: gate = sigmoid(t g_w + g_b), bias = t b_w
+            total = sum(self.splits)
+            self.gate_w = nn.Parameter(torch.empty(total).uniform_(-1, 1))
+            self.gate_b = nn.Parameter(torch.empty(total).uniform_(-1, 1))
+            self.bias_w = nn.Parameter(torch.empty(total).uniform_(-1, 1))
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        h = z
+        if self.squash:
+            t = t.to(z.dtype)
+            gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
+            biases = (self.bias_w * t).split(self.splits)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if self.squash:
+                g, b = (gates[i], biases[i]) if not self.conv else (gates[i][:, None, None], biases[i][:, None, None])
+                h = torch.addcmul(b, h, g)
+            if i < last:
+                h = self.act(h)
+        return h
+
+
+# -- the augmented ODE ---------------------------------------------------------------------------
+def sample_probe(like: Tensor, noise: str) -> Tensor:
+    """A Hutchinson probe with E[e e^T] = I: standard Gaussian or Rademacher (+-1)."""
+    if noise == "gaussian":
+        return torch.randn_like(like)
+    if noise == "rademacher":
+        return torch.randint_like(like, 0, 2).mul_(2).sub_(1)
+    raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+
+
+def exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """(trace of dz/dz per example, squared Frobenius norm per example), one autograd call per dimension.
+
+    Relies on the dynamics acting on each example independently (no batch coupling).
+    """
+    flat = dz.reshape(dz.shape[0], -1)
+    div = flat.new_zeros(flat.shape[0])
+    frob = flat.new_zeros(flat.shape[0])
+    n = flat.shape[1]
+    for i in range(n):
+        row = torch.autograd.grad(flat[:, i].sum(), z, retain_graph=True, create_graph=create_graph)[0]
+        row = row.reshape(row.shape[0], -1)
+        div = div + row[:, i]
+        frob = frob + row.pow(2).sum(1)
+    return div, frob
+
+
+class CNFDynamics(nn.Module):
+    """The augmented dynamics in rescaled time ``s = t / T``: ``(z, logdet, *regs) -> derivatives``.
+
+    ``dz/ds = T f(sT, z)``; ``dlogdet/ds = tr(d(dz/ds)/dz)``; the regulariser states integrate, in
+    original time, ``0.5 mean_d f^2`` (kinetic energy) and ``mean_d (e^T df/dz)^2`` (Jacobian
+    Frobenius, Hutchinson; ``||df/dz||_F^2 / D`` with the exact divergence).
+    """
+
+    def __init__(self, net: nn.Module, end_time: float = 1.0, train_end_time: bool = False):
+        super().__init__()
+        self.net = net
+        # T = sqrt_end_time^2 keeps T > 0; trains only when asked
+        self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(end_time)), requires_grad=train_end_time)
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+        self.in_forward_solve = False
+        # per-solve settings, set by CNF before each solve
+        self.probe: Tensor | None = None
+        self.exact = False
+        self.n_regs = 0
+        self.with_logdet = True
+        self.steer_offset = 0.0  # STEER: T + U(-b, b) for this solve
+
+    @property
+    def end_time(self) -> Tensor:
+        return self.sqrt_end_time.pow(2)
+
+    def forward(self, s: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+        if self.in_forward_solve:
+            self.nfe_forward += 1
+        else:
+            self.nfe_backward += 1
+        T = self.end_time + self.steer_offset if self.steer_offset else self.end_time
+        if not self.with_logdet:  # sampling: the state alone (a tensor, not a tuple)
+            return T * self.net(s * T, state)
+        z = state[0]
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not (create_graph and z.requires_grad):  # a fresh leaf unless the outer graph must run through z
+                z = z.detach().requires_grad_(True)
+            dz = T * self.net(s * T, z)
+            if self.exact:
+                div, frob = exact_divergence(dz, z, create_graph)
+            else:
+                e = self.probe
+                e_j = torch.autograd.grad(dz, z, e, create_graph=create_graph)[0]
+                div = (e_j * e).reshape(z.shape[0], -1).sum(1)
+                frob = e_j.pow(2).reshape(z.shape[0], -1).sum(1) if self.n_regs else None
+        out: list[Tensor] = [dz, div]
+        if self.n_regs:
+            dim = z[0].numel()
+            out.append(0.5 * dz.pow(2).reshape(z.shape[0], -1).sum(1) / (dim * T))
+            out.append(frob / (dim * T))
+        if not create_graph:
+            out = [o.detach() for o in out]
+        return tuple(out)
+
+    def read_nfe(self) -> tuple[int, int]:
+        out = (self.nfe_forward, self.nfe_backward)
+        self.nfe_forward = self.nfe_backward = 0
+        return out
+
+
+@dataclass
+class Solver:
+    """One solver setting: method, tolerances, and the step size of fixed-step methods."""
+
+    method: str = "dopri5"
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    step_size: float | None = None
+
+    def options(self) -> dict | None:
+        if self.method in FIXED_STEP:
+            return {"step_size": self.step_size if self.step_size else 0.25}
+        return None
+
+
+AUTO_EXACT_TRAIN_DIM = 4  # "auto" divergence: exact in training up to this dimension (toy data)
+AUTO_EXACT_EVAL_DIM = 64  # ... and in evaluation up to this one (every tabular set; not images)
+
+
+class CNF(nn.Module):
+    """One continuous flow block ``x -> z(T)`` with its log-determinant (and regularisers).
+
+    ``divergence`` (training) and ``eval_divergence`` (``self.training == False``): ``"hutchinson"``,
+    ``"exact"``, or ``"auto"`` (exact up to AUTO_EXACT_TRAIN_DIM / AUTO_EXACT_EVAL_DIM dimensions).
+    Training solves use ``train_solver``, evaluation solves ``eval_solver``.
+    ``steer``: b of STEER; in training the end time is ``T + U(-b, b)``.
+    ``regularize``: integrate the kinetic and Jacobian terms in training (returned by ``forward``).
+    ``adjoint``: backpropagate by torchdiffeq's adjoint solve instead of through the solver's steps.
+    """
+
+    def __init__(self, net: nn.Module, shape: Sequence[int], end_time: float = 1.0, train_end_time: bool = False,
+                 divergence: str = "hutchinson", eval_divergence: str = "auto", noise: str = "gaussian",
+                 train_solver: Solver | None = None, eval_solver: Solver | None = None, adjoint: bool = True,
+                 steer: float = 0.0, regularize: bool = False):
+        super().__init__()
+        for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
+            if value not in ("hutchinson", "exact", "auto"):
+                raise ValueError(f"{name} must be 'hutchinson', 'exact' or 'auto', got {value!r}")
+        if not 0.0 <= steer < end_time:
+            raise ValueError(f"steer must be in [0, end_time={end_time}), got {steer}")
+        sample_probe(torch.zeros(1), noise)  # validates noise
+        self.func = CNFDynamics(net, end_time, train_end_time)
+        self.shape = tuple(shape)
+        self.dim = math.prod(self.shape)
+        self.divergence, self.eval_divergence, self.noise = divergence, eval_divergence, noise
+        self.train_solver = train_solver or Solver()
+        self.eval_solver = eval_solver or Solver()
+        self.adjoint, self.steer, self.regularize = adjoint, steer, regularize
+
+    def _exact(self) -> bool:
+        mode, limit = ((self.divergence, AUTO_EXACT_TRAIN_DIM) if self.training
+                       else (self.eval_divergence, AUTO_EXACT_EVAL_DIM))
+        return mode == "exact" or (mode == "auto" and self.dim <= limit)
+
+    def _solve(self, state: tuple[Tensor, ...], reverse: bool, solver: Solver) -> tuple[Tensor, ...]:
+        func = self.func
+        s = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=state[0].dtype, device=state[0].device)
+        n_extra = len(state) - 1
+        # regulariser states take no part in step-size control (RNODE's choice)
+        atol = solver.atol if not n_extra or n_extra == 1 else (solver.atol, solver.atol) + (1e20,) * (n_extra - 1)
+        rtol = solver.rtol if not n_extra or n_extra == 1 else (solver.rtol, solver.rtol) + (1e20,) * (n_extra - 1)
+        if len(state) == 1:
+            state = state[0]
+        kwargs = dict(rtol=rtol, atol=atol, method=solver.method, options=solver.options())
+        use_adjoint = self.adjoint and torch.is_grad_enabled() and self.training
+        func.in_forward_solve = True
+        try:
+            if use_adjoint:
+                params = tuple(p for p in func.parameters() if p.requires_grad)  # the dynamics' own only
+                out = odeint_adjoint(func, state, s, adjoint_params=params, adjoint_atol=solver.atol,
+                                     adjoint_rtol=solver.rtol, **kwargs)
+            else:
+                out = odeint(func, state, s, **kwargs)
+        except AssertionError as err:
+            if "underflow" in str(err):
+                raise SolverFailure(f"ODE solver step size underflow ({err}); tolerance {solver.atol}/{solver.rtol}, "
+                                    f"method {solver.method}") from None
+            raise
+        finally:
+            func.in_forward_solve = False
+        out = (out,) if isinstance(out, Tensor) else out
+        final = tuple(o[-1] for o in out)
+        if not torch.isfinite(final[0]).all():
+            raise SolverFailure("ODE solve produced a non-finite state (NaN/inf; not an underflow)")
+        return final
+
+    def _steer_offset(self) -> float:
+        if self.training and self.steer > 0:
+            return float(torch.empty(()).uniform_(-self.steer, self.steer))
+        return 0.0
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """x -> (z(T), log|det dz/dx| per example, regularisers [batch, 2] or None)."""
+        func = self.func
+        func.exact = self._exact()
+        func.probe = None if func.exact else sample_probe(x, self.noise)
+        func.n_regs = 2 if (self.regularize and self.training) else 0
+        func.with_logdet = True
+        func.steer_offset = self._steer_offset()
+        solver = self.train_solver if self.training else self.eval_solver
+        zeros = x.new_zeros(x.shape[0])
+        state = (x, zeros) + (zeros, zeros) * (func.n_regs // 2)
+        out = self._solve(state, reverse=False, solver=solver)
+        regs = torch.stack(out[2:], 1) if func.n_regs else None
+        return out[0], out[1], regs
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """z(T) -> x by the reverse solve (evaluation solver; no log-determinant)."""
+        func = self.func
+        func.with_logdet, func.n_regs, func.steer_offset = False, 0, 0.0
+        try:
+            return self._solve((z,), reverse=True, solver=self.eval_solver)[0]
+        finally:
+            func.with_logdet = True
+
+    def read_nfe(self) -> tuple[int, int]:
+        return self.func.read_nfe()
+
+
+def read_nfe(module: nn.Module) -> tuple[int, int]:
+    """Sum and reset the NFE counters of every CNF block inside ``module``."""
+    forward = backward = 0
+    for m in module.modules():
+        if isinstance(m, CNFDynamics):
+            f, b = m.read_nfe()
+            forward, backward = forward + f, backward + b
+    return forward, backward
+
+
+def squeeze(x: Tensor) -> Tensor:
+    """(C, H, W) -> (4C, H/2, W/2), volume preserving."""
+    return F.pixel_unshuffle(x, 2)
+
+
+def unsqueeze(x: Tensor) -> Tensor:
+    return F.pixel_shuffle(x, 2)

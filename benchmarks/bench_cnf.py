@@ -1,0 +1,99 @@
+"""Seconds per training step, NFE forward/backward and peak memory of FFJORD and RNODE (CPU).
+
+Cases: the official FFJORD toy setting (8gaussians-like batch of 100 and 512, 3x64 concat-squash
+tanh, T = 0.5, dopri5 1e-5, exact and Hutchinson divergence), a tabular batch, a small image batch;
+each with the adjoint and with direct backpropagation. Prints one row a case and the ratio to the
+official FFJORD figures of REFERENCES.md ("Measured on this machine kind").
+
+    python benchmarks/bench_cnf.py [--steps 10] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+from baselines.registry import get_builder
+from bench.data.base import DataInfo
+
+# official rtqichen/ffjord train_toy.py on this machine kind (REFERENCES.md): s/iter, NFE fwd, NFE bwd
+OFFICIAL = {"toy-100-exact": (0.14, 28, 26), "toy-512-hutch": (0.135, 20, 20)}
+
+
+def toy_batch(n: int, gen: torch.Generator) -> torch.Tensor:
+    """8 Gaussians (FFJORD's toy density): radius-2 centres scaled by sqrt(2)... as in bench.data.toy."""
+    angles = torch.randint(0, 8, (n,), generator=gen) * (torch.pi / 4)
+    centres = torch.stack([angles.cos(), angles.sin()], 1) * 4
+    return (centres + 0.5 * torch.randn(n, 2, generator=gen)) / 1.414
+
+
+def measure(model: str, info: DataInfo, batch: torch.Tensor, steps: int, **hparams) -> dict:
+    torch.manual_seed(0)
+    m = get_builder(model)(info, **hparams)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    times, fwd, bwd = [], [], []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        loss, _ = m.training_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        elapsed = time.perf_counter() - start
+        f, b = m.read_nfe()
+        if i >= 2:  # warm-up steps left out
+            times.append(elapsed)
+            fwd.append(f)
+            bwd.append(b)
+    s = statistics.median(times)
+    f, b = statistics.mean(fwd), statistics.mean(bwd)
+    return {"s_step": s, "nfe_f": f, "nfe_b": b, "ms_per_fe": 1000 * s / max(1.0, f + b),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="toy cases only")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    toy = DataInfo("8gaussians", "toy", (2,))
+    toy_hp = dict(hidden=[64, 64, 64], end_time=0.5, atol=1e-5, rtol=1e-5)
+    cases = []
+    for adjoint in (True, False):
+        cases.append(("toy-100-exact", "ffjord", toy, toy_batch(100, gen), dict(toy_hp, divergence="exact", adjoint=adjoint)))
+        cases.append(("toy-512-exact", "ffjord", toy, toy_batch(512, gen), dict(toy_hp, divergence="exact", adjoint=adjoint)))
+        cases.append(("toy-512-hutch", "ffjord", toy, toy_batch(512, gen), dict(toy_hp, divergence="hutchinson", adjoint=adjoint)))
+        cases.append(("toy-512-exact", "rnode", toy, toy_batch(512, gen), dict(toy_hp, divergence="exact", adjoint=adjoint)))
+        cases.append(("toy-512-rk4", "rnode", toy, toy_batch(512, gen), dict(toy_hp, divergence="exact", adjoint=adjoint,
+                                                                             solver="rk4", step_size=0.25)))
+        if not args.quick:
+            tab = DataInfo("tabular-8d", "tabular", (8,))
+            xt = torch.randn(1000, 8, generator=gen)
+            cases.append(("tabular-8d-1000", "ffjord", tab, xt, dict(adjoint=adjoint, atol=1e-5, rtol=1e-5)))
+            cases.append(("tabular-8d-1000", "rnode", tab, xt, dict(adjoint=adjoint, atol=1e-5, rtol=1e-5)))
+            img = DataInfo("image-1x16x16", "image", (1, 16, 16), levels=256)
+            xi = torch.rand(16, 1, 16, 16, generator=gen) - 0.5
+            cases.append(("image-1x16x16-16", "ffjord", img, xi, dict(adjoint=adjoint, hidden=[32, 32, 32], n_blocks=1)))
+            cases.append(("image-1x16x16-16", "rnode", img, xi, dict(adjoint=adjoint, hidden=[32, 32, 32], n_blocks=1,
+                                                                     solver="rk4", step_size=0.25)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.steps} steps")
+    print(f"{'case':18} {'model':6} {'backprop':8} {'s/step':>8} {'NFE f':>6} {'NFE b':>6} {'ms/FE':>6} "
+          f"{'peak MB':>8}  vs official (s/step, s/FE)")
+    for name, model, info, batch, hp in cases:
+        r = measure(model, info, batch, args.steps, **hp)
+        ratio = ""
+        if name in OFFICIAL and model == "ffjord":
+            s, f, b = OFFICIAL[name]
+            ratio = f"{s / r['s_step']:.2f}x, {1000 * s / (f + b) / r['ms_per_fe']:.2f}x faster"
+        print(f"{name:18} {model:6} {'adjoint' if hp['adjoint'] else 'direct':8} {r['s_step']:8.4f} {r['nfe_f']:6.1f} "
+              f"{r['nfe_b']:6.1f} {r['ms_per_fe']:6.2f} {r['peak_mb']:8.0f}  {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The CNF core against independent computations: closed-form linear flows, brute-force Jacobians
+along the solved trajectory, Hutchinson's unbiasedness, inversion, NFE accounting, end-time gradients,
+STEER and solver failures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+from torchdiffeq import odeint
+
+from baselines.cnf import CNF, CNFDynamics, SolverFailure, Solver, TimeNet, exact_divergence
+
+TIGHT = Solver("dopri5", 1e-10, 1e-10)
+
+
+class LinearField(nn.Module):
+    """dz/dt = A z: z(T) = expm(T A) z(0), log|det| = T tr(A)."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.a = nn.Parameter(a.clone())
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.a.T
+
+
+def cnf(net: nn.Module, dim: int, **kw) -> CNF:
+    kw = {"train_solver": TIGHT, "eval_solver": TIGHT, "divergence": "exact", "eval_divergence": "exact", **kw}
+    return CNF(net, (dim,), **kw).double()
+
+
+def simpson(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Composite Simpson rule over an odd number of equally spaced points (first axis)."""
+    h = (t[1] - t[0])
+    w = torch.ones(len(t), dtype=values.dtype)
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    return (w.view(-1, *[1] * (values.dim() - 1)) * values).sum(0) * h / 3
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_linear_flow_matches_closed_form(dim):
+    torch.manual_seed(dim)
+    a = torch.randn(dim, dim, dtype=torch.float64) * 0.7
+    block = cnf(LinearField(a), dim, end_time=0.8).eval()
+    x = torch.randn(5, dim, dtype=torch.float64)
+    with torch.no_grad():
+        z, logdet, _ = block(x)
+    assert torch.allclose(z, x @ torch.linalg.matrix_exp(0.8 * a).T, atol=1e-8)
+    assert torch.allclose(logdet, torch.full_like(logdet, 0.8 * float(torch.trace(a))), atol=1e-8)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_exact_trace_matches_brute_force_jacobian_along_trajectory(dim):
+    torch.manual_seed(0)
+    net = TimeNet((dim,), (16, 16), "concatsquash", "tanh").double()
+    block = cnf(net, dim, end_time=0.7).eval()
+    x = torch.randn(4, dim, dtype=torch.float64)
+    with torch.no_grad():
+        z, logdet, _ = block(x)
+    # independent: solve the state alone on a grid, trace of the autograd Jacobian at each point, Simpson
+    t = torch.linspace(0, 0.7, 201, dtype=torch.float64)
+    with torch.no_grad():
+        traj = odeint(lambda s, y: net(s, y), x, t, rtol=1e-11, atol=1e-11)
+    traces = torch.stack([torch.stack([torch.trace(jacobian(lambda v: net(ti, v[None])[0], zi)) for zi in zt])
+                          for ti, zt in zip(t, traj)])
+    assert torch.allclose(z, traj[-1], atol=1e-8)
+    assert torch.allclose(logdet, simpson(traces, t), atol=1e-7)
+    # and Liouville: the log-det of the flow map's Jacobian
+    flow_map = [torch.linalg.slogdet(jacobian(lambda v: odeint(lambda s, y: net(s, y), v[None], t[[0, -1]],
+                                                               rtol=1e-11, atol=1e-11)[-1, 0], xi))[1] for xi in x]
+    assert torch.allclose(logdet, torch.stack(flow_map), atol=1e-7)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_hutchinson_log_det_is_unbiased(noise):
+    """One point repeated 4000 times: every copy gets its own probe (held fixed through its solve);
+    the mean of the estimates is within 4 standard errors of the exact log-det."""
+    torch.manual_seed(1)
+    net = TimeNet((3,), (16, 16), "concatsquash", "tanh").double()
+    block = cnf(net, 3, end_time=1.0, divergence="hutchinson", noise=noise, train_solver=Solver("dopri5", 1e-8, 1e-8))
+    x = torch.randn(1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        block.eval()
+        _, exact, _ = block(x)
+        block.train()
+        _, estimates, _ = block(x.expand(4000, 3).contiguous())
+    err = estimates.std() / math.sqrt(len(estimates))
+    assert estimates.std() > 1e-3  # the probes do vary
+    assert abs(estimates.mean() - exact[0]) < 4 * err, (float(estimates.mean()), float(exact[0]), float(err))
+
+
+def test_exact_divergence_helper_matches_jacobian_trace_and_frobenius():
+    torch.manual_seed(2)
+    net = TimeNet((3,), (8,), "concatsquash", "softplus").double()
+    z = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    div, frob = exact_divergence(net(t, z), z, create_graph=False)
+    jacs = torch.stack([jacobian(lambda v: net(t, v[None])[0], zi) for zi in z.detach()])
+    assert torch.allclose(div, jacs.diagonal(dim1=1, dim2=2).sum(1), atol=1e-12)
+    assert torch.allclose(frob, jacs.pow(2).sum((1, 2)), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2,), (3,), (2, 4, 4)])
+def test_reverse_solve_inverts_forward_solve(shape):
+    torch.manual_seed(3)
+    net = TimeNet(shape, (8, 8), "concatsquash", "tanh").double()
+    block = CNF(net, shape, end_time=1.0, eval_solver=TIGHT).double().eval()
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        z, _, _ = block(x)
+        back = block.inverse(z)
+    assert (z - x).abs().max() > 1e-2
+    assert torch.allclose(back, x, atol=1e-7)
+
+
+class CountingNet(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, t, z):
+        self.calls += 1
+        return self.net(t, z)
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_nfe_counters_equal_dynamics_calls(adjoint, divergence):
+    torch.manual_seed(4)
+    net = CountingNet(TimeNet((2,), (16,), "concatsquash", "tanh"))
+    block = CNF(net, (2,), end_time=0.5, train_end_time=True, divergence=divergence, adjoint=adjoint,
+                train_solver=Solver("dopri5", 1e-5, 1e-5))
+    x = torch.randn(32, 2)
+    z, logdet, _ = block(x)
+    forward_calls = net.calls
+    (z.pow(2).sum() - logdet.sum()).backward()
+    backward_calls = net.calls - forward_calls
+    assert forward_calls > 6
+    assert block.read_nfe() == (forward_calls, backward_calls)
+    assert (backward_calls > 6) if adjoint else (backward_calls == 0)
+    assert block.read_nfe() == (0, 0)  # read resets
+    block.eval()
+    with torch.no_grad():
+        block(x)
+    assert block.read_nfe() == (net.calls - forward_calls - backward_calls, 0)
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_end_time_receives_the_right_gradient(adjoint):
+    """d loss / d sqrt(T) by backprop equals a central finite difference of the loss."""
+    torch.manual_seed(5)
+    net = TimeNet((2,), (16,), "concatsquash", "tanh").double()
+    block = cnf(net, 2, end_time=0.5, train_end_time=True, adjoint=adjoint)
+    x = torch.randn(16, 2, dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        z, logdet, _ = block(x)
+        return (0.5 * z.pow(2).sum(1) - logdet).mean()
+
+    loss().backward()
+    grad = float(block.func.sqrt_end_time.grad)
+    p, h = block.func.sqrt_end_time, 1e-5
+    with torch.no_grad():
+        p += h
+        up = float(loss())
+        p -= 2 * h
+        down = float(loss())
+        p += h
+    assert grad != 0.0
+    assert abs(grad - (up - down) / (2 * h)) < 1e-5 * max(1.0, abs(grad))
+
+
+def test_steer_samples_end_time_in_training_only():
+    a = torch.diag(torch.tensor([0.5, -0.2, 0.9], dtype=torch.float64))
+    block = cnf(LinearField(a), 3, end_time=1.0, steer=0.3)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        used = [float(block(x)[1][0]) / float(torch.trace(a)) for _ in range(8)]
+        block.eval()
+        evaluated = float(block(x)[1][0]) / float(torch.trace(a))
+    assert all(0.7 - 1e-6 <= t <= 1.3 + 1e-6 for t in used) and max(used) - min(used) > 0.1
+    assert evaluated == pytest.approx(1.0, abs=1e-8)
+
+
+class Blowup(nn.Module):
+    def forward(self, t, z):
+        return z.pow(2) * 10  # z(t) = z0 / (1 - 10 z0 t): finite-time blow-up
+
+
+class NaNField(nn.Module):
+    def forward(self, t, z):
+        return z * float("nan")
+
+
+def test_solver_failures_are_floating_point_errors():
+    block = CNF(Blowup(), (2,), end_time=1.0, divergence="exact", eval_divergence="exact").eval()
+    with torch.no_grad(), pytest.raises(SolverFailure, match="underflow") as err:
+        block(torch.ones(2, 2))
+    assert isinstance(err.value, FloatingPointError)
+    block = CNF(NaNField(), (2,), end_time=1.0, divergence="exact", eval_divergence="exact").eval()
+    with torch.no_grad(), pytest.raises(FloatingPointError):
+        block(torch.ones(2, 2))
+
+
+def test_dynamics_regulariser_states_match_direct_computation():
+    """Kinetic 0.5 mean f^2 and Jacobian ||df/dz||_F^2 / D in original time, T != 1 (rescaled solve)."""
+    torch.manual_seed(6)
+    net = TimeNet((3,), (8,), "concatsquash", "tanh").double()
+    func = CNFDynamics(net, end_time=0.6).double()
+    func.exact, func.n_regs = True, 2
+    z = torch.randn(4, 3, dtype=torch.float64)
+    s = torch.tensor(0.5, dtype=torch.float64)
+    dz, div, kin, frob = func(s, (z, torch.zeros(4), torch.zeros(4), torch.zeros(4)))
+    f = net(0.3 * torch.ones((), dtype=torch.float64), z)
+    jacs = torch.stack([jacobian(lambda v: net(torch.tensor(0.3, dtype=torch.float64), v[None])[0], zi) for zi in z])
+    assert torch.allclose(dz, 0.6 * f, atol=1e-12)
+    assert torch.allclose(div, 0.6 * jacs.diagonal(dim1=1, dim2=2).sum(1), atol=1e-12)
+    assert torch.allclose(kin, 0.6 * 0.5 * f.pow(2).mean(1), atol=1e-12)
+    assert torch.allclose(frob, 0.6 * jacs.pow(2).sum((1, 2)) / 3, atol=1e-12)
