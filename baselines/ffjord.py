@@ -87,10 +87,9 @@ class VectorCNF(CNFFlowModel):
             log_det = log_det + ld
         return [x], log_det, regs
 
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        ref = next(self.parameters())
-        z = torch.randn(n, self.dim, device=ref.device, dtype=ref.dtype)
+    def from_latent(self, pieces: list[Tensor]) -> Tensor:
+        """Latent -> data by the reverse solves (evaluation solver)."""
+        z = pieces[0]
         if self.norms is not None:
             z = self.norms[-1].forward(z)[0]
         for i in reversed(range(len(self.blocks))):
@@ -98,6 +97,11 @@ class VectorCNF(CNFFlowModel):
             if self.norms is not None:
                 z = self.norms[i].forward(z)[0]
         return z
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        ref = next(self.parameters())
+        return self.from_latent([torch.randn(n, self.dim, device=ref.device, dtype=ref.dtype)])
 
 
 def auto_scales(shape: Sequence[int]) -> int:
@@ -151,21 +155,26 @@ class MultiScaleCNF(CNFFlowModel):
         pieces.append(x.reshape(x.shape[0], -1))
         return pieces, log_det, regs
 
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        ref = next(self.parameters())
-        noise = [torch.randn(n, *shape, device=ref.device, dtype=ref.dtype) for shape in self.piece_shapes]
-        x = noise[-1]
+    def from_latent(self, pieces: list[Tensor]) -> Tensor:
+        """Latent pieces (flat, as ``to_latent`` returns them) -> image, by the reverse solves."""
+        pieces = [p.reshape(p.shape[0], *shape) for p, shape in zip(pieces, self.piece_shapes)]
+        x = pieces[-1]
         for s in reversed(range(len(self.scales))):
             pre, post = self.scales[s]
             if len(post):
-                x = torch.cat([noise[s], x], 1)
+                x = torch.cat([pieces[s], x], 1)
                 for block in reversed(post):
                     x = block.inverse(x)
                 x = unsqueeze(x)
             for block in reversed(pre):
                 x = block.inverse(x)
         return x
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        ref = next(self.parameters())
+        return self.from_latent([torch.randn(n, math.prod(shape), device=ref.device, dtype=ref.dtype)
+                                 for shape in self.piece_shapes])
 
 
 def make_cnf_model(data: Any, *, n_blocks: int | None, hidden: Sequence[int] | None, layer_type: str,
