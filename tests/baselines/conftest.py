@@ -82,3 +82,20 @@ def short_run(tmp_path):
         return before, result
 
     return run
+
+
+@pytest.fixture
+def digits_run(short_run):
+    """digits_run(model, hparams) -> (levels, result) of a short harness run on the digits images
+    (bits/dim); skipped while the images datasets are not registered."""
+    from bench.data import REGISTRY, load_dataset
+
+    def run(model: str, hparams: dict, steps: int = 200):
+        if "digits" not in REGISTRY:
+            pytest.skip("the digits image dataset is not registered (bench/data/images.py)")
+        levels = load_dataset("digits", {}).info.levels
+        _, result = short_run(model, hparams, steps=steps, dataset="digits", batch_size=128, lr=2e-3,
+                              data_config={}, metric="bpd")
+        return levels, result
+
+    return run
