@@ -130,6 +130,7 @@ class RunJob:
         from bench.train import request_stop, run_one
 
         spec = RunSpec.from_dict(spec_dict)
+        _export_distributed_environment()
         received: list[int] = []
         submitit_handler = signal.getsignal(signal.SIGUSR2)
 
@@ -154,6 +155,18 @@ class RunJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, spec_dict)
+
+
+def _export_distributed_environment() -> None:
+    """For a job of several tasks (one per GPU), set RANK, WORLD_SIZE, MASTER_ADDR... for torch.distributed."""
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job
+        return
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 # -- slurm and local ---------------------------------------------------------------------------

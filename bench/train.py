@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import threading
 import time
@@ -75,9 +76,44 @@ class LoopState:
     stop_reason: str | None = None
 
 
-def resolve_device(device: str | None) -> torch.device:
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a multi-process run (torch.distributed); world 1 means alone."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sum of ``values`` over the processes (identity when alone)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def init_distributed() -> Distributed:
+    """Join the process group that submitit's tasks (or torchrun) describe in the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise FlowbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return torch.device(device)
@@ -128,7 +164,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.device, batch_size: int,
-             max_examples: int | None = None, seed: int = 0) -> dict[str, float]:
+             max_examples: int | None = None, seed: int = 0, dist: Distributed = Distributed()) -> dict[str, float]:
     """Mean of every per-example term of ``model.evaluate`` over a split, in the data's space.
 
     Preprocessing log-determinants are removed from ``nll*`` terms (so they are NLLs of the data,
@@ -138,14 +174,16 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.
     was_training = model.training
     model.eval()
     n = len(split) if max_examples is None else min(len(split), max_examples)
+    shard = range(dist.rank, n, dist.world) if dist.world > 1 else None  # each process its share
     sums: dict[str, float] = {}
     nfe_forward = batches = 0
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for start in range(0, n, batch_size):
-            x = split.x[start:start + batch_size].to(device, non_blocking=True)
-            y = None if split.y is None else split.y[start:start + batch_size].to(device, non_blocking=True)
+        for start in range(0, n if shard is None else len(shard), batch_size):
+            rows = slice(start, start + batch_size) if shard is None else torch.as_tensor(shard[start:start + batch_size])
+            x = split.x[rows].to(device, non_blocking=True)
+            y = None if split.y is None else split.y[rows].to(device, non_blocking=True)
             logdet = None
             if data.preprocess is not None:
                 x, logdet = data.preprocess(x, False)
@@ -157,6 +195,10 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.
             nfe_forward += read_nfe(model)[0]
             batches += 1
     model.train(was_training)
+    if dist.world > 1:
+        keys = sorted(sums)
+        totals = dist.all_sum([sums[k] for k in keys] + [float(nfe_forward), float(batches)])
+        sums, nfe_forward, batches = dict(zip(keys, totals)), int(totals[-2]), int(totals[-1])
     means = {k: v / n for k, v in sums.items()}
     for key, value in means.items():
         if not math.isfinite(value):
@@ -174,9 +216,11 @@ class Trainer:
                  device: str | None = None, progress: bool = True):
         from baselines.registry import get_builder
 
-        self.spec, self.record, self.progress = spec, record, progress
+        self.spec, self.record = spec, record
         self.train = spec.train
-        self.device = resolve_device(device)
+        self.dist = init_distributed()
+        self.progress = progress and self.dist.main
+        self.device = resolve_device(device, self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.data = load_dataset(spec.dataset, spec.data_config, data_root)
@@ -194,6 +238,7 @@ class Trainer:
         epochs_steps = self.train["max_epochs"] * self.steps_per_epoch if self.train["max_epochs"] else None
         self.total_steps = min(filter(None, [self.train["max_steps"], epochs_steps]), default=None)
         self._perm: torch.Tensor | None = None
+        self._stop_agreed = False  # multi-process runs stop together, on the step all agree on
         self._lr_varies = bool(self.train["warmup_steps"]) or self.train["schedule"] != "constant"
         if record.checkpoint_path.exists():
             self._resume()
@@ -222,9 +267,12 @@ class Trainer:
         self.order.set_state(self.state.epoch_order_state)
         self._perm = torch.randperm(len(self.train_x), generator=self.order)
         _set_rng_states(ckpt["rng"])
-        self.record.write_metrics(self.state.history)  # drop lines written after the checkpoint
+        if self.dist.main:
+            self.record.write_metrics(self.state.history)  # drop lines written after the checkpoint
 
     def checkpoint(self) -> None:
+        if not self.dist.main:
+            return
         atomic_torch_save(self.record.checkpoint_path, {
             "run_id": self.spec.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states()})
@@ -239,7 +287,10 @@ class Trainer:
             s.epoch_order_state = self.order.get_state()
             self._perm = torch.randperm(len(self.train_x), generator=self.order)
         start = s.batch_in_epoch * self.batch_size
-        idx = self._perm[start:start + self.batch_size].to(self.device)
+        idx = self._perm[start:start + self.batch_size]
+        if self.dist.world > 1:  # one global batch, split across the processes
+            idx = idx[self.dist.rank::self.dist.world]
+        idx = idx.to(self.device)
         s.batch_in_epoch += 1
         return self.train_x[idx], None if self.train_y is None else self.train_y[idx]
 
@@ -263,21 +314,39 @@ class Trainer:
                 group["lr"] = lr
         loss, _ = self.model.training_loss(x, y)
         value = float(loss.detach())
+        if self.dist.world > 1:  # one view of the loss (and of a stop request) on every process
+            value, stops = self.dist.all_sum([value, float(_stop.is_set())])
+            value /= self.dist.world
+            self._stop_agreed = bool(stops)
         if not math.isfinite(value):
             raise Diverged(f"non-finite training loss ({value}) at step {self.state.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist.world > 1:
+            self._average_gradients()
         if self.train["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
         self.optimizer.step()
         return value
+
+    def _average_gradients(self) -> None:
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.dist.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _validate(self, pbar: Any) -> bool:
         """Evaluate on val, log a metrics line; returns True when early stopping says stop."""
         s, t = self.state, self.train
         start = time.perf_counter()
         val = evaluate(self.model, self.data, self.data.val, self.device, t["eval_batch_size"],
-                       t["eval_max_examples"], seed=self.spec.seed)
+                       t["eval_max_examples"], seed=self.spec.seed, dist=self.dist)
         s.eval_seconds += time.perf_counter() - start
         steps = max(1, s.window_steps)
         row = {"step": s.step, "epoch": s.step / self.steps_per_epoch, "seconds": round(s.train_seconds, 4),
@@ -287,7 +356,8 @@ class Trainer:
                **{f"val_{k}": v for k, v in val.items()}}
         s.history.append(row)
         s.window_loss, s.window_steps, s.window_nfe_forward, s.window_nfe_backward = 0.0, 0, 0, 0
-        self.record.write_metrics(s.history)
+        if self.dist.main:
+            self.record.write_metrics(s.history)
         metric = val.get(self.spec.metric)
         if metric is None:
             raise FlowbenchError(f"run {self.spec.label}: the headline metric \"{self.spec.metric}\" is not among "
@@ -308,7 +378,7 @@ class Trainer:
         with tqdm(total=self.total_steps, initial=s.step, desc=self.spec.label, leave=False, dynamic_ncols=True,
                   mininterval=0.5, disable=not self.progress) as pbar:
             while s.stop_reason is None:
-                if _stop.is_set():
+                if (_stop.is_set() if self.dist.world == 1 else self._stop_agreed):
                     self.checkpoint()
                     raise Preempted(f"stop requested at step {s.step}; checkpointed")
                 start = time.perf_counter()
@@ -333,17 +403,21 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train, restore the best validation state, evaluate on test; the result record."""
         wall = time.perf_counter()
-        self.record.write_result({"status": "running", "run_id": self.spec.run_id, "env": environment(self.device)})
+        if self.dist.main:
+            self.record.write_result({"status": "running", "run_id": self.spec.run_id,
+                                      "env": environment(self.device)})
         self.model.train()
         self.fit()
         if self.best_model_state is not None:
             self.model.load_state_dict(self.best_model_state)
         start = time.perf_counter()
-        test = evaluate(self.model, self.data, self.data.test, self.device, self.train["eval_batch_size"], seed=10_000)
+        test = evaluate(self.model, self.data, self.data.test, self.device, self.train["eval_batch_size"],
+                        seed=10_000, dist=self.dist)
         self.state.eval_seconds += time.perf_counter() - start
         s = self.state
-        atomic_torch_save(self.record.model_path, {"run_id": self.spec.run_id, "model": self.model.state_dict(),
-                                                   "step": s.best_step, "model_config": self.spec.model_config})
+        if self.dist.main:
+            atomic_torch_save(self.record.model_path, {"run_id": self.spec.run_id, "model": self.model.state_dict(),
+                                                       "step": s.best_step, "model_config": self.spec.model_config})
         best_val = next((r for r in s.history if r["step"] == s.best_step), s.history[-1] if s.history else {})
         return {
             "status": "completed", "error": None, "stop_reason": s.stop_reason,
@@ -355,7 +429,7 @@ class Trainer:
             "train_seconds": s.train_seconds, "eval_seconds": s.eval_seconds,
             "seconds_per_step": s.train_seconds / max(1, s.step), "wall_seconds": time.perf_counter() - wall,
             "params": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
-            "peak_memory_mb": peak_memory_mb(self.device), "resumes": s.resumes,
+            "peak_memory_mb": peak_memory_mb(self.device), "resumes": s.resumes, "world_size": self.dist.world,
             "data": {"notes": self.data.info.notes, "n_train": len(self.data.train), "n_val": len(self.data.val),
                      "n_test": len(self.data.test)},
         }
@@ -394,6 +468,8 @@ def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, devi
         s = trainer.state
         result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
     result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
+    if trainer is not None and not trainer.dist.main:
+        return result  # the main process writes the record
     record.write_result(result)
     if result["status"] == "completed":  # model.pt holds the weights; the training state is spent
         record.checkpoint_path.unlink(missing_ok=True)

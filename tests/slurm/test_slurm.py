@@ -108,7 +108,7 @@ def test_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_suite, tmp
     record = RunRecord(tmp_path / "r", spec.suite, spec.run_id)
     assert main(["run", str(path), "--executor", "slurm", "--results", str(tmp_path / "r"), "--quiet"]) == 0
     job = json.loads((record.dir / "slurm.json").read_text())["job_id"]
-    _until(lambda: len(record.read_metrics()) >= 3 and record.checkpoint_path.exists(), 60, "a first checkpoint")
+    _until(lambda: len(record.read_metrics()) >= 3 and record.checkpoint_path.exists(), 240, "a first checkpoint")
     subprocess.run(["scancel", "--signal=USR2", job.split("_")[0]], check=True)
     _until(lambda: _state(job).startswith("PENDING") or (record.read_result() or {}).get("resumes"), 60,
            "the job to requeue itself")
@@ -126,7 +126,7 @@ def test_scancel_is_reported_and_rerun_resubmits(slurm_cluster, write_suite, tmp
     spec = load_suite(path).runs()[0]
     record = RunRecord(tmp_path / "r", spec.suite, spec.run_id)
     assert main(["run", str(path), "--executor", "slurm", "--results", str(tmp_path / "r"), "--quiet"]) == 0
-    _until(lambda: len(record.read_metrics()) >= 2, 60, "the run to start")
+    _until(lambda: len(record.read_metrics()) >= 2, 240, "the run to start")
     capsys.readouterr()
     assert main(["cancel", str(path), "--results", str(tmp_path / "r")]) == 0
     assert "cancelled 1 job(s)" in capsys.readouterr().out
