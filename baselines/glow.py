@@ -11,12 +11,10 @@ Vectors: K steps with a dense LU-parameterised linear map in place of the 1x1 co
 from __future__ import annotations
 
 import normflows as nf
-import torch
-from torch import Tensor, nn
 
 from baselines.base import FlowModel
-from baselines.layers import (VectorFlowModel, ConditionalGaussianPrior, GaussianPrior, MultiScaleFlow, MultiScaleModel, squeezable,
-                              squeezed)
+from baselines.layers import (ConditionalGaussianPrior, GaussianPrior, MultiScaleFlow, MultiScaleModel, VectorFlowModel,
+                              squeezable, squeezed)
 
 
 class GlowVector(VectorFlowModel):

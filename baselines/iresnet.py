@@ -17,7 +17,8 @@ from torch import Tensor
 
 from baselines.base import FlowModel
 from baselines.layers import (InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel, StandardNormalPrior,
-                              VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms, squeezable, squeezed)
+                              VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms, squeezable,
+                              squeezed)
 
 
 class _SpectralRefresh:
@@ -39,8 +40,8 @@ class IResNetVector(_SpectralRefresh, VectorFlowModel):
         self.n_power_iter = n_power_iter
         flows = []  # normflows order: latent -> data; data -> latent each block is actnorm, residual
         for _ in range(n_blocks):
-            flows += [InvertibleResidualBlock(lipschitz_mlp(dim, hidden, n_hidden, coeff, n_power_iter), **block_options),
-                      nf.flows.ActNorm((dim,))]
+            g = lipschitz_mlp(dim, hidden, n_hidden, coeff, n_power_iter)
+            flows += [InvertibleResidualBlock(g, **block_options), nf.flows.ActNorm((dim,))]
         self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
         refresh_spectral_norms(self, 200)
 

@@ -12,12 +12,11 @@ the last scale: ``n_checker + 1`` checkerboard couplings. Conditioners are resid
 from __future__ import annotations
 
 import normflows as nf
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from baselines.base import FlowModel, SoftClampScale
-from baselines.layers import (VectorFlowModel, ConvResNet, MaskedAffineCoupling, MultiScaleFlow, MultiScaleModel, RunningBatchNorm,
-                              StandardNormalPrior, channel_coupling, squeezable, squeezed)
+from baselines.layers import (ConvResNet, MaskedAffineCoupling, MultiScaleFlow, MultiScaleModel, RunningBatchNorm,
+                              StandardNormalPrior, VectorFlowModel, channel_coupling, squeezable, squeezed)
 
 
 class RealNVP(VectorFlowModel):
