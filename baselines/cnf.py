@@ -31,6 +31,24 @@ from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
 
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "swish": nn.SiLU}
+
+
+def act_and_slope(name: str, pre: Tensor) -> tuple[Tensor, Tensor]:
+    """(activation(pre), its derivative at pre), for forward-mode Jacobian products."""
+    if name == "tanh":
+        y = torch.tanh(pre)
+        return y, 1 - y * y
+    if name == "softplus":
+        return F.softplus(pre), torch.sigmoid(pre)
+    if name == "relu":
+        return F.relu(pre), (pre > 0).to(pre.dtype)
+    if name == "elu":
+        y = F.elu(pre)
+        return y, torch.where(pre > 0, torch.ones_like(pre), y + 1)
+    if name == "swish":
+        sig = torch.sigmoid(pre)
+        return pre * sig, sig * (1 + pre * (1 - sig))
+    raise ValueError(f"no derivative for activation {name!r}")
 FIXED_STEP = ("rk4", "euler", "midpoint", "explicit_adams", "implicit_adams")
 
 
@@ -65,6 +83,7 @@ class TimeNet(nn.Module):
             nn.init.zeros_(layers[-1].bias)
         self.layers = nn.ModuleList(layers)
         self.act = ACTIVATIONS[activation]()
+        self.activation = activation
         self.squash = layer_type == "concatsquash"
         self.splits = dims[1:]
         if self.squash:  # all layers' hyper-networks in one: gate = sigmoid(t g_w + g_b), bias = t b_w
@@ -88,6 +107,30 @@ class TimeNet(nn.Module):
             if i < last:
                 h = self.act(h)
         return h
+
+    def forward_jvp(self, t: Tensor, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(t, z), J v)`` for k tangents ``v`` [k, *z.shape] by forward-mode propagation: no autograd
+        call, so the outer backward pass is first order (the divergence needs no double backward)."""
+        k, batch = tangents.shape[0], z.shape[0]
+        v = tangents.reshape(k * batch, *z.shape[1:])
+        h = z
+        if self.squash:
+            t = t.to(z.dtype)
+            gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
+            biases = (self.bias_w * t).split(self.splits)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if self.conv:
+                h, v = layer(h), F.conv2d(v, layer.weight, padding=1)
+            else:
+                h, v = layer(h), F.linear(v, layer.weight)
+            if self.squash:
+                g, b = (gates[i], biases[i]) if not self.conv else (gates[i][:, None, None], biases[i][:, None, None])
+                h, v = torch.addcmul(b, h, g), v * g
+            if i < last:
+                h, slope = act_and_slope(self.activation, h)
+                v = (v.view(k, *h.shape) * slope).view(k * batch, *h.shape[1:])
+        return h, v.view(k, *h.shape)
 
 
 # -- the augmented ODE ---------------------------------------------------------------------------
@@ -133,6 +176,7 @@ class CNFDynamics(nn.Module):
         self.nfe_forward = 0
         self.nfe_backward = 0
         self.in_forward_solve = False
+        self.forward_mode = True  # Jacobian-vector products by forward propagation when the net offers them
         # per-solve settings, set by CNF before each solve
         self.probe: Tensor | None = None
         self.exact = False
@@ -153,7 +197,42 @@ class CNFDynamics(nn.Module):
         if not self.with_logdet:  # sampling: the state alone (a tensor, not a tuple)
             return T * self.net(s * T, state)
         z = state[0]
-        create_graph = torch.is_grad_enabled()
+        if self.forward_mode and hasattr(self.net, "forward_jvp"):
+            dz, div, frob = self._forward_mode(T, s, z)
+            out: list[Tensor] = [dz, div]
+        else:
+            create_graph = torch.is_grad_enabled()
+            dz, div, frob = self._autograd(T, s, z, create_graph)
+            out = [dz, div]
+            if not create_graph:
+                out = [o.detach() for o in out]
+                frob = frob.detach() if frob is not None else None
+        if self.n_regs:
+            dim = z[0].numel()
+            out.append(0.5 * out[0].pow(2).reshape(z.shape[0], -1).sum(1) / (dim * T))
+            out.append(frob / (dim * T))
+        return tuple(out)
+
+    def _forward_mode(self, T: Tensor, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Divergence from Jacobian-vector products (exact: the D basis vectors; Hutchinson: e^T (J e))."""
+        batch = z.shape[0]
+        if self.exact:
+            dim = z[0].numel()
+            basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
+            f, jv = self.net.forward_jvp(s * T, z, basis.expand(dim, *z.shape))
+            jv = (T * jv).reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
+            div = torch.diagonal(jv, dim1=0, dim2=2).sum(1)
+            frob = jv.pow(2).sum((0, 2)) if self.n_regs else None
+        else:
+            e = self.probe
+            f, jv = self.net.forward_jvp(s * T, z, e.unsqueeze(0))
+            jv = T * jv[0]
+            div = (jv * e).reshape(batch, -1).sum(1)
+            frob = jv.pow(2).reshape(batch, -1).sum(1) if self.n_regs else None
+        return T * f, div, frob
+
+    def _autograd(self, T: Tensor, s: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Divergence by reverse-mode autograd (any dynamics module): e^T J e, or one call a dimension."""
         with torch.enable_grad():
             if not (create_graph and z.requires_grad):  # a fresh leaf unless the outer graph must run through z
                 z = z.detach().requires_grad_(True)
@@ -165,14 +244,7 @@ class CNFDynamics(nn.Module):
                 e_j = torch.autograd.grad(dz, z, e, create_graph=create_graph)[0]
                 div = (e_j * e).reshape(z.shape[0], -1).sum(1)
                 frob = e_j.pow(2).reshape(z.shape[0], -1).sum(1) if self.n_regs else None
-        out: list[Tensor] = [dz, div]
-        if self.n_regs:
-            dim = z[0].numel()
-            out.append(0.5 * dz.pow(2).reshape(z.shape[0], -1).sum(1) / (dim * T))
-            out.append(frob / (dim * T))
-        if not create_graph:
-            out = [o.detach() for o in out]
-        return tuple(out)
+        return dz, div, frob
 
     def read_nfe(self) -> tuple[int, int]:
         out = (self.nfe_forward, self.nfe_backward)

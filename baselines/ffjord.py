@@ -184,6 +184,10 @@ def make_cnf_model(data: Any, *, n_blocks: int | None, hidden: Sequence[int] | N
                    batch_norm: bool, n_scales: int, zero_last: bool, kinetic: float = 0.0,
                    jacobian: float = 0.0) -> CNFFlowModel:
     """The CNF model for ``data`` (vector stack or multi-scale image model) with kind defaults filled in."""
+    # YAML reads "1e-5" as a string: numbers from suites are coerced here
+    atol, rtol, eval_atol, eval_rtol, step_size = (None if v is None else float(v)
+                                                   for v in (atol, rtol, eval_atol, eval_rtol, step_size))
+    end_time, steer, kinetic, jacobian = float(end_time), float(steer), float(kinetic), float(jacobian)
     shape = tuple(data.shape)
     image = len(shape) == 3
     if len(shape) not in (1, 3):
