@@ -10,6 +10,8 @@ Vectors: K steps with a dense LU-parameterised linear map in place of the 1x1 co
 
 from __future__ import annotations
 
+import warnings
+
 import normflows as nf
 
 from baselines.base import FlowModel
@@ -68,9 +70,11 @@ def build(data, n_levels: int = 3, n_steps: int = 32, hidden: int = 512, n_hidde
           split_prior: bool = True) -> FlowModel:
     """Glow: L levels (n_levels) of K steps (n_steps) with conv hidden channels for images; K steps
     with MLP conditioners (hidden, n_hidden) for vectors."""
-    if len(data.shape) == 1:
-        return GlowVector(data.shape[0], n_steps=n_steps, hidden=hidden, n_hidden=n_hidden)
-    if len(data.shape) == 3:
-        return glow_image(tuple(data.shape), n_levels=n_levels, n_steps=n_steps, hidden=hidden,
-                          split_prior=split_prior)
+    with warnings.catch_warnings():  # normflows' LU set-up calls the deprecated torch.lu (harmless)
+        warnings.filterwarnings("ignore", message="torch.lu is deprecated")
+        if len(data.shape) == 1:
+            return GlowVector(data.shape[0], n_steps=n_steps, hidden=hidden, n_hidden=n_hidden)
+        if len(data.shape) == 3:
+            return glow_image(tuple(data.shape), n_levels=n_levels, n_steps=n_steps, hidden=hidden,
+                              split_prior=split_prior)
     raise ValueError(f"glow needs flat (D,) or image (C, H, W) data, got shape {data.shape} for {data.name}")
