@@ -35,10 +35,17 @@ def measure(model: str, info: DataInfo, batch: torch.Tensor, steps: int, **hpara
     torch.manual_seed(0)
     m = get_builder(model)(info, **hparams)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    times, cpu, fwd, bwd = [], [], [], []
+    times, cpu, fwd, bwd, graph_mb = [], [], [], [], []
     for i in range(steps + 2):
         start, start_cpu = time.perf_counter(), time.process_time()
-        loss, _ = m.training_loss(batch)
+        saved = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = m.training_loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -47,13 +54,14 @@ def measure(model: str, info: DataInfo, batch: torch.Tensor, steps: int, **hpara
         if i >= 2:  # warm-up steps left out
             times.append(elapsed)
             cpu.append(elapsed_cpu)
+            graph_mb.append(saved[0] / 2**20)
             fwd.append(f)
             bwd.append(b)
     s = statistics.median(cpu)
     f, b = statistics.mean(fwd), statistics.mean(bwd)
     return {"s_step": s, "wall": statistics.median(times), "nfe_f": f, "nfe_b": b,
             "ms_per_fe": 1000 * s / max(1.0, f + b),
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "graph_mb": max(graph_mb), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -85,9 +93,11 @@ def main() -> None:
             cases.append(("image-1x16x16-16", "rnode", img, xi, dict(adjoint=adjoint, hidden=[32, 32, 32], n_blocks=1,
                                                                      solver="rk4", step_size=0.25)))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.steps} steps; "
-          "s/step = process CPU seconds (robust to other load on the machine), wall = wall-clock seconds")
+          "s/step = process CPU seconds (robust to other load on the machine), wall = wall-clock seconds;\n"
+          "graph MB = tensors autograd keeps for the backward pass of the forward solve (the memory adjoint saves); "
+          "maxRSS = the process's peak so far (cumulative)")
     print(f"{'case':18} {'model':6} {'backprop':8} {'s/step':>8} {'wall':>7} {'NFE f':>6} {'NFE b':>6} {'ms/FE':>6} "
-          f"{'peak MB':>8}  official / ours: s/step, s/step at the official NFE")
+          f"{'graph MB':>8} {'maxRSS':>7}  official / ours: s/step, s/step at the official NFE")
     for name, model, info, batch, hp in cases:
         r = measure(model, info, batch, args.steps, **hp)
         ratio = ""
@@ -98,7 +108,7 @@ def main() -> None:
                        else r["s_step"] * f / r["nfe_f"])
             ratio = f"{s / r['s_step']:.2f}x, {s / ours_at:.2f}x"
         print(f"{name:18} {model:6} {'adjoint' if hp['adjoint'] else 'direct':8} {r['s_step']:8.4f} {r['wall']:7.4f} {r['nfe_f']:6.1f} "
-              f"{r['nfe_b']:6.1f} {r['ms_per_fe']:6.2f} {r['peak_mb']:8.0f}  {ratio}", flush=True)
+              f"{r['nfe_b']:6.1f} {r['ms_per_fe']:6.2f} {r['graph_mb']:8.1f} {r['rss_mb']:7.0f}  {ratio}", flush=True)
 
 
 if __name__ == "__main__":
