@@ -1,4 +1,4 @@
-"""The `flowbench` command: list | run | status | report | check | pin.
+"""The `flowbench` command: list | run | status | report | check | pin | data.
 
 Heavy libraries (torch, pandas) load inside the commands that need them, so `flowbench --help`
 and `flowbench list` answer at once. Every user error is one line on stderr and exit code 2;
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
     _add_results(p)
+
+    p = sub.add_parser("data", help="check the real data files: found / missing / corrupt per dataset")
+    p.add_argument("action", choices=("verify",), help="verify: check every dataset's files (MD5s, headers)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
     return parser
 
 
@@ -322,7 +326,27 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel, "check": cmd_check, "pin": cmd_pin}
+def cmd_data(args: argparse.Namespace) -> int:
+    """`flowbench data verify`: one line per dataset; exit 1 when a file is corrupt."""
+    from bench.data import resolve_root
+    from bench.data.verify import verify_all
+
+    root = resolve_root(args.data_root)
+    print(f"data root: {root if root else '(none: pass --data-root DIR or set FLOWBENCH_DATA)'}")
+    statuses = verify_all(root)
+    _print_rows(("dataset", "status", "where", "detail"), [(s.name, s.state, s.where, s.detail) for s in statuses])
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    print("  " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    if counts.get("missing"):
+        print("  missing files: see docs/datasets.md (MAF's Zenodo archive for the UCI sets; torchvision's download "
+              "or the cluster's copy for MNIST and CIFAR10)")
+    return EXIT_RUNS_FAILED if counts.get("corrupt") else EXIT_OK
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel, "check": cmd_check, "pin": cmd_pin,
+            "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,53 @@ REGISTRY: dict[str, DatasetEntry] = {
 }
 
 
+_IMAGE_OPTIONS = {"logit": True, "alpha": 1e-6, "dequantize": "uniform"}
+_SKLEARN_OPTIONS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
+
+REGISTRY.update({
+    # MAF's five UCI sets (files of MAF's Zenodo archive under the data root)
+    "power": DatasetEntry("bench.data.tabular:load", "tabular", "UCI household power, 6-D (MAF's preparation)",
+                          {"cache": True}),
+    "gas": DatasetEntry("bench.data.tabular:load", "tabular", "UCI gas sensors (ethylene CO), 8-D (MAF's preparation)",
+                        {"cache": True}),
+    "hepmass": DatasetEntry("bench.data.tabular:load", "tabular", "UCI HEPMASS signal, 21-D (MAF's preparation)",
+                            {"cache": True}),
+    "miniboone": DatasetEntry("bench.data.tabular:load", "tabular", "UCI MiniBooNE, 43-D (MAF's preparation)",
+                              {"cache": True}),
+    "bsds300": DatasetEntry("bench.data.tabular:load", "tabular", "BSDS300 8x8 patches, 63-D (MAF's preparation)",
+                            {"cache": True}),
+    # real tabular sets shipped with scikit-learn
+    "wine": DatasetEntry("bench.data.sklearn_sets:load", "tabular", "scikit-learn wine, 13-D, 3 classes",
+                         dict(_SKLEARN_OPTIONS)),
+    "breast_cancer": DatasetEntry("bench.data.sklearn_sets:load", "tabular",
+                                  "scikit-learn breast cancer, 30-D, 2 classes", dict(_SKLEARN_OPTIONS)),
+    "iris": DatasetEntry("bench.data.sklearn_sets:load", "tabular", "scikit-learn iris, 4-D, 3 classes",
+                         dict(_SKLEARN_OPTIONS)),
+    "digits64": DatasetEntry("bench.data.sklearn_sets:load", "tabular",
+                             "scikit-learn 8x8 digits as 64-D vectors, 10 classes", dict(_SKLEARN_OPTIONS)),
+    # images (bits/dim)
+    "mnist": DatasetEntry("bench.data.images:load_mnist", "image", "MNIST 1x28x28 from the IDX files, 10 classes",
+                          {"n_val": 5000, **_IMAGE_OPTIONS, "verify": True}, metric="bpd"),
+    "cifar10": DatasetEntry("bench.data.images:load_cifar10", "image", "CIFAR10 3x32x32 from the pickled batches",
+                            {"n_val": 5000, "flip": True, **_IMAGE_OPTIONS, "verify": True}, metric="bpd"),
+    "mnist10k": DatasetEntry("bench.data.images:load_mnist10k", "image",
+                             "8,000/1,000/1,000 split of the real MNIST TEST set (small runs, not the benchmark)",
+                             {"n_train": 8000, "n_val": 1000, "seed": 0, **_IMAGE_OPTIONS, "verify": True},
+                             metric="bpd"),
+    "digits": DatasetEntry("bench.data.images:load_digits", "image",
+                           "scikit-learn 8x8 digits as 1x8x8 images, 17 levels, 10 classes",
+                           {**_SKLEARN_OPTIONS, **_IMAGE_OPTIONS}, metric="bpd"),
+    # InfoCNF's generated data
+    "spirals": DatasetEntry("bench.data.timeseries:load_spirals", "timeseries",
+                            "InfoCNF's bi-directional spirals: 200 noisy points + extrapolation horizon",
+                            {"n_spirals": 5000, "n_val": 500, "n_test": 500, "length": 1000, "window": 200,
+                             "horizon": 200, "noise": 0.3, "seed": 0}, metric="mse"),
+    "mixture1d": DatasetEntry("bench.data.timeseries:load_mixture1d", "toy",
+                              "1-D mixture of three Gaussians (InfoCNF appendix C)",
+                              {**_TOY_OPTIONS, "means": "-2,0,2", "stds": "0.5,0.5,0.5", "weights": "1,1,1"}),
+})
+
+
 def dataset_names() -> list[str]:
     return sorted(REGISTRY)
 

@@ -1,0 +1,148 @@
+"""Finding, verifying and caching data files: paths under the data root, checksums, clear errors.
+
+Nothing here downloads. A missing file is a ``FlowbenchError`` naming the exact path expected and
+how to get it; a checksum or shape mismatch names the file and what was expected. Prepared arrays
+are cached next to the data (``<dir>/.flowbench-cache``), keyed by a checksum of the source files,
+or in the user cache folder when the data folder is read-only. No torch import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import FlowbenchError
+
+MAF_HOW = ("download data.tar.gz of MAF's data on Zenodo (Papamakarios et al. 2017, "
+           "https://zenodo.org/record/1161203), unpack it and point --data-root (or $FLOWBENCH_DATA) "
+           "at the unpacked `data` folder")
+MNIST_HOW = ("get the four IDX files (gz or not) from torchvision's download "
+             "(torchvision.datasets.MNIST(root, download=True) puts them in ROOT/MNIST/raw) or the cluster's "
+             "shared copy, and point --data-root (or $FLOWBENCH_DATA) at ROOT")
+CIFAR_HOW = ("get cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a) from torchvision's download "
+             "(torchvision.datasets.CIFAR10(root, download=True)) or the cluster's shared copy, put it or its "
+             "unpacked cifar-10-batches-py folder in ROOT and point --data-root (or $FLOWBENCH_DATA) at ROOT")
+
+CACHE_FOLDER = ".flowbench-cache"
+
+
+def no_root(dataset: str, expected: str, how: str) -> FlowbenchError:
+    """The error for a real dataset asked for without any data root."""
+    return FlowbenchError(f'dataset "{dataset}" needs its data files but no data root is set: expected '
+                          f"DATA_ROOT/{expected}; pass --data-root DIR (or set FLOWBENCH_DATA, or the suite's "
+                          f"data_root); to get the files: {how}")
+
+
+def find(root: Path, candidates: Sequence[str]) -> Path | None:
+    """The first of ``candidates`` (paths relative to ``root``) that exists, else None."""
+    for rel in candidates:
+        path = root / rel
+        if path.exists():
+            return path
+    return None
+
+
+def missing(dataset: str, path: Path, how: str, others: Iterable[Path] = ()) -> FlowbenchError:
+    """The error for a missing file: the exact path expected (and any alternatives) and how to get it."""
+    alt = [str(p) for p in others if p != path]
+    also = f" (also looked for {', '.join(alt)})" if alt else ""
+    return FlowbenchError(f'dataset "{dataset}": missing {path}{also}; to get it: {how}')
+
+
+def corrupt(path: Path, expected: str, found: str) -> FlowbenchError:
+    """The error for a file that is there but wrong."""
+    return FlowbenchError(f"{path}: expected {expected}, found {found}; the file is corrupt or not the "
+                          "published one: replace it with a fresh copy")
+
+
+def file_digest(path: Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (constant memory)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_md5(path: Path, expected: str) -> None:
+    """Raise a ``corrupt`` error when the file's MD5 is not ``expected``."""
+    found = file_digest(path, "md5")
+    if found != expected:
+        raise corrupt(path, f"md5 {expected}", f"md5 {found}")
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def source_key(paths: Sequence[Path]) -> str:
+    """A short SHA-256 over the source files' contents (memoised per file, size and mtime)."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = path.stat()
+        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if memo not in _digests:
+            _digests[memo] = file_digest(path, "sha256")
+        h.update(_digests[memo].encode())
+    return h.hexdigest()[:16]
+
+
+def user_cache_dir() -> Path:
+    """$FLOWBENCH_CACHE, else $XDG_CACHE_HOME/flowbench, else ~/.cache/flowbench."""
+    if os.environ.get("FLOWBENCH_CACHE"):
+        return Path(os.environ["FLOWBENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "flowbench"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def cache_folders(data_dir: Path) -> list[Path]:
+    """Where prepared arrays may live, in order of preference: next to the data, then the user cache."""
+    return [data_dir / CACHE_FOLDER, user_cache_dir() / "prepared"]
+
+
+def cached_arrays(data_dir: Path, key: str, names: Sequence[str],
+                  build: Callable[[], dict[str, np.ndarray]], use_cache: bool = True) -> dict[str, np.ndarray]:
+    """The arrays ``names`` prepared by ``build()``, read from the cache entry ``key`` when present.
+
+    A new entry is written (atomically: a temporary folder renamed into place) next to the data,
+    or in the user cache folder when the data folder is read-only; a failure to cache is not an error.
+    """
+    folders = cache_folders(data_dir)
+    if use_cache:
+        for folder in folders:
+            entry = folder / key
+            if all((entry / f"{n}.npy").exists() for n in names):
+                try:
+                    return {n: np.load(entry / f"{n}.npy") for n in names}
+                except (OSError, ValueError):
+                    pass  # a damaged entry is rebuilt below
+    arrays = build()
+    if use_cache:
+        for folder in folders:
+            if not _writable(folder):
+                continue
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder))
+            try:
+                for n in names:
+                    np.save(tmp / f"{n}.npy", arrays[n])
+                shutil.rmtree(folder / key, ignore_errors=True)
+                os.replace(tmp, folder / key)
+                break
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return arrays

@@ -1,0 +1,269 @@
+"""Image datasets: MNIST, CIFAR10, scikit-learn's 8x8 digits, and mnist10k (a split of the real MNIST test set).
+
+Splits hold the raw integer images (uint8, N x C x H x W) and int64 labels; ``Dataset.preprocess``
+dequantises, optionally flips (CIFAR10, training only) and applies the logit transform, returning
+the exact log-determinant so the harness reports bits/dim of the integer data
+(``bench.metrics.bits_per_dim``). MNIST's gz files and CIFAR10's batches are verified by the MD5s
+torchvision uses; nothing downloads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.data.files import CIFAR_HOW, MNIST_HOW, check_md5, corrupt, find, missing, no_root
+from bench.errors import FlowbenchError
+
+# -- MNIST (IDX files) --------------------------------------------------------------------------
+MNIST_DIRS = ("mnist", "MNIST/raw", "MNIST", ".")  # where under the data root the IDX files may be
+MNIST_FILES = {  # stem -> (md5 of the .gz as torchvision checks it, expected IDX shape)
+    "train-images-idx3-ubyte": ("f68b3c2dcbeaceaa15a7a1a7d5ac1c8e", (60_000, 28, 28)),
+    "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", (60_000,)),
+    "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3", (10_000, 28, 28)),
+    "t10k-labels-idx1-ubyte": ("ec29112dd5afa0611ce80d1b7f02629c", (10_000,)),
+}
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (``.gz`` or raw) of unsigned bytes as a uint8 array of its declared shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise corrupt(path, "an IDX file" + (" compressed with gzip" if path.suffix == ".gz" else ""),
+                      f"an unreadable file ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] == 0:
+        raise corrupt(path, "an IDX file of unsigned bytes (magic 0x0000 08 nd)", f"header bytes {raw[:4].hex()}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
+    if len(raw) - header != int(np.prod(shape)):
+        raise corrupt(path, f"{int(np.prod(shape))} bytes of data for the declared shape {shape}",
+                      f"{len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def mnist_path(root: Path | None, stem: str, dataset: str = "mnist") -> Path:
+    """Where the IDX file ``stem`` (``.gz`` or raw) is under the data root; a clear error when absent."""
+    if root is None:
+        raise no_root(dataset, f"mnist/{stem}.gz", MNIST_HOW)
+    candidates = [f"{d}/{stem}{ext}" for d in MNIST_DIRS for ext in (".gz", "")]
+    path = find(root, candidates)
+    if path is None:
+        raise missing(dataset, root / candidates[0], MNIST_HOW, [root / c for c in candidates[1:4]])
+    return path
+
+
+def read_mnist(root: Path | None, stem: str, verify: bool = True, dataset: str = "mnist") -> np.ndarray:
+    """One MNIST file, checked by torchvision's MD5 (gz) or by its published shape (raw) when ``verify``."""
+    path = mnist_path(root, stem, dataset)
+    md5, shape = MNIST_FILES[stem]
+    if verify and path.suffix == ".gz":
+        check_md5(path, md5)
+    array = read_idx(path)
+    if verify and array.shape != shape:
+        raise corrupt(path, f"shape {shape}", f"shape {array.shape}")
+    return array
+
+
+def mnist_arrays(root: Path | None, train: bool, verify: bool = True, dataset: str = "mnist"):
+    """(images N x 1 x 28 x 28 uint8, labels int64) of MNIST's train or test files."""
+    prefix = "train" if train else "t10k"
+    images = read_mnist(root, f"{prefix}-images-idx3-ubyte", verify, dataset)
+    labels = read_mnist(root, f"{prefix}-labels-idx1-ubyte", verify, dataset)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise corrupt(mnist_path(root, f"{prefix}-labels-idx1-ubyte", dataset),
+                      f"one label per image ({len(images)})", f"labels of shape {labels.shape}")
+    return images[:, None].copy(), labels.astype(np.int64)
+
+
+# -- CIFAR10 (pickled batches) -------------------------------------------------------------------
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TAR = ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
+CIFAR_BATCHES = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR_PLACES = (".", "cifar10", "CIFAR10")
+
+
+def _unpickle_batch(raw: bytes, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+        data, labels = batch[b"data"], batch[b"labels"]
+    except Exception as err:  # noqa: BLE001 - any failure means a bad batch
+        raise corrupt(where, "a pickled CIFAR-10 batch (dict with b'data' and b'labels')",
+                      f"{type(err).__name__}: {err}") from None
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise corrupt(where, "data of shape (N, 3072) and N labels", f"data {data.shape}, {len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def cifar_batches(root: Path | None, verify: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every CIFAR10 batch from ``cifar-10-batches-py`` or, failing that, from ``cifar-10-python.tar.gz``."""
+    if root is None:
+        raise no_root("cifar10", f"{CIFAR_FOLDER}/data_batch_1", CIFAR_HOW)
+    folder = find(root, [f"{p}/{CIFAR_FOLDER}" for p in CIFAR_PLACES])
+    if folder is not None:
+        out = {}
+        for name, md5 in CIFAR_BATCHES.items():
+            path = folder / name
+            if not path.is_file():
+                raise missing("cifar10", path, CIFAR_HOW)
+            if verify:
+                check_md5(path, md5)
+            out[name] = _unpickle_batch(path.read_bytes(), path)
+        return out
+    tar = find(root, [f"{p}/{CIFAR_TAR[0]}" for p in CIFAR_PLACES])
+    if tar is None:
+        raise missing("cifar10", root / CIFAR_FOLDER, CIFAR_HOW, [root / CIFAR_TAR[0]])
+    if verify:
+        check_md5(tar, CIFAR_TAR[1])
+    out = {}
+    try:
+        with tarfile.open(tar, "r:gz") as archive:
+            for name in CIFAR_BATCHES:
+                member = archive.extractfile(f"{CIFAR_FOLDER}/{name}")
+                if member is None:
+                    raise KeyError(f"{CIFAR_FOLDER}/{name} is not a file")
+                out[name] = _unpickle_batch(member.read(), tar / name)
+    except (tarfile.TarError, KeyError, OSError, EOFError) as err:
+        raise corrupt(tar, f"a gzipped tar with {CIFAR_FOLDER}/ and its six batches", f"{type(err).__name__}: {err}") \
+            from None
+    return out
+
+
+# -- preprocessing -------------------------------------------------------------------------------
+DEQUANTIZE = ("uniform", "center")
+
+
+def check_image_options(logit: bool, alpha: float, dequantize: str) -> None:
+    """Reject an alpha outside [0, 0.5) or an unknown test-time dequantisation."""
+    if not 0.0 <= alpha < 0.5:
+        raise FlowbenchError(f"alpha {alpha}: expected 0 <= alpha < 0.5 (logit(alpha + (1 - 2 alpha) x))")
+    if dequantize not in DEQUANTIZE:
+        raise FlowbenchError(f'dequantize "{dequantize}": expected one of {", ".join(DEQUANTIZE)} '
+                             "(uniform: FFJORD's x + U(0,1) on the test set too; center: RNODE's x + 0.5 at test)")
+
+
+def make_preprocess(levels: int, logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform",
+                    flip: bool = False):
+    """``preprocess(x, train) -> (model input, log|det d input / d u|)`` with u = (x + U(0,1)) / levels.
+
+    At test time ``dequantize="center"`` uses u = (x + 0.5) / levels (RNODE) instead of noise (FFJORD).
+    ``flip`` mirrors half the training images left-right. With ``logit`` the input is
+    logit(alpha + (1 - 2 alpha) u), else u - 0.5 (log-determinant 0). The log-determinant is per
+    example, relative to the [0, 1)-scaled data; ``bits_per_dim`` adds the ``levels`` scaling.
+    """
+    import torch
+
+    check_image_options(logit, alpha, dequantize)
+    log_scale = float(np.log1p(-2 * alpha))
+
+    def preprocess(x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(torch.float32)
+        if train and flip:
+            mirror = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(mirror.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+        noise = torch.rand_like(x) if train or dequantize == "uniform" else torch.full_like(x, 0.5)
+        u = (x + noise) / levels
+        if not logit:
+            return u - 0.5, torch.zeros(x.shape[0], device=x.device)
+        s = alpha + (1 - 2 * alpha) * u
+        y = torch.log(s) - torch.log1p(-s)
+        logdet = (log_scale - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
+        return y, logdet
+
+    return preprocess
+
+
+def _conventions(logit: bool, alpha: float, dequantize: str, levels: int) -> str:
+    test = "x + U(0,1)" if dequantize == "uniform" else "x + 0.5 (bin centre)"
+    space = f"logit alpha {alpha:g}" if logit else "u - 0.5, no logit"
+    return f"dequantised (x + U(0,1))/{levels} in training, ({test})/{levels} at test; {space}"
+
+
+def _dataset(name: str, splits, levels: int, shape, logit, alpha, dequantize, flip, notes):
+    import torch
+
+    from bench.data.base import DataInfo, Dataset, Split
+
+    made = [Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)) for x, y in splits]
+    sizes = "/".join(f"{len(s):,}" for s in made)
+    info = DataInfo(name=name, kind="image", shape=tuple(shape), num_classes=10, metric="bpd", levels=levels,
+                    notes=f"{notes}; {sizes}; {_conventions(logit, alpha, dequantize, levels)}"
+                          + ("; random horizontal flips in training" if flip else ""),
+                    extra={"dequantize": dequantize, "logit": logit, "alpha": alpha, "flip": flip})
+    return Dataset(info, *made, preprocess=make_preprocess(levels, logit, alpha, dequantize, flip))
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, n_val: int, test, what: str):
+    if n_val < 0 or n_val >= len(x):
+        raise FlowbenchError(f"n_val {n_val}: expected 0 <= n_val < {len(x)} (the training images)")
+    if n_val == 0:
+        return [(x, y), test, test], f"{what}; validation = the test set (n_val 0)"
+    return [(x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:]), test], f"{what}; validation = last {n_val:,} training images"
+
+
+def load_mnist(name: str, root: Path | None = None, *, n_val: int = 5000, logit: bool = True, alpha: float = 1e-6,
+               dequantize: str = "uniform", verify: bool = True):
+    """MNIST from its four IDX files: 60,000 training (the last ``n_val`` held out) and 10,000 test images."""
+    check_image_options(logit, alpha, dequantize)
+    train = mnist_arrays(root, True, verify, name)
+    test = mnist_arrays(root, False, verify, name)
+    splits, notes = _hold_out(*train, n_val, test, "MNIST")
+    return _dataset(name, splits, 256, (1, 28, 28), logit, alpha, dequantize, False, notes)
+
+
+def load_cifar10(name: str, root: Path | None = None, *, n_val: int = 5000, flip: bool = True, logit: bool = True,
+                 alpha: float = 1e-6, dequantize: str = "uniform", verify: bool = True):
+    """CIFAR10 from its pickled batches: 50,000 training (the last ``n_val`` held out) and 10,000 test images."""
+    check_image_options(logit, alpha, dequantize)
+    batches = cifar_batches(root, verify)
+    x = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    y = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
+    splits, notes = _hold_out(x, y, n_val, batches["test_batch"], "CIFAR10")
+    return _dataset(name, splits, 256, (3, 32, 32), logit, alpha, dequantize, flip, notes)
+
+
+def load_mnist10k(name: str, root: Path | None = None, *, n_train: int = 8000, n_val: int = 1000, seed: int = 0,
+                  logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform", verify: bool = True):
+    """A seeded split of the real 10,000-image MNIST test set (t10k files only), for small real runs.
+
+    Reported as such (DataInfo.notes): never the MNIST benchmark.
+    """
+    check_image_options(logit, alpha, dequantize)
+    x, y = mnist_arrays(root, False, verify, name)
+    if n_train < 1 or n_val < 1 or n_train + n_val >= len(x):
+        raise FlowbenchError(f"n_train {n_train} and n_val {n_val}: expected both >= 1 and a sum below {len(x)}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    notes = f"split of the MNIST TEST set only (t10k, {len(x):,} images), seed {seed}; not the MNIST benchmark"
+    return _dataset(name, [(x[p], y[p]) for p in parts], 256, (1, 28, 28), logit, alpha, dequantize, False, notes)
+
+
+def load_digits(name: str, root: Path | None = None, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                seed: int = 0, logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform"):
+    """scikit-learn's 1,797 real 8x8 digits as 1x8x8 images with 17 grey levels (0..16), seeded split
+    (the same rows as ``digits64`` for the same seed and fractions)."""
+    from bench.data.sklearn_sets import raw, split_indices
+
+    check_image_options(logit, alpha, dequantize)
+    x, y = raw("digits64")
+    x = x.reshape(-1, 1, 8, 8).astype(np.uint8)
+    parts = split_indices(len(x), val_fraction, test_fraction, seed)
+    notes = f"scikit-learn load_digits (UCI optdigits), 17 levels, seed {seed}"
+    return _dataset(name, [(x[p], y[p]) for p in parts], 17, (1, 8, 8), logit, alpha, dequantize, False, notes)
+
