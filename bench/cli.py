@@ -303,9 +303,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     name, _, check_cfg = _suite_context(args.suite)
     tolerances = {**suite_tolerances(check_cfg), **parse_tolerances(args.tolerance)}
-    from bench.store import scan
+    from bench.check import read_records
 
-    df = scan(args.results, name)
+    df = read_records(args.results, name)
     _report_skipped(df)
     result = check(df, name, tolerances, args.pinned, args.metric)
     print(f"suite {name}: checking against {args.pinned or 'baselines/pinned'}/{name}.csv")

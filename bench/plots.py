@@ -51,6 +51,13 @@ def save(fig: Any, out_dir: Path, name: str) -> Path:
     return png
 
 
+def _margins(fig: Any) -> None:
+    """Fixed margins in inches (a tight_layout pass costs as much as drawing the figure once more)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=0.75 / w, right=1 - 0.15 / w, bottom=0.75 / h, top=1 - 0.35 / h,
+                        wspace=0.9 * 4 / max(1.0, w), hspace=1.0 * 2.8 / max(1.0, h))
+
+
 def _grid(n: int, size: tuple[float, float] = (3.6, 2.8)) -> tuple[Any, list[Any]]:
     import matplotlib.pyplot as plt
 
@@ -99,16 +106,27 @@ def load_histories(records: Any, per_group: int = MAX_RUNS_PER_GROUP) -> Any:
     return hist
 
 
-def _per_dataset(hist: Any, datasets: Sequence[str], draw: Callable[[Any, Any, str], None], ylabel_of: Callable[[str], str],
-                 xlabel: str) -> Any:
-    """One panel per dataset; ``draw(ax, frame, dataset)`` fills it; one legend for the figure."""
-    names = [d for d in datasets if d in set(hist["dataset"])][:MAX_PANELS]
+def _palette(models: Sequence[str]) -> dict[str, Any]:
+    sns = _setup()
+    return dict(zip(models, sns.color_palette(n_colors=max(1, len(models)))))
+
+
+def _per_dataset(frame: Any, datasets: Sequence[str], draw: Callable[[Any, Any, str], None],
+                 ylabel_of: Callable[[str], str], xlabel: str) -> Any:
+    """One panel per dataset; ``draw(ax, frame, dataset)`` fills it; one legend (in the first panel)."""
+    from matplotlib.ticker import MaxNLocator
+
+    names = [d for d in datasets if d in set(frame["dataset"])][:MAX_PANELS]
     fig, axes = _grid(len(names))
+    groups = dict(tuple(frame.groupby("dataset", sort=False)))
     for ax, d in zip(axes, names):
-        draw(ax, hist[hist["dataset"] == d], d)
-        ax.set_title(d)
+        draw(ax, groups[d], d)
+        ax.set_title(d, y=1.0)  # a fixed position: automatic title placement measures every tick label
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel_of(d))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        if ax.get_yscale() == "linear":
+            ax.yaxis.set_major_locator(MaxNLocator(5))
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     handles, labels = [], []
@@ -119,70 +137,91 @@ def _per_dataset(hist: Any, datasets: Sequence[str], draw: Callable[[Any, Any, s
                 labels.append(lab)
     if handles and axes:
         axes[0].legend(handles, labels, fontsize="small", frameon=True, framealpha=0.8)
-    fig.tight_layout()
+    _margins(fig)
     return fig
 
 
-def metric_vs(hist: Any, x: str, xlabel: str, metrics: dict[str, str], datasets: Sequence[str]) -> Any:
+def _lines(ax: Any, frame: Any, x: str, y: str, colors: dict[str, Any], style: str | None = None) -> None:
+    """One line per run (and per ``style`` value: solid, dashed, dotted), coloured by model."""
+    dashes = ["-", "--", ":", "-."]
+    styles = list(dict.fromkeys(frame[style])) if style else [None]
+    for (model, run), g in frame.groupby(["model", "run_id"], sort=False):
+        for k, value in enumerate(styles):
+            part = g if value is None else g[g[style] == value]
+            if part.empty:
+                continue
+            label = model if value is None else f"{model} {value}"
+            ax.plot(part[x].to_numpy(), part[y].to_numpy(), dashes[k % 4], color=colors[model], linewidth=1.1,
+                    marker="o" if value is None else None, markersize=2.5, label=label, alpha=0.85)
+
+
+def _models(hist: Any, models: Sequence[str] | None) -> list[str]:
+    present = set(hist["model"])
+    order = [m for m in (models or []) if m in present]
+    return order + sorted(present - set(order))
+
+
+def metric_vs(hist: Any, x: str, xlabel: str, metrics: dict[str, str], datasets: Sequence[str],
+              models: Sequence[str] | None = None) -> Any:
     """Validation headline metric against ``x`` (seconds or nfe_total), one line per run, colour per model."""
-    sns = _setup()
-
-    def draw(ax: Any, frame: Any, d: str) -> None:
-        sns.lineplot(data=frame, x=x, y="val_headline", hue="model", units="run_id", estimator=None, ax=ax,
-                     marker="o", markersize=3, linewidth=1.2, errorbar=None)
-
-    return _per_dataset(hist, datasets, draw, lambda d: f"val {metrics.get(d, 'metric')}", xlabel)
+    colors = _palette(_models(hist, models))
+    return _per_dataset(hist, datasets, lambda ax, f, d: _lines(ax, f, x, "val_headline", colors),
+                        lambda d: f"val {metrics.get(d, 'metric')}", xlabel)
 
 
-def nfe_over_training(hist: Any, datasets: Sequence[str]) -> Any:
-    """Forward (solid) and backward (dashed) NFE per training step, over steps."""
-    sns = _setup()
+def nfe_over_training(hist: Any, datasets: Sequence[str], models: Sequence[str] | None = None) -> Any:
+    """Forward (solid) and backward (dashed) NFE per training step, over steps (models with NFE only)."""
+    colors = _palette(_models(hist, models))
+    cnf = hist.groupby("model")[["nfe_forward", "nfe_backward"]].transform("max").sum(axis=1) > 0
+    hist = hist[cnf]
     long = hist.melt(id_vars=["model", "dataset", "run_id", "step"], value_vars=["nfe_forward", "nfe_backward"],
                      var_name="pass", value_name="nfe")
     long["pass"] = long["pass"].str.replace("nfe_", "", regex=False)
-
-    def draw(ax: Any, frame: Any, d: str) -> None:
-        sns.lineplot(data=frame, x="step", y="nfe", hue="model", style="pass", units="run_id", estimator=None,
-                     ax=ax, linewidth=1.2, errorbar=None)
-
-    return _per_dataset(long, datasets, draw, lambda d: "NFE per step", "training step")
+    return _per_dataset(long, datasets, lambda ax, f, d: _lines(ax, f, "step", "nfe", colors, "pass"),
+                        lambda d: "NFE per step", "training step")
 
 
-def tolerances(hist: Any, columns: Sequence[str], datasets: Sequence[str]) -> Any:
+def tolerances(hist: Any, columns: Sequence[str], datasets: Sequence[str], models: Sequence[str] | None = None) -> Any:
     """Learned solver tolerances (``tol_*``) over training, log scale."""
-    sns = _setup()
     long = hist.melt(id_vars=["model", "dataset", "run_id", "step"], value_vars=list(columns), var_name="tolerance",
                      value_name="value").dropna(subset=["value"])
     long["tolerance"] = long["tolerance"].str.replace("tol_", "", regex=False)
+    colors = _palette(_models(hist, models))
 
     def draw(ax: Any, frame: Any, d: str) -> None:
-        sns.lineplot(data=frame, x="step", y="value", hue="model", style="tolerance", units="run_id", estimator=None,
-                     ax=ax, linewidth=1.2, errorbar=None)
+        _lines(ax, frame, "step", "value", colors, "tolerance")
         if (frame["value"] > 0).all():
+            from matplotlib.ticker import LogLocator, NullFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(numticks=5))
+            ax.yaxis.set_minor_formatter(NullFormatter())
 
     return _per_dataset(long, datasets, draw, lambda d: "tolerance", "training step")
 
 
 def bars(records: Any) -> Any:
     """Test headline metric per model: mean over seeds with ± std error bars, one panel per dataset."""
-    sns = _setup()
     done = records.completed.dropna(subset=["headline"])
     metrics = records.headline_metrics
-    models = [m for m in records.models if m in set(done["model"])]
-    palette = dict(zip(models, sns.color_palette(n_colors=max(1, len(models)))))
+    agg = done.groupby(["dataset", "model"], sort=False)["headline"].agg(["mean", "std", "count"]).reset_index()
+    agg["std"] = agg["std"].fillna(0.0)
+    models = [m for m in records.models if m in set(agg["model"])]
+    palette = _palette(models)
 
     def draw(ax: Any, frame: Any, d: str) -> None:
-        order = [m for m in models if m in set(frame["model"])]
-        sns.barplot(data=frame, x="model", y="headline", hue="model", order=order, hue_order=order, palette=palette,
-                    errorbar="sd", capsize=0.2, ax=ax, legend=False)
-        lo, hi = frame["headline"].min(), frame["headline"].max()
-        pad = (hi - lo) * 0.5 + 1e-3 * (abs(hi) + 1)
-        ax.set_ylim(lo - pad - frame.groupby("model")["headline"].std().fillna(0).max(),
-                    hi + pad + frame.groupby("model")["headline"].std().fillna(0).max())
-        ax.tick_params(axis="x", rotation=30)
+        frame = frame.set_index("model").loc[[m for m in models if m in set(frame["model"])]].reset_index()
+        x = range(len(frame))
+        ax.bar(x, frame["mean"], color=[palette[m] for m in frame["model"]], width=0.75)
+        ax.errorbar(x, frame["mean"], yerr=frame["std"], fmt="none", ecolor="0.2", capsize=3, linewidth=1)
+        ax.set_xticks(list(x), list(frame["model"]))
+        lo, hi = (frame["mean"] - frame["std"]).min(), (frame["mean"] + frame["std"]).max()
+        pad = 0.25 * (hi - lo) + 1e-3 * (abs(hi) + 1)
+        ax.set_ylim(lo - pad, hi + pad)  # metrics can be negative: no zero baseline
+        for label in ax.get_xticklabels():
+            label.set_rotation(30), label.set_horizontalalignment("right")
 
-    return _per_dataset(done, records.datasets, draw, lambda d: f"test {metrics.get(d, '')}", "")
+    return _per_dataset(agg, records.datasets, draw, lambda d: f"test {metrics.get(d, '')} (mean ± std)", "")
 
 
 # -- trained models (torch) -------------------------------------------------------------------------
@@ -329,32 +368,61 @@ def image_figures(records: Any, n: int = 32) -> dict[str, Any]:
 
 
 # -- everything -------------------------------------------------------------------------------------
-def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike, models: bool = True) -> dict[str, Path]:
+_JOBS: dict[str, Callable[[], Any]] = {}  # figure name -> builder, read by forked workers
+
+
+def _render(name: str, out_dir: Path) -> Path:
+    return save(_JOBS[name](), out_dir, name)
+
+
+def _render_all(jobs: dict[str, Callable[[], Any]], out_dir: Path, workers: int | None = None) -> dict[str, Path]:
+    """Build and save figures, in forked worker processes where the platform allows (Linux) and there
+    are cores to spare; drawing the panels' text is what costs, and it runs one figure per core."""
+    import multiprocessing as mp
+    import sys
+
+    if workers is None:
+        workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4)
+    if workers < 2 or not sys.platform.startswith("linux") or "torch" in sys.modules:
+        return {name: save(build(), out_dir, name) for name, build in jobs.items()}
+    _JOBS.clear()
+    _JOBS.update(jobs)
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            paths = pool.starmap(_render, [(name, out_dir) for name in jobs])
+    finally:
+        _JOBS.clear()
+    return dict(zip(jobs, paths))
+
+
+def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike, models: bool = True,
+                workers: int | None = None) -> dict[str, Path]:
     """Every figure the records allow, written as PNG + PDF under ``out_dir``; name -> PNG path.
 
-    ``models=False`` skips the figures that rebuild trained models (toy densities, image samples).
+    ``models=False`` skips the figures that rebuild trained models (toy densities, image samples);
+    ``workers`` caps the processes that draw the record figures (default: up to 4 cores; 1: serial).
     """
     out_dir = Path(out_dir)
     _setup()
-    written: dict[str, Path] = {}
     if records.completed.empty:
-        return written
-    metrics = records.headline_metrics
-    datasets = records.datasets
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, datasets, order = records.headline_metrics, records.datasets, records.models
+    jobs: dict[str, Callable[[], Any]] = {}
     if records.completed["headline"].notna().any():
-        written["bars"] = save(bars(records), out_dir, "bars")
+        jobs["bars"] = lambda: bars(records)
     hist = load_histories(records)
     if not hist.empty and hist["val_headline"].notna().any():
-        written["metric_vs_time"] = save(metric_vs(hist, "seconds", "training seconds", metrics, datasets),
-                                         out_dir, "metric_vs_time")
+        jobs["metric_vs_time"] = lambda: metric_vs(hist, "seconds", "training seconds", metrics, datasets, order)
         if (hist["nfe_total"] > 0).any():
-            written["metric_vs_nfe"] = save(metric_vs(hist, "nfe_total", "cumulative NFE (forward + backward)",
-                                                      metrics, datasets), out_dir, "metric_vs_nfe")
+            jobs["metric_vs_nfe"] = lambda: metric_vs(hist, "nfe_total", "cumulative NFE (forward + backward)",
+                                                      metrics, datasets, order)
     if not hist.empty and ((hist["nfe_forward"] > 0) | (hist["nfe_backward"] > 0)).any():
-        written["nfe_over_training"] = save(nfe_over_training(hist, datasets), out_dir, "nfe_over_training")
+        jobs["nfe_over_training"] = lambda: nfe_over_training(hist, datasets, order)
     tol_cols = [c for c in hist.columns if c.startswith("tol_")] if not hist.empty else []
     if tol_cols:
-        written["tolerances"] = save(tolerances(hist, tol_cols, datasets), out_dir, "tolerances")
+        jobs["tolerances"] = lambda: tolerances(hist, tol_cols, datasets, order)
+    written = _render_all(jobs, out_dir, workers)
     if models and "path" in records.completed:
         has_weights = any(os.path.exists(os.path.join(p, "model.pt")) for p in
                           records.completed.drop_duplicates(["model", "dataset"])["path"])

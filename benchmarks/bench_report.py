@@ -1,0 +1,117 @@
+"""Speed of the reporting side: `flowbench report` and `flowbench check` on 10,000 records.
+
+    python benchmarks/bench_report.py [--n 10000] [--keep DIR]
+
+Writes 10,000 synthetic run records (5 models x 8 datasets x 250 seeds, 2% failed, CNFs with NFE
+and learned tolerances, 10 evaluations each in metrics.jsonl), then times, as a user sees them
+(fresh processes, imports included): `flowbench report` with every figure, `flowbench pin` and
+`flowbench check`. Targets (issue 8): report < 10 s including figures; check < 2 s.
+The report (tables, figures, index.html) is kept under --keep (default: reports/bench_report/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODELS = {"realnvp": 0.0, "glow": 0.0, "ffjord": 120.0, "rnode": 60.0, "infocnf": 80.0}
+DATASETS = ["8gaussians", "moons", "rings", "circles", "pinwheel", "2spirals", "checkerboard", "swissroll"]
+SUITE = "bench_report"
+
+
+def write_records(results: Path, n: int) -> None:
+    """n records written directly (plain writes: generating them is not what is timed)."""
+    rng = random.Random(0)
+    seeds = max(1, n // (len(MODELS) * len(DATASETS)))
+    i = 0
+    for m_index, (model, nfe) in enumerate(MODELS.items()):
+        for d_index, dataset in enumerate(DATASETS):
+            for seed in range(seeds):
+                if i >= n:
+                    return
+                run_id = f"{i:012x}"
+                folder = results / SUITE / run_id
+                folder.mkdir(parents=True)
+                spec = {"run_id": run_id, "suite": SUITE, "model": model, "dataset": dataset, "seed": seed,
+                        "model_config": {"hidden": 64}, "data_config": {"n_train": 10000},
+                        "train": {"lr": 1e-3, "max_steps": 1000}, "metric": "nll"}
+                (folder / "spec.json").write_text(json.dumps(spec))
+                value = 2.0 + 0.1 * d_index - 0.05 * m_index + rng.gauss(0, 0.02)
+                lines = []
+                for k in range(1, 11):
+                    row = {"step": 100 * k, "epoch": k / 4, "seconds": 3.0 * k * (1 + nfe / 100), "train_loss": value,
+                           "lr": 1e-3, "nfe_forward": nfe, "nfe_backward": 1.5 * nfe,
+                           "nfe_forward_total": nfe * 100 * k, "nfe_backward_total": 1.5 * nfe * 100 * k,
+                           "val_nll": value + 1.0 / k}
+                    if model == "infocnf":
+                        row.update(tol_atol=1e-3 / k, tol_rtol=1e-3 / k ** 0.5)
+                    lines.append(json.dumps(row))
+                (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+                if rng.random() < 0.02:
+                    result = {"status": "diverged", "error": "non-finite training loss (nan) at step 512"}
+                else:
+                    result = {"status": "completed", "error": None, "test": {"nll": value},
+                              "nfe": {"train_forward": nfe + rng.gauss(0, 1) if nfe else 0.0,
+                                      "train_backward": 1.5 * nfe, "test_forward": nfe or None},
+                              "train_seconds": 30.0 * (1 + nfe / 100), "steps": 1000, "params": 10000 + m_index}
+                result.update(run_id=run_id, env={"git_sha": "0123abcd", "device": "cpu", "host": f"node{seed % 4}",
+                                                  "versions": {"python": "3.11", "torch": "2.13.0"}})
+                (folder / "result.json").write_text(json.dumps(result))
+                i += 1
+
+
+def timed(args: list[str], cwd: Path) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds of the child, exit code, output) of `python -m bench ARGS`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.returncode, proc.stdout + proc.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--keep", default="reports/bench_report", help="where the report is kept")
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results = tmp / "results"
+        start = time.perf_counter()
+        write_records(results, args.n)
+        print(f"wrote {args.n:,} synthetic records in {time.perf_counter() - start:.1f} s")
+        env_args = ["--results", str(results)]
+        print(f"load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              "(wall times on a shared machine include waiting; CPU time is the process's own work)")
+        report_s, report_cpu, rc, out = timed(["report", SUITE, *env_args, "--out", str(tmp / "reports")], repo)
+        assert rc == 0, out
+        figures = sorted(p.name for p in (tmp / "reports" / SUITE / "figures").glob("*.png"))
+        print(f"flowbench report ({args.n:,} records)  {report_s:6.2f} s wall  {report_cpu:6.2f} s CPU  (target < 10 s; "
+              f"{len(figures)} figures, PNG + PDF: {', '.join(figures)})")
+        pin_s, pin_cpu, rc, out = timed(["pin", SUITE, *env_args, "--pinned", str(tmp / "pinned")], repo)
+        assert rc == 0, out
+        print(f"flowbench pin                      {pin_s:6.2f} s wall  {pin_cpu:6.2f} s CPU")
+        check_s, check_cpu, rc, out = timed(["check", SUITE, *env_args, "--pinned", str(tmp / "pinned")], repo)
+        assert rc == 0, out
+        print(f"flowbench check                    {check_s:6.2f} s wall  {check_cpu:6.2f} s CPU  (target < 2 s; exit {rc})")
+        keep = repo / args.keep if not os.path.isabs(args.keep) else Path(args.keep)
+        if keep.exists():
+            shutil.rmtree(keep)
+        shutil.copytree(tmp / "reports" / SUITE, keep)
+        print(f"report kept in {keep}")
+
+
+if __name__ == "__main__":
+    main()
