@@ -279,13 +279,14 @@ class CNF(nn.Module):
     Training solves use ``train_solver``, evaluation solves ``eval_solver``.
     ``steer``: b of STEER; in training the end time is ``T + U(-b, b)``.
     ``regularize``: integrate the kinetic and Jacobian terms in training (returned by ``forward``).
-    ``adjoint``: backpropagate by torchdiffeq's adjoint solve instead of through the solver's steps.
+    ``adjoint``: backpropagate by torchdiffeq's adjoint solve instead of through the solver's steps;
+    ``adjoint_seminorm``: leave the parameter adjoints out of the adjoint solve's error control.
     """
 
     def __init__(self, net: nn.Module, shape: Sequence[int], end_time: float = 1.0, train_end_time: bool = False,
                  divergence: str = "hutchinson", eval_divergence: str = "auto", noise: str = "gaussian",
                  train_solver: Solver | None = None, eval_solver: Solver | None = None, adjoint: bool = True,
-                 steer: float = 0.0, regularize: bool = False):
+                 steer: float = 0.0, regularize: bool = False, adjoint_seminorm: bool = False):
         super().__init__()
         for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
             if value not in ("hutchinson", "exact", "auto"):
@@ -300,6 +301,7 @@ class CNF(nn.Module):
         self.train_solver = train_solver or Solver()
         self.eval_solver = eval_solver or Solver()
         self.adjoint, self.steer, self.regularize = adjoint, steer, regularize
+        self.adjoint_seminorm = adjoint_seminorm
 
     def _exact(self) -> bool:
         mode, limit = ((self.divergence, AUTO_EXACT_TRAIN_DIM) if self.training
@@ -321,8 +323,11 @@ class CNF(nn.Module):
         try:
             if use_adjoint:
                 params = tuple(p for p in func.parameters() if p.requires_grad)  # the dynamics' own only
+                extra = {}
+                if self.adjoint_seminorm and solver.method not in FIXED_STEP:  # Kidger et al. 2021: no
+                    extra["adjoint_options"] = {"norm": "seminorm"}  # parameter adjoints in step-size control
                 out = odeint_adjoint(func, state, s, adjoint_params=params, adjoint_atol=solver.atol,
-                                     adjoint_rtol=solver.rtol, **kwargs)
+                                     adjoint_rtol=solver.rtol, **extra, **kwargs)
             else:
                 out = odeint(func, state, s, **kwargs)
         except AssertionError as err:

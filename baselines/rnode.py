@@ -23,7 +23,8 @@ def build(data, kinetic: float = 0.01, jacobian: float = 0.01, n_blocks: int | N
           eval_divergence: str = "auto", noise: str = "gaussian", solver: str = "dopri5", atol: float | None = None,
           rtol: float | None = None, step_size: float | None = 0.25, eval_solver: str = "dopri5",
           eval_atol: float | None = None, eval_rtol: float | None = None, adjoint: bool = True, steer: float = 0.0,
-          batch_norm: bool = False, n_scales: int = 0, zero_last: bool = True) -> FlowModel:
+          batch_norm: bool = False, n_scales: int = 0, zero_last: bool = True,
+          adjoint_seminorm: bool = False) -> FlowModel:
     """RNODE: FFJORD's model (see baselines.ffjord.build for the kind defaults) plus kinetic-energy
     and Jacobian-norm regularisers with weights ``kinetic`` and ``jacobian``; ``solver: rk4`` uses
     ``step_size``."""
@@ -32,4 +33,4 @@ def build(data, kinetic: float = 0.01, jacobian: float = 0.01, n_blocks: int | N
                           eval_divergence=eval_divergence, noise=noise, solver=solver, atol=atol, rtol=rtol,
                           step_size=step_size, eval_solver=eval_solver, eval_atol=eval_atol, eval_rtol=eval_rtol,
                           adjoint=adjoint, steer=steer, batch_norm=batch_norm, n_scales=n_scales,
-                          zero_last=zero_last, kinetic=kinetic, jacobian=jacobian)
+                          zero_last=zero_last, adjoint_seminorm=adjoint_seminorm, kinetic=kinetic, jacobian=jacobian)

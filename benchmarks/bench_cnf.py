@@ -64,13 +64,54 @@ def measure(model: str, info: DataInfo, batch: torch.Tensor, steps: int, **hpara
             "graph_mb": max(graph_mb), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def train_compare(iterations: int, adjoint: bool, seminorm: bool = False) -> dict:
+    """The official toy run: 8gaussians, batch 100, Adam lr 1e-3 (weight decay 1e-5), default toy model,
+    exact divergence; median s/iter and NFE over the run, train and test loss (1,000 test points) at the end."""
+    from bench.data import load_dataset
+
+    data = load_dataset("8gaussians", {"n_train": 100 * iterations, "n_val": 100, "n_test": 1000})
+    torch.manual_seed(0)
+    m = get_builder("ffjord")(data.info, adjoint=adjoint, adjoint_seminorm=seminorm)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-5)
+    cpu, wall, fwd, bwd, losses = [], [], [], [], []
+    for i in range(iterations):
+        x = data.train.x[i * 100:(i + 1) * 100]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        loss, _ = m.training_loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+        f, b = m.read_nfe()
+        fwd.append(f)
+        bwd.append(b)
+        losses.append(float(loss.detach()))
+    m.eval()
+    with torch.no_grad():
+        test = float(-m.log_prob(data.test.x).mean())
+    return {"s_iter": statistics.median(cpu), "wall": statistics.median(wall), "nfe_f": statistics.median(fwd),
+            "nfe_b": statistics.median(bwd), "train": statistics.mean(losses[-10:]), "test": test}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="toy cases only")
+    p.add_argument("--train", type=int, default=0, metavar="N",
+                   help="instead: N iterations of the official toy run (8gaussians, batch 100), adjoint and direct")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.train:
+        print(f"official toy run, {args.train} iterations; official (REFERENCES.md): 0.14 s/iter, NFE 28/26, "
+              "train 3.56, test 3.51 after 150 iterations")
+        for adjoint, seminorm in ((True, False), (True, True), (False, False)):
+            r = train_compare(args.train, adjoint, seminorm)
+            print(f"{'direct' if not adjoint else 'adjoint, seminorm' if seminorm else 'adjoint':17} CPU {r['s_iter']:.4f} s/iter (wall {r['wall']:.4f}), "
+                  f"NFE {r['nfe_f']:.0f}/{r['nfe_b']:.0f}, train {r['train']:.3f}, test {r['test']:.3f}; "
+                  f"official/ours {0.14 / r['s_iter']:.2f}x per iter", flush=True)
+        return
     gen = torch.Generator().manual_seed(0)
     toy = DataInfo("8gaussians", "toy", (2,))
     toy_hp = dict(hidden=[64, 64, 64], end_time=0.5, atol=1e-5, rtol=1e-5)
