@@ -322,7 +322,7 @@ def to_images(samples: Any) -> Any:
 
     x = np.asarray(samples, dtype="float64")
     if x.min() < -0.05 or x.max() > 1.05:
-        x = 1.0 / (1.0 + np.exp(-x))
+        x = 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
     return np.clip(x, 0.0, 1.0)
 
 
@@ -340,7 +340,8 @@ def sample_grid(samples: Any, title: str = "", ncol: int = 8) -> Any:
         r, col = divmod(k, ncol)
         img = np.repeat(x[k], 3, 0) if c == 1 else x[k, :3]
         canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = img.transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(0.5 + 0.35 * ncol * w / 16, 0.5 + 0.35 * nrow * h / 16))
+    width = max(4.0, canvas.shape[1] / 40)
+    fig, ax = plt.subplots(figsize=(width, width * canvas.shape[0] / canvas.shape[1] + 0.4))
     ax.imshow(canvas, interpolation="nearest")
     ax.axis("off")
     if title:

@@ -214,6 +214,7 @@ class Table:
     bold: bool = True
     unit: str = ""
     scale: float = 1.0  # values are divided by this for display (seconds -> hours)
+    show_failed: bool = False  # "(k failed)" in cells (the headline table)
 
     def cell(self, model: str, dataset: str) -> dict[str, Any] | None:
         row = self._index.get((model, dataset))
@@ -305,14 +306,19 @@ def build_tables(records: Records, published=None) -> list[Table]:
     head_title = "test " + "/".join(names or ["nll"]) + " (mean ± std over seeds; lower is better)"
     agg = aggregate(records, "headline")
     refs = reference_values(published, metric_of)
-    tables.append(make_table(agg, "headline", head_title, records.models, records.datasets, refs))
+    head = make_table(agg, "headline", head_title, records.models, records.datasets, refs)
+    head.show_failed = True
+    tables.append(head)
     done = records.completed
     for key, column, title, digits, bold, pub_metric in SECONDARY:
         if column not in done or done.empty:
             continue
         agg = aggregate(records, column)
-        if agg.empty or (key.startswith("nfe") and not (agg["mean"].abs() > 0).any()):
-            continue  # no CNF in the suite: an all-zero NFE table says nothing
+        if key.startswith("nfe"):  # models without NFE (discrete flows) have nothing to show here
+            with_nfe = set(agg.loc[agg["mean"].abs() > 0, "model"])
+            agg = agg[agg["model"].isin(with_nfe)]
+        if agg.empty:
+            continue
         refs = reference_values(published, pub_metric) if pub_metric else {}
         scale, unit = 1.0, ""
         if key == "wall_clock":
@@ -343,7 +349,7 @@ def _text(tab: Table, model: str, dataset: str, part: str, bold: tuple[str, str]
     if part == "gap":
         return fmt_gap(c["gap"], tab.digits)
     text = fmt_cell(c["mean"], c["std"], c["n"], tab.digits)
-    if c["failed"]:
+    if c["failed"] and tab.show_failed:
         text += f" ({c['failed']} failed)"
     if tab.bold and c["best"]:
         text = f"{bold[0]}{text}{bold[1]}"
@@ -555,7 +561,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
 color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #ddd}
-thead th{border-bottom:2px solid #444}tbody th{text-align:left}td.pub,td.gap{color:#777;font-size:90%}
+thead th{border-bottom:2px solid #444}td{white-space:nowrap}tbody th{text-align:left}td.pub,td.gap{color:#777;font-size:90%}
 figure{display:inline-block;margin:0.5em;vertical-align:top}figure img{max-width:560px;border:1px solid #eee}
 pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}.small{font-size:85%;color:#555}
 """

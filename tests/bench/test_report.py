@@ -88,8 +88,10 @@ def test_secondary_tables_and_every_output_file(results, tmp_path):
                   seconds=7200 * 4, params=1_000_000, extra_test={"error": 20.0 + seed})
         write_run(results, "s", "rnode", "cifar10", seed, 3.4, metric="bpd", nfe=300, seconds=7200,
                   params=1_000_000, extra_test={"error": 25.0})
+    write_run(results, "s", "realnvp", "cifar10", 0, 3.6, metric="bpd", nfe=0.0, extra_test={"error": 30.0})
     rep = report.write_report(scan(results, "s"), "s", tmp_path / "reports", figures=False)
     keys = [t.key for t in rep.tables]
+    assert "realnvp" in rep.tables[0].models and all("realnvp" not in t.models for t in rep.tables[1:4])
     assert keys == ["headline", "nfe_forward", "nfe_backward", "nfe_test", "error", "wall_clock", "params"]
     head = rep.tables[0]
     assert head.cell("rnode", "cifar10")["published"] == 3.398 and head.cell("rnode", "cifar10")["best"]
@@ -99,8 +101,8 @@ def test_secondary_tables_and_every_output_file(results, tmp_path):
     for key in ("markdown", "table", "latex", "csv", "headline_csv", "runs_csv", "parquet", "records_parquet", "html"):
         assert rep.files[key].exists() and rep.files[key].stat().st_size > 0, key
     long = pd.read_parquet(rep.files["parquet"])
-    assert set(long["table"]) == set(keys) and len(long) == 2 * len(keys)
-    assert pd.read_parquet(rep.files["records_parquet"])["run_id"].nunique() == 4
+    assert set(long["table"]) == set(keys) and len(long) == 2 * len(keys) + 4  # realnvp: in 4 tables, not the NFE ones
+    assert pd.read_parquet(rep.files["records_parquet"])["run_id"].nunique() == 5
     assert pd.read_csv(rep.files["csv"]).equals(pd.read_csv(rep.files["csv"]))  # plain CSV, readable
     md = rep.files["markdown"].read_text()
     assert "## NFE per training step, forward solve" in md and "## parameters" in md and "1,000,000" in md
