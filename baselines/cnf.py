@@ -164,8 +164,9 @@ class CNFDynamics(nn.Module):
     """The augmented dynamics in rescaled time ``s = t / T``: ``(z, logdet, *regs) -> derivatives``.
 
     ``dz/ds = T f(sT, z)``; ``dlogdet/ds = tr(d(dz/ds)/dz)``; the regulariser states integrate, in
-    original time, ``0.5 mean_d f^2`` (kinetic energy) and ``mean_d (e^T df/dz)^2`` (Jacobian
-    Frobenius, Hutchinson; ``||df/dz||_F^2 / D`` with the exact divergence).
+    original time, ``0.5 mean_d f^2`` (kinetic energy) and ``mean_d (J e)^2`` with the divergence's
+    probe (``(e^T J)^2`` on the autograd path; both estimate ``||J||_F^2 / D``, which the exact
+    divergence gives exactly), ``J = df/dz``.
     """
 
     def __init__(self, net: nn.Module, end_time: float = 1.0, train_end_time: bool = False):
@@ -339,8 +340,8 @@ class CNF(nn.Module):
             func.in_forward_solve = False
         out = (out,) if isinstance(out, Tensor) else out
         final = tuple(o[-1] for o in out)
-        if not torch.isfinite(final[0]).all():
-            raise SolverFailure("ODE solve produced a non-finite state (NaN/inf; not an underflow)")
+        if not all(bool(torch.isfinite(o).all()) for o in final):
+            raise SolverFailure("ODE solve produced a non-finite state or log-det (NaN/inf; not an underflow)")
         return final
 
     def _steer_offset(self) -> float:
