@@ -145,4 +145,6 @@ def cached_arrays(data_dir: Path, key: str, names: Sequence[str],
                 break
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if (folder / key).is_dir():  # another process cached the same entry first
+                    break
     return arrays
