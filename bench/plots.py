@@ -156,9 +156,9 @@ def _lines(ax: Any, frame: Any, x: str, y: str, colors: dict[str, Any], style: s
 
 
 def _models(hist: Any, models: Sequence[str] | None) -> list[str]:
-    present = set(hist["model"])
-    order = [m for m in (models or []) if m in present]
-    return order + sorted(present - set(order))
+    """Every model of the suite in order (so a model has the same colour in every figure), then others."""
+    order = list(models or [])
+    return order + sorted(set(hist["model"]) - set(order))
 
 
 def metric_vs(hist: Any, x: str, xlabel: str, metrics: dict[str, str], datasets: Sequence[str],
@@ -415,8 +415,9 @@ def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike,
     hist = load_histories(records)
     if not hist.empty and hist["val_headline"].notna().any():
         jobs["metric_vs_time"] = lambda: metric_vs(hist, "seconds", "training seconds", metrics, datasets, order)
-        if (hist["nfe_total"] > 0).any():
-            jobs["metric_vs_nfe"] = lambda: metric_vs(hist, "nfe_total", "cumulative NFE (forward + backward)",
+        cnf = hist[hist.groupby("model")["nfe_total"].transform("max") > 0]  # models that count NFE
+        if not cnf.empty:
+            jobs["metric_vs_nfe"] = lambda: metric_vs(cnf, "nfe_total", "cumulative NFE (forward + backward)",
                                                       metrics, datasets, order)
     if not hist.empty and ((hist["nfe_forward"] > 0) | (hist["nfe_backward"] > 0)).any():
         jobs["nfe_over_training"] = lambda: nfe_over_training(hist, datasets, order)
