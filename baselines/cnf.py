@@ -269,14 +269,15 @@ class Solver:
 
 
 AUTO_EXACT_TRAIN_DIM = 4  # "auto" divergence: exact in training up to this dimension (toy data)
-AUTO_EXACT_EVAL_DIM = 64  # ... and in evaluation up to this one (every tabular set; not images)
+AUTO_EXACT_EVAL_DIM = 64  # ... and in evaluation up to this one (every tabular set); never for images
 
 
 class CNF(nn.Module):
     """One continuous flow block ``x -> z(T)`` with its log-determinant (and regularisers).
 
     ``divergence`` (training) and ``eval_divergence`` (``self.training == False``): ``"hutchinson"``,
-    ``"exact"``, or ``"auto"`` (exact up to AUTO_EXACT_TRAIN_DIM / AUTO_EXACT_EVAL_DIM dimensions).
+    ``"exact"``, or ``"auto"`` (exact for vectors up to AUTO_EXACT_TRAIN_DIM / AUTO_EXACT_EVAL_DIM
+    dimensions; Hutchinson for images).
     Training solves use ``train_solver``, evaluation solves ``eval_solver``.
     ``steer``: b of STEER; in training the end time is ``T + U(-b, b)``.
     ``regularize``: integrate the kinetic and Jacobian terms in training (returned by ``forward``).
@@ -305,9 +306,11 @@ class CNF(nn.Module):
         self.adjoint_seminorm = adjoint_seminorm
 
     def _exact(self) -> bool:
+        """Exact trace for this solve? ``auto`` means exact for low-dimensional vectors, never for images
+        (a conv net's exact trace costs one tangent a pixel: Hutchinson, as FFJORD evaluates images)."""
         mode, limit = ((self.divergence, AUTO_EXACT_TRAIN_DIM) if self.training
                        else (self.eval_divergence, AUTO_EXACT_EVAL_DIM))
-        return mode == "exact" or (mode == "auto" and self.dim <= limit)
+        return mode == "exact" or (mode == "auto" and len(self.shape) == 1 and self.dim <= limit)
 
     def _solve(self, state: tuple[Tensor, ...], reverse: bool, solver: Solver) -> tuple[Tensor, ...]:
         func = self.func

@@ -230,7 +230,7 @@ def build(data, n_blocks: int | None = None, hidden: Sequence[int] | None = None
     """FFJORD. Defaults by data kind (REFERENCES.md): toy 3x64 concat-squash tanh, T = 0.5 trained,
     exact divergence; tabular one hidden layer of 10 D, softplus, atol/rtol 1e-8/1e-6, Gaussian
     Hutchinson; images multi-scale with 2 blocks a scale, 64-64-64 conv softplus, Rademacher.
-    Evaluation: dopri5 at min(train tolerance, 1e-5), exact divergence up to 64 dimensions.
+    Evaluation: dopri5 at min(train tolerance, 1e-5), exact divergence for vectors up to 64 dimensions.
     ``adjoint_seminorm`` leaves parameter adjoints out of the backward solve's error control."""
     if end_time is None:
         end_time = 0.5 if data.kind == "toy" else 1.0

@@ -56,7 +56,8 @@ def test_vector_stack_with_batch_norm_matches_brute_force():
 
 def test_multiscale_image_model_matches_brute_force_and_inverts():
     data = DataInfo("random", "image", (1, 4, 4), levels=256)
-    model = prepared(data, hidden=[4], n_blocks=1, n_scales=2, eval_atol=1e-8, eval_rtol=1e-8)
+    model = prepared(data, hidden=[4], n_blocks=1, n_scales=2, eval_atol=1e-8, eval_rtol=1e-8,
+                     eval_divergence="exact")
     assert [len(pre) + len(post) for pre, post in model.scales] == [2, 1]
     assert model.piece_shapes == [(2, 2, 2), (2, 2, 2)]
     x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
@@ -83,6 +84,8 @@ def test_kind_defaults_follow_the_reference():
     assert tb._exact()  # exact divergence at test time on tabular data
     img = build(DataInfo("mnist", "image", (1, 28, 28), levels=256))
     assert len(img.scales) == 3 and img.scales[0][0][0].noise == "rademacher"
+    img.eval()
+    assert not img.scales[-1][0][0]._exact()  # images: Hutchinson at evaluation too (auto), even at 4x7x7
 
 
 def test_short_run_lowers_nll_and_records_nfe(short_run):
