@@ -89,7 +89,7 @@ def test_kind_defaults_follow_the_reference():
 
 
 def test_short_run_lowers_nll_and_records_nfe(short_run):
-    before, result = short_run("ffjord", {"hidden": [32, 32]}, steps=100, lr=1e-2)
+    before, result = short_run("ffjord", {"hidden": [32, 32]}, steps=60, lr=1e-2, batch_size=64)
     assert result["status"] == "completed", result.get("error")
     assert result["test"]["nll"] < before - 0.5, (before, result["test"])
     nfe = result["nfe"]
