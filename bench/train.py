@@ -73,6 +73,7 @@ class LoopState:
     window_steps: int = 0
     window_nfe_forward: int = 0
     window_nfe_backward: int = 0
+    window_stats: dict[str, float] = field(default_factory=dict)  # sums of training_loss's stats
     stop_reason: str | None = None
 
 
@@ -312,7 +313,9 @@ class Trainer:
             lr = lr_at(self.state.step, self.train, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        loss, _ = self.model.training_loss(x, y)
+        loss, stats = self.model.training_loss(x, y)
+        for key, stat in stats.items():  # regularisers, classification terms: logged per evaluation
+            self.state.window_stats[key] = self.state.window_stats.get(key, 0.0) + float(stat)
         value = float(loss.detach())
         if self.dist.world > 1:  # one view of the loss (and of a stop request) on every process
             value, stops = self.dist.all_sum([value, float(_stop.is_set())])
@@ -353,9 +356,11 @@ class Trainer:
                "train_loss": s.window_loss / steps, "lr": lr_at(max(0, s.step - 1), t, self.total_steps),
                "nfe_forward": s.window_nfe_forward / steps, "nfe_backward": s.window_nfe_backward / steps,
                "nfe_forward_total": s.nfe_forward, "nfe_backward_total": s.nfe_backward,
+               **{f"train_{k}": v / steps for k, v in s.window_stats.items()},
                **{f"val_{k}": v for k, v in val.items()}}
         s.history.append(row)
         s.window_loss, s.window_steps, s.window_nfe_forward, s.window_nfe_backward = 0.0, 0, 0, 0
+        s.window_stats = {}
         if self.dist.main:
             self.record.write_metrics(s.history)
         metric = val.get(self.spec.metric)
