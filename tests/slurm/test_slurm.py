@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.launch import job_states
 from bench.spec import load_suite
 from bench.store import RunRecord
 
@@ -34,9 +35,9 @@ slurm: {timeout_min: 5, cpus_per_task: 1, mem_gb: 1}
 LONG = """
 datasets:
   moons: {n_train: 4000, n_val: 200, n_test: 300}
-models: {realnvp: {n_layers: 4, hidden: 32}}
+models: {realnvp: {n_layers: 2, hidden: 16}}
 seeds: [0]
-train: {max_steps: 2500, batch_size: 256, eval_every: 100, checkpoint_every: 100}
+train: {max_steps: 2500, batch_size: 128, eval_every: 100, checkpoint_every: 100}
 slurm: {timeout_min: TIMEOUT, signal_delay_s: 10, cpus_per_task: 1, mem_gb: 1}
 """
 
@@ -66,6 +67,12 @@ def _state(job_id: str) -> str:
         if jid == job_id:
             return f"{state}|{reason}"
     return "GONE|"
+
+
+def _release(job_id: str) -> bool:
+    if _state(job_id).startswith("PENDING"):
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    return False
 
 
 def _until(predicate, timeout: float, what: str) -> None:
@@ -103,7 +110,7 @@ def test_array_completes_and_matches_inline(slurm_cluster, write_suite, tmp_path
 def test_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_suite, tmp_path):
     # SLURM's own --signal fires with up to 60 s of slack (measured here: ~7 s into a 1-minute job),
     # so the test sends the end-of-allocation signal itself, early, exactly as slurmctld would.
-    path = write_suite(LONG.replace("TIMEOUT", "1"))
+    path = write_suite(LONG.replace("TIMEOUT", "3"))
     spec = load_suite(path).runs()[0]
     record = RunRecord(tmp_path / "r", spec.suite, spec.run_id)
     assert main(["run", str(path), "--executor", "slurm", "--results", str(tmp_path / "r"), "--quiet"]) == 0
@@ -112,8 +119,9 @@ def test_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_suite, tmp
     subprocess.run(["scancel", "--signal=USR2", job.split("_")[0]], check=True)
     _until(lambda: _state(job).startswith("PENDING") or (record.read_result() or {}).get("resumes"), 60,
            "the job to requeue itself")
-    subprocess.run(["scontrol", "update", f"JobId={job.split('_')[0]}", "StartTime=now"], capture_output=True)
-    _until(lambda: (record.read_result() or {}).get("status") == "completed", 240, "the requeued run to complete")
+    # a requeued job waits ~2 minutes (its BeginTime) before it may start again; release it now
+    _until(lambda: _release(job) or (record.read_result() or {}).get("status") == "completed", 400,
+           "the requeued run to complete")
     result, history = record.read_result(), record.read_metrics()
     assert result["resumes"] >= 1 and result["steps"] == 2500
     assert [h["step"] for h in history] == list(range(100, 2501, 100))  # unbroken, nothing counted twice
@@ -131,6 +139,8 @@ def test_scancel_is_reported_and_rerun_resubmits(slurm_cluster, write_suite, tmp
     assert main(["cancel", str(path), "--results", str(tmp_path / "r")]) == 0
     assert "cancelled 1 job(s)" in capsys.readouterr().out
     _until(lambda: (record.read_result() or {}).get("status") not in (None, "running"), 60, "the record after scancel")
+    job = json.loads((record.dir / "slurm.json").read_text())["job_id"]
+    _until(lambda: job_states([job]).get(job) == "CANCELLED", 60, "SLURM to account the job as cancelled")
     assert main(["status", str(path), "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "CANCELLED" in out and "preempted" in out
