@@ -90,7 +90,7 @@ def digits_run(short_run):
     (bits/dim); skipped while the images datasets are not registered."""
     from bench.data import REGISTRY, load_dataset
 
-    def run(model: str, hparams: dict, steps: int = 200):
+    def run(model: str, hparams: dict, steps: int = 40):
         if "digits" not in REGISTRY:
             pytest.skip("the digits image dataset is not registered (bench/data/images.py)")
         levels = load_dataset("digits", {}).info.levels
