@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def std_normal_log_prob(z: Tensor) -> Tensor:
+    """Per-example log N(z; 0, I), summed over every non-batch dimension."""
+    return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(1)
 
 
 class FlowModel(nn.Module):
@@ -30,6 +40,31 @@ class FlowModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class LatentFlowModel(FlowModel):
+    """A bijection ``to_latent`` onto a flat standard-normal latent of ``latent_dim`` dimensions.
+
+    Subclasses give ``to_latent(x) -> (z, log|det dz/dx|)``, ``from_latent(z)`` and ``latent_dim``;
+    the density and sampling follow from them, once for every discrete flow.
+    """
+
+    latent_dim: int
+
+    def to_latent(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def from_latent(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        z, log_det = self.to_latent(x)
+        return std_normal_log_prob(z) + log_det
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        ref = next(self.parameters())
+        return self.from_latent(torch.randn(n, self.latent_dim, device=ref.device, dtype=ref.dtype))
 
 
 class SoftClampScale(nn.Module):

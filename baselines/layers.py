@@ -30,14 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from baselines.base import FlowModel, SoftClampScale
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def std_normal_log_prob(z: Tensor) -> Tensor:
-    """Per-example log N(z; 0, I), summed over every non-batch dimension."""
-    return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(1)
+from baselines.base import LatentFlowModel, SoftClampScale, std_normal_log_prob  # noqa: F401 (re-exported)
 
 
 def sum_per_example(t: Tensor) -> Tensor:
@@ -270,7 +263,7 @@ class MultiScaleFlow(nn.Module):
         return h
 
 
-class VectorFlowModel(FlowModel):
+class VectorFlowModel(LatentFlowModel):
     """A normflows ``NormalizingFlow`` (flows listed latent -> data) over N(0, I) for vector data.
 
     normflows accumulates log-determinants in a float32 buffer whatever the input's dtype; this
@@ -292,17 +285,12 @@ class VectorFlowModel(FlowModel):
             z, _ = flow.forward(z)
         return z
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        z, log_det = self.to_latent(x)
-        return std_normal_log_prob(z) + log_det
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        ref = next(self.parameters())
-        return self.from_latent(torch.randn(n, self.flow.q0.shape[0], device=ref.device, dtype=ref.dtype))
+    @property
+    def latent_dim(self) -> int:
+        return int(self.flow.q0.shape[0])
 
 
-class MultiScaleModel(FlowModel):
+class MultiScaleModel(LatentFlowModel):
     """A ``MultiScaleFlow`` over whitened latents: the shared body of the image models."""
 
     def __init__(self, flow: MultiScaleFlow, shape: tuple[int, ...]):
@@ -317,15 +305,9 @@ class MultiScaleModel(FlowModel):
     def from_latent(self, z: Tensor) -> Tensor:
         return self.flow.from_latent(z)
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        z, log_det = self.to_latent(x)
-        return std_normal_log_prob(z) + log_det
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        ref = next(self.parameters())
-        z = torch.randn(n, math.prod(self.shape), device=ref.device, dtype=ref.dtype)
-        return self.from_latent(z)
+    @property
+    def latent_dim(self) -> int:
+        return math.prod(self.shape)
 
 
 
