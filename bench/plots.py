@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.store import RunRecord  # noqa: F401  (records are the only input)
 
 MAX_RUNS_PER_GROUP = 3  # curves: at most this many seeds per (model, dataset), to keep plots legible and fast
 MAX_PANELS = 12  # datasets per figure

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.store import STATUSES  # noqa: F401  (the one import from the harness: the record format)
+from bench.store import STATUSES
 
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "baselines" / "published.csv"
 FAILED_STATUSES = ("failed", "diverged", "timeout", "preempted")
