@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 
 import pytest
@@ -53,9 +54,32 @@ def prepared(builder, shape, seed: int = 0, **hparams):
     return model
 
 
+def assert_change_of_variables(model, shape) -> None:
+    """log_prob(x) = log N(z) + log|det J| with J the full autograd Jacobian (float64, to 1e-9)."""
+    x = torch.rand(3, *shape, dtype=torch.float64)
+    z, log_det = model.to_latent(x)
+    assert z.shape == (3, math.prod(shape))
+    brute = brute_force_logdet(model, x)
+    assert brute.abs().max() > 1e-3  # the perturbed model is not volume preserving
+    torch.testing.assert_close(log_det, brute, rtol=1e-9, atol=1e-9)
+    expected = -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi)) + brute
+    torch.testing.assert_close(model.log_prob(x), expected, rtol=1e-9, atol=1e-9)
+
+
+def assert_inverse_and_samples(model, shape) -> None:
+    """from_latent(to_latent(x)) = x; samples have the data's shape and are finite."""
+    x = torch.rand(8, *shape, dtype=torch.float64)
+    z, _ = model.to_latent(x)
+    torch.testing.assert_close(model.from_latent(z), x, rtol=1e-10, atol=1e-10)
+    samples = model.sample(16)
+    assert samples.shape == (16, *shape) and torch.isfinite(samples).all()
+
+
 @pytest.fixture
 def flowcheck():
-    return types.SimpleNamespace(info=info, brute_force_logdet=brute_force_logdet, perturb=perturb, prepared=prepared)
+    return types.SimpleNamespace(info=info, brute_force_logdet=brute_force_logdet, perturb=perturb, prepared=prepared,
+                                 change_of_variables=assert_change_of_variables,
+                                 inverse_and_samples=assert_inverse_and_samples)
 
 
 @pytest.fixture
