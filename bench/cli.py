@@ -361,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlowbenchError as err:
         print(f"flowbench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `flowbench run suite --dry-run | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("flowbench: interrupted; finished records are kept, unfinished runs resume on the next `run`",
               file=sys.stderr)
