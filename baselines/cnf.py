@@ -92,12 +92,15 @@ class TimeNet(nn.Module):
             self.gate_b = nn.Parameter(torch.empty(total).uniform_(-1, 1))
             self.bias_w = nn.Parameter(torch.empty(total).uniform_(-1, 1))
 
+    def _time_gates(self, t: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Every layer's concat-squash gate sigmoid(w t + b) and bias w' t, from one fused op."""
+        gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
+        return gates, (self.bias_w * t).split(self.splits)
+
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         h = z
         if self.squash:
-            t = t.to(z.dtype)
-            gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
-            biases = (self.bias_w * t).split(self.splits)
+            gates, biases = self._time_gates(t.to(z.dtype))
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h)
@@ -115,9 +118,7 @@ class TimeNet(nn.Module):
         v = tangents.reshape(k * batch, *z.shape[1:])
         h = z
         if self.squash:
-            t = t.to(z.dtype)
-            gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
-            biases = (self.bias_w * t).split(self.splits)
+            gates, biases = self._time_gates(t.to(z.dtype))
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if self.conv:

@@ -75,11 +75,19 @@ def assert_inverse_and_samples(model, shape) -> None:
     assert samples.shape == (16, *shape) and torch.isfinite(samples).all()
 
 
+def assert_digits_bits_per_dim_below_uniform(levels: int, result: dict) -> None:
+    """A completed short run on digits has finite test bits/dim below the uniform model's log2(levels)."""
+    assert result["status"] == "completed", result.get("error")
+    bpd = result["test"]["bpd"]
+    assert math.isfinite(bpd) and bpd < math.log2(levels), (bpd, levels)
+
+
 @pytest.fixture
 def flowcheck():
     return types.SimpleNamespace(info=info, brute_force_logdet=brute_force_logdet, perturb=perturb, prepared=prepared,
                                  change_of_variables=assert_change_of_variables,
-                                 inverse_and_samples=assert_inverse_and_samples)
+                                 inverse_and_samples=assert_inverse_and_samples,
+                                 digits_below_uniform=assert_digits_bits_per_dim_below_uniform)
 
 
 @pytest.fixture
