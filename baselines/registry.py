@@ -18,6 +18,13 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "iresnet": ("baselines.iresnet:build", "i-ResNet (Behrmann et al. 2019): Lipschitz residual blocks, power-series log-det"),
     "ffjord": ("baselines.ffjord:build", "FFJORD (Grathwohl et al. 2019): CNF blocks, Hutchinson trace, multi-scale images"),
     "rnode": ("baselines.rnode:build", "RNODE (Finlay et al. 2020): FFJORD + kinetic/Jacobian-norm regularisers, rk4 option"),
+    "ccnf": ("baselines.infocnf:build_ccnf", "CCNF (InfoCNF's baseline): CNF with a class-conditional prior on all of z"),
+    "infocnf": ("baselines.infocnf:build_infocnf", "InfoCNF (Nguyen et al.): supervised/unsupervised latent split, fixed tolerances"),
+    "infocnf_learned": ("baselines.infocnf:build_infocnf_learned",
+                        "InfoCNF with solver tolerances learned per block by REINFORCE"),
+    "latent_ode": ("baselines.latent_ode:build", "LatentODE (Rubanova et al. 2019): RNN encoder, ODE latent trajectory"),
+    "latent_ode_partitioned": ("baselines.latent_ode:build_partitioned",
+                               "LatentODE with InfoCNF's partitioned latent (3 supervised dims)"),
 }
 
 _registered: dict[str, tuple[Callable, str]] = {}
