@@ -3,7 +3,7 @@
 - ``metric_vs_time`` / ``metric_vs_nfe``: the validation headline metric against training
   wall-clock and against cumulative NFE (forward + backward), one line per run, colour per model;
 - ``nfe_over_training``: forward and backward NFE per step over training (CNFs);
-- ``tolerances``: learned solver tolerances over training (``tol_*`` columns of metrics.jsonl);
+- ``tolerances``: learned solver tolerances over training (``train_tol_*`` columns of metrics.jsonl);
 - ``bars``: the test headline metric per model, mean with a ± std error bar over seeds, per dataset;
 - ``toy_density`` / ``toy_samples``: 2-D density heat maps and samples of each model (toy data);
 - ``samples_<model>_<dataset>``: image sample grids.
@@ -181,10 +181,10 @@ def nfe_over_training(hist: Any, datasets: Sequence[str], models: Sequence[str] 
 
 
 def tolerances(hist: Any, columns: Sequence[str], datasets: Sequence[str], models: Sequence[str] | None = None) -> Any:
-    """Learned solver tolerances (``tol_*``) over training, log scale."""
+    """Learned solver tolerances (``tol_*`` / ``train_tol_*`` columns) over training, log scale."""
     long = hist.melt(id_vars=["model", "dataset", "run_id", "step"], value_vars=list(columns), var_name="tolerance",
                      value_name="value").dropna(subset=["value"])
-    long["tolerance"] = long["tolerance"].str.replace("tol_", "", regex=False)
+    long["tolerance"] = long["tolerance"].str.replace(r"^(train_)?tol_", "", regex=True)
     colors = _palette(_models(hist, models))
 
     def draw(ax: Any, frame: Any, d: str) -> None:
@@ -420,7 +420,8 @@ def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike,
                                                       metrics, datasets, order)
     if not hist.empty and ((hist["nfe_forward"] > 0) | (hist["nfe_backward"] > 0)).any():
         jobs["nfe_over_training"] = lambda: nfe_over_training(hist, datasets, order)
-    tol_cols = [c for c in hist.columns if c.startswith("tol_")] if not hist.empty else []
+    # learned tolerances: the models' ``tol_*`` training stats, logged by the harness as ``train_tol_*``
+    tol_cols = [c for c in hist.columns if c.startswith(("tol_", "train_tol_"))] if not hist.empty else []
     if tol_cols:
         jobs["tolerances"] = lambda: tolerances(hist, tol_cols, datasets, order)
     written = _render_all(jobs, out_dir, workers)

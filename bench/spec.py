@@ -91,14 +91,14 @@ SUITE_KEYS = {
     "models": "list of model names, or a mapping name -> hyperparameters",
     "seeds": "list of integer seeds",
     "train": "training defaults (see TRAIN_FIELDS)",
-    "overrides": "list of {match: {model, dataset}, model:, train:, data:}",
+    "overrides": "list of {match: {model, dataset}, model:, train:, data:, skip:}",
     "data_root": "where loaders find real data files",
     "plugins": "modules to import that register extra models",
     "slurm": "SLURM resources for --executor slurm",
     "check": "tolerances for `flowbench check`",
     "sources": "where the hyperparameters come from (free text or mapping)",
 }
-OVERRIDE_KEYS = ("match", "model", "train", "data")
+OVERRIDE_KEYS = ("match", "model", "train", "data", "skip")
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -188,6 +188,7 @@ class Override:
     model: dict[str, Any]
     train: dict[str, Any]
     data: dict[str, Any]
+    skip: bool = False  # leave the matched (model, dataset) pairs out of the grid
 
     def applies(self, model: str, dataset: str) -> bool:
         return (self.models is None or model in self.models) and (self.datasets is None or dataset in self.datasets)
@@ -242,6 +243,8 @@ class Suite:
             for model, hparams in self.models.items():
                 if "model" in only and model not in only["model"]:
                     continue
+                if any(ov.skip and ov.applies(model, dataset) for ov in self.overrides):
+                    continue  # a pair the suite leaves out (e.g. a time-series model on 2-D toy data)
                 model_cfg, train_cfg, data_cfg = dict(hparams), {**TRAIN_DEFAULTS, **self.train}, dict(data_options)
                 for ov in self.overrides:
                     if ov.applies(model, dataset):
@@ -450,7 +453,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mapping) -> Override:
     where = f"{path}: overrides[{index}]"
     if not isinstance(raw, Mapping):
-        raise FlowbenchError(f"{where}: expected a mapping with match: and model:/train:/data:")
+        raise FlowbenchError(f"{where}: expected a mapping with match: and model:/train:/data:/skip:")
     for key in raw:
         if key not in OVERRIDE_KEYS:
             raise FlowbenchError(f'{where}: unknown key "{key}"{did_you_mean(str(key), OVERRIDE_KEYS)}')
@@ -468,8 +471,12 @@ def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mappi
     for key in ("model", "data"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
             raise FlowbenchError(f"{where}.{key}: expected a mapping, got {raw[key]!r}")
+    skip = raw.get("skip", False)
+    if not isinstance(skip, bool):
+        raise FlowbenchError(f"{where}.skip: expected true/false, got {skip!r}")
     return Override(models=sets.get("model"), datasets=sets.get("dataset"), model=dict(raw.get("model") or {}),
-                    train=check_train(raw.get("train") or {}, f"{where}.train"), data=dict(raw.get("data") or {}))
+                    train=check_train(raw.get("train") or {}, f"{where}.train"), data=dict(raw.get("data") or {}),
+                    skip=skip)
 
 
 def _import_plugin(module: str, path: Path) -> None:

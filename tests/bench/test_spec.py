@@ -48,6 +48,26 @@ overrides:
     assert (m.train["lr"], m.train["batch_size"], m.model_config["hidden"], m.data_config["n_train"]) == (0.02, 32, 8, 500)
 
 
+def test_skip_override_leaves_pairs_out(write_suite):
+    suite = load_suite(write_suite("""
+datasets: [8gaussians, moons]
+models: [realnvp, glow]
+train: {max_steps: 50}
+overrides:
+  - match: {model: glow, dataset: moons}
+    skip: true
+"""))
+    assert [(s.dataset, s.model) for s in suite.runs()] == [
+        ("8gaussians", "realnvp"), ("8gaussians", "glow"), ("moons", "realnvp")]
+    bad = write_suite(BASE + """
+overrides:
+  - match: {model: realnvp}
+    skip: "yes"
+""")
+    with pytest.raises(FlowbenchError, match=r"overrides\[0\]\.skip: expected true/false, got 'yes'"):
+        load_suite(bad)
+
+
 def test_filters_and_seeds(write_suite):
     suite = load_suite(write_suite(BASE))
     specs = suite.runs(only=parse_only("dataset=moons,seed=1"))
