@@ -123,55 +123,6 @@ def summarise(df, metric: str | None = None):
     return out[PIN_COLUMNS].reset_index(drop=True), records
 
 
-def read_records(results_dir: str | os.PathLike, suite: str):
-    """The fields a check needs from every record of ``suite``: a lean, faster ``bench.store.scan``.
-
-    One row per run folder: run_id, model, dataset, seed, metric, status, path, and the test
-    metrics, NFE and train_seconds flattened like ``scan`` does (``test.nll``, ``nfe.train_forward``).
-    Unreadable records are skipped and listed in ``df.attrs["skipped"]``.
-    """
-    import json
-
-    base = os.path.join(os.fspath(results_dir), suite)
-    rows, skipped = [], []
-    try:
-        entries = [e.path for e in os.scandir(base) if e.is_dir()]
-    except OSError:
-        entries = []
-    probe = RunRecord(".", suite, "_")
-    spec_name, result_name = probe.spec_path.name, probe.result_path.name
-    for folder in entries:  # plain strings and open(): pathlib costs more than the JSON here
-        try:
-            with open(os.path.join(folder, spec_name), "rb") as f:
-                spec = json.loads(f.read())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as err:
-            skipped.append((folder, f"{type(err).__name__}: {err}"))
-            continue
-        row = {k: spec.get(k) for k in ("run_id", "model", "dataset", "seed", "metric")}
-        row["path"] = folder
-        try:
-            with open(os.path.join(folder, result_name), "rb") as f:
-                result = json.loads(f.read())
-        except FileNotFoundError:
-            result = {"status": "pending"}
-        except (OSError, ValueError) as err:
-            skipped.append((folder, f"{type(err).__name__}: {err}"))
-            continue
-        row["status"] = result.get("status", "failed")
-        for section in ("test", "nfe"):
-            for k, v in (result.get(section) or {}).items():
-                row[f"{section}.{k}"] = v
-        row["train_seconds"] = result.get("train_seconds")
-        rows.append(row)
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    df.attrs["skipped"] = skipped
-    return df
-
-
 def pinned_path(suite: str, pinned_dir: str | os.PathLike | None = None) -> Path:
     return Path(pinned_dir) if pinned_dir else PINNED_DIR
 

@@ -303,9 +303,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     name, _, check_cfg = _suite_context(args.suite)
     tolerances = {**suite_tolerances(check_cfg), **parse_tolerances(args.tolerance)}
-    from bench.check import read_records
+    from bench.store import scan
 
-    df = read_records(args.results, name)
+    df = scan(args.results, name)  # no records at all: check reports every pinned pair missing (exit 2)
     _report_skipped(df)
     result = check(df, name, tolerances, args.pinned, args.metric)
     print(f"suite {name}: checking against {args.pinned or 'baselines/pinned'}/{name}.csv")

@@ -66,7 +66,10 @@ def latest(df):
     """The newest record per run_id (by the modification time of its result.json)."""
     if df.empty:
         return df
-    order = _mtimes(df["path"]) if "path" in df else range(len(df))
+    if "mtime" in df and df["mtime"].notna().all():  # recorded by bench.store.scan
+        order = df["mtime"].astype(float)
+    else:
+        order = _mtimes(df["path"]) if "path" in df else range(len(df))
     df = df.assign(_order=list(order)).sort_values("_order", kind="stable")
     if "run_id" in df:
         df = df.drop_duplicates("run_id", keep="last")

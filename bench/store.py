@@ -123,48 +123,111 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _record_dirs(results_dir: Path, suite: str | None) -> Iterable[Path]:
-    base = results_dir / suite if suite else results_dir
-    if not base.is_dir():
-        return []
-    if (base / "spec.json").exists():
+SCAN_CACHE = ".scan-cache.pkl"  # per suite folder: rows of unchanged records, keyed by file stats
+
+
+def _record_dirs(results_dir: Path, suite: str | None) -> list[str]:
+    """Run folders (those holding spec.json) of one suite, or of every suite below ``results_dir``."""
+    base = os.path.join(os.fspath(results_dir), suite) if suite else os.fspath(results_dir)
+    if os.path.exists(os.path.join(base, "spec.json")):
         return [base]
-    direct = [p.parent for p in base.glob("*/spec.json")]
-    return direct if (direct or suite) else [p.parent for p in base.glob("*/*/spec.json")]
+    try:
+        children = sorted(e.path for e in os.scandir(base) if e.is_dir())
+    except OSError:
+        return []
+    direct = [c for c in children if os.path.exists(os.path.join(c, "spec.json"))]
+    if direct or suite:
+        return direct
+    return [d for c in children for d in _record_dirs(Path(c), None) if d != c]
 
 
-def read_row(run_dir: Path) -> dict[str, Any]:
-    """One run's record as a flat row (spec fields, then result fields); raises on unreadable files."""
-    spec = json.loads((run_dir / "spec.json").read_text())
+def _stat_key(run_dir: str) -> tuple[int, ...]:
+    """What identifies a record's content on disk: (mtime_ns, size) of spec.json and result.json."""
+    spec = os.stat(os.path.join(run_dir, "spec.json"))
+    try:
+        result = os.stat(os.path.join(run_dir, "result.json"))
+        return spec.st_mtime_ns, spec.st_size, result.st_mtime_ns, result.st_size
+    except FileNotFoundError:
+        return spec.st_mtime_ns, spec.st_size, 0, -1
+
+
+def read_row(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """One run's record as a flat row (spec fields, then result fields); raises on unreadable files.
+
+    ``mtime`` is the result's modification time (the spec's while pending): newest-wins uses it.
+    """
+    run_dir = os.fspath(run_dir)
+    with open(os.path.join(run_dir, "spec.json"), "rb") as f:
+        spec = json.loads(f.read())
     row: dict[str, Any] = {k: spec.get(k) for k in ("run_id", "suite", "model", "dataset", "seed", "metric")}
     row.update(flatten(spec.get("model_config", {}), "model_config."))
     row.update(flatten(spec.get("data_config", {}), "data_config."))
     row.update(flatten(spec.get("train", {}), "train."))
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        result = json.loads(result_path.read_text())
-        row.update(flatten({k: v for k, v in result.items() if k not in row}))
-    else:
-        row["status"] = "pending"
-    row["path"] = str(run_dir)
+    result_path = os.path.join(run_dir, "result.json")
+    try:
+        with open(result_path, "rb") as f:
+            result = json.loads(f.read())
+        row["mtime"] = os.stat(result_path).st_mtime
+    except FileNotFoundError:
+        result = {"status": "pending"}
+        row["mtime"] = os.stat(os.path.join(run_dir, "spec.json")).st_mtime
+    if not isinstance(result, dict):
+        raise ValueError(f"result.json holds {type(result).__name__}, not a mapping")
+    row.update(flatten({k: v for k, v in result.items() if k not in row}))
+    row["path"] = run_dir
     return row
 
 
-def scan(results_dir: str | os.PathLike = "results", suite: str | None = None):
+def _load_cache(path: str) -> dict[str, Any]:
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            cache = pickle.load(f)
+        return cache if isinstance(cache, dict) and cache.get("version") == 1 else {}
+    except Exception:  # absent, foreign or from another version: rebuilt
+        return {}
+
+
+def _save_cache(path: str, rows: dict[str, Any]) -> None:
+    import pickle
+
+    try:
+        atomic_write_bytes(Path(path), pickle.dumps({"version": 1, "rows": rows}, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:  # a read-only results folder: scanning still works, uncached
+        pass
+
+
+def scan(results_dir: str | os.PathLike = "results", suite: str | None = None, cache: bool = True):
     """Every run record below ``results_dir`` (optionally one suite) as a DataFrame, one row per run.
 
     Unreadable records are skipped, logged, and listed in ``df.attrs["skipped"]`` as (path, reason).
+    With ``cache`` (and a suite), rows of records whose spec.json and result.json are unchanged
+    (same modification time and size) come from ``results/SUITE/.scan-cache.pkl``, so a report or
+    check over thousands of records reads only what changed since the last one.
     """
     import pandas as pd
 
-    rows, skipped = [], []
-    for run_dir in _record_dirs(Path(results_dir), suite):
+    dirs = _record_dirs(Path(results_dir), suite)
+    cache_path = os.path.join(os.fspath(results_dir), suite, SCAN_CACHE) if (cache and suite and dirs) else None
+    cached = _load_cache(cache_path).get("rows", {}) if cache_path else {}
+    rows, skipped, fresh = [], [], {}
+    for run_dir in dirs:
         try:
-            rows.append(read_row(run_dir))
+            key = _stat_key(run_dir)
+            name = os.path.basename(run_dir)
+            hit = cached.get(name)
+            row = hit[1] if hit is not None and hit[0] == key else read_row(run_dir)
+            fresh[name] = (key, row)
+            rows.append(dict(row))
+        except FileNotFoundError:
+            continue  # removed while scanning
         except (OSError, ValueError, AttributeError, TypeError) as err:
             reason = f"{type(err).__name__}: {err}"
             skipped.append((str(run_dir), reason))
             log.warning("skipping unreadable record %s (%s)", run_dir, reason)
+    if cache_path and (len(fresh) != len(cached) or any(cached.get(k, (None,))[0] != v[0] for k, v in fresh.items())):
+        _save_cache(cache_path, fresh)
     df = pd.DataFrame(rows)
     df.attrs["skipped"] = skipped
     return df

@@ -27,7 +27,10 @@ def test_record_survives_a_process_killed_mid_write(tmp_path):
     target = tmp_path / "result.json"
     for attempt in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
-        time.sleep(0.4 + 0.13 * attempt)  # land the kill somewhere inside a write
+        deadline = time.monotonic() + 60
+        while not target.exists() and time.monotonic() < deadline:  # the writer is running (slow on a busy CI)
+            time.sleep(0.05)
+        time.sleep(0.05 + 0.13 * attempt)  # land the kill somewhere inside a later write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         data = json.loads(target.read_text())  # never a half-written file
@@ -57,6 +60,26 @@ def test_scan_flattens_and_skips_unreadable(results, caplog):
     assert [p for p, _ in df.attrs["skipped"]] == [str(broken.dir)]
     assert "skipping unreadable record" in caplog.text
     assert len(scan(results)) == 3  # the whole results folder, every suite
+
+
+def test_scan_cache_serves_unchanged_records_and_rereads_changed_ones(results):
+    from bench.store import SCAN_CACHE
+
+    a = _record(results, "s", "a1", test={"nll": 1.5})
+    _record(results, "s", "b2", status="pending")
+    first = scan(results, "s").set_index("run_id")
+    assert (results / "s" / SCAN_CACHE).exists()
+    assert first.loc["b2", "status"] == "pending" and first.loc["a1", "test.nll"] == 1.5
+    a.write_result({"status": "completed", "test": {"nll": 1.25, "bpd": 3.0}})  # changed: size and mtime
+    _record(results, "s", "c3", test={"nll": 2.0})  # new
+    second = scan(results, "s").set_index("run_id")
+    assert second.loc["a1", "test.nll"] == 1.25 and second.loc["a1", "test.bpd"] == 3.0
+    assert sorted(second.index) == ["a1", "b2", "c3"]
+    (results / "s" / SCAN_CACHE).write_bytes(b"not a pickle")  # a damaged cache is rebuilt, not trusted
+    assert scan(results, "s").set_index("run_id").loc["a1", "test.nll"] == 1.25
+    uncached = scan(results, "s", cache=False).drop(columns="path")
+    assert uncached.sort_values("run_id").reset_index(drop=True).equals(
+        scan(results, "s").drop(columns="path").sort_values("run_id").reset_index(drop=True))
 
 
 def test_metrics_history_is_rewritten_whole(results):
