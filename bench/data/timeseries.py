@@ -8,6 +8,8 @@ spiral gives one window of ``window`` equally spaced points starting at a unifor
 observations carry Gaussian noise of std ``noise``. ``Split.x`` is N x (window + horizon) x 2 (noisy),
 ``Split.y`` the direction (0 clockwise, 1 counter-clockwise); ``DataInfo.extra`` holds the shared
 relative times, the number of observed points, and per split the noise-free truth and (a, b).
+With ``targets="all"`` ``Split.y`` is instead float N x 3: (direction, a, b), so that batches carry
+the spiral parameters (InfoCNF's partitioned latent ODE regresses them).
 """
 
 from __future__ import annotations
@@ -55,19 +57,29 @@ def make_spirals(n: int, length: int = 1000, window: int = 200, horizon: int = 2
 
 
 def load_spirals(name: str, root: Path | None = None, *, n_spirals: int = 5000, n_val: int = 500, n_test: int = 500,
-                 length: int = 1000, window: int = 200, horizon: int = 200, noise: float = 0.3, seed: int = 0):
-    """InfoCNF's bi-directional spirals, split into train/val/test by spiral."""
+                 length: int = 1000, window: int = 200, horizon: int = 200, noise: float = 0.3, seed: int = 0,
+                 targets: str = "direction"):
+    """InfoCNF's bi-directional spirals, split into train/val/test by spiral.
+
+    ``targets``: "direction" (``y`` = direction, int64 N) or "all" (``y`` = float32 N x 3, (direction, a, b)).
+    """
     import torch
 
     from bench.data.base import DataInfo, Dataset, Split
 
+    if targets not in ("direction", "all"):
+        raise FlowbenchError(f'spirals: targets "{targets}": expected "direction" or "all"')
     if n_val < 1 or n_test < 1 or n_val + n_test >= n_spirals:
         raise FlowbenchError(f"spirals: n_val {n_val} and n_test {n_test} must be >= 1 and leave training spirals "
                              f"out of {n_spirals}")
     d = make_spirals(n_spirals, length, window, horizon, noise, seed)
     cuts = {"train": slice(0, n_spirals - n_val - n_test), "val": slice(n_spirals - n_val - n_test, n_spirals - n_test),
             "test": slice(n_spirals - n_test, None)}
-    splits = {k: Split(torch.from_numpy(d["x"][c]), torch.from_numpy(d["direction"][c])) for k, c in cuts.items()}
+    if targets == "all":
+        y = np.stack([d["direction"].astype(np.float32), d["a"], d["b"]], 1)
+    else:
+        y = d["direction"]
+    splits = {k: Split(torch.from_numpy(d["x"][c]), torch.from_numpy(y[c])) for k, c in cuts.items()}
     extra = {"t": torch.from_numpy(d["t"]), "n_observed": window, "horizon": horizon,
              "truth": {k: torch.from_numpy(d["truth"][c]) for k, c in cuts.items()},
              "params": {k: torch.from_numpy(np.stack([d["a"][c], d["b"][c]], 1)) for k, c in cuts.items()}}

@@ -72,3 +72,16 @@ def test_mixture1d_samples_its_density():
     assert 0.5 * math.log(2 * math.pi * math.e * 0.25) < floor < 0.5 * math.log(2 * math.pi * math.e * 0.25) + math.log(3)
     with pytest.raises(FlowbenchError, match=r'means "a,b": expected numbers separated by commas'):
         load_dataset("mixture1d", {"means": "a,b"})
+
+
+def test_spirals_targets_all_carries_direction_and_parameters():
+    opts = {"n_spirals": 120, "n_val": 20, "n_test": 20, "length": 200, "window": 30, "horizon": 10, "seed": 4}
+    plain = load_dataset("spirals", opts)
+    full = load_dataset("spirals", {**opts, "targets": "all"})
+    for name in ("train", "val", "test"):
+        p, f = getattr(plain, name), getattr(full, name)
+        assert torch.equal(p.x, f.x) and f.y.shape == (len(p), 3) and f.y.dtype == torch.float32
+        assert torch.equal(f.y[:, 0].long(), p.y)  # the direction, as the default targets give it
+        assert torch.equal(f.y[:, 1:], full.info.extra["params"][name])  # (a, b) of each spiral
+    with pytest.raises(FlowbenchError, match=r'targets "both": expected "direction" or "all"'):
+        load_dataset("spirals", {**opts, "targets": "both"})
