@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -284,6 +284,9 @@ class CNF(nn.Module):
     ``regularize``: integrate the kinetic and Jacobian terms in training (returned by ``forward``).
     ``adjoint``: backpropagate by torchdiffeq's adjoint solve instead of through the solver's steps;
     ``adjoint_seminorm``: leave the parameter adjoints out of the adjoint solve's error control.
+    ``tolerance``: a per-solve override (``None``: the configured solvers): while set, forward solves
+    (training or evaluation, and the adjoint solve) use ``atol = rtol = tolerance`` (InfoCNF's learned
+    tolerances set it from a policy before each block's solve).
     """
 
     def __init__(self, net: nn.Module, shape: Sequence[int], end_time: float = 1.0, train_end_time: bool = False,
@@ -305,6 +308,7 @@ class CNF(nn.Module):
         self.eval_solver = eval_solver or Solver()
         self.adjoint, self.steer, self.regularize = adjoint, steer, regularize
         self.adjoint_seminorm = adjoint_seminorm
+        self.tolerance: float | None = None
 
     def _exact(self) -> bool:
         """Exact trace for this solve? ``auto`` means exact for low-dimensional vectors, never for images
@@ -362,6 +366,8 @@ class CNF(nn.Module):
         func.with_logdet = True
         func.steer_offset = self._steer_offset()
         solver = self.train_solver if self.training else self.eval_solver
+        if self.tolerance is not None:
+            solver = replace(solver, atol=float(self.tolerance), rtol=float(self.tolerance))
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros) + (zeros, zeros) * (func.n_regs // 2)
         out = self._solve(state, reverse=False, solver=solver)

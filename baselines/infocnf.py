@@ -1,0 +1,411 @@
+"""InfoCNF (Nguyen et al.): conditional CNFs with a partitioned latent and learned solver tolerances.
+
+Three models on one FFJORD flow (``baselines.ffjord.make_cnf_model``: the vector stack, or the
+multi-scale image model), wrapped by ``ConditionalCNF``:
+
+- ``ccnf``: the class-conditional CNF baseline. The whole latent ``z`` has the prior
+  ``N(mu(y), sigma(y)^2)`` with ``(mu, log sigma) = q_phi(one_hot(y))`` (a linear layer,
+  zero-initialised: the prior starts standard normal), and a linear classifier ``q_theta(z)``
+  (zero-initialised) predicts ``y`` from all of ``z``.
+- ``infocnf``: ``z = (z_y, z_u)``; ``z_y``, the first ``condition_ratio`` of the latent, has the
+  conditional prior and feeds the classifier (through dropout 0.5); ``z_u ~ N(0, I)``:
+  ``log p(z | y) = log N(z_y; mu(y), sigma(y)^2) + log N(z_u; 0, I)``.
+- ``infocnf_learned``: ``infocnf`` whose training solves run at tolerances chosen per CNF block by
+  gating networks and trained by REINFORCE (``TolerancePolicy``).
+
+The latent is the concatenation of the flow's latent pieces in ``to_latent``'s order (for images
+the piece factored out first comes first), and ``z_y`` is its first ``int(condition_ratio * D)``
+coordinates, as the reference slices the first ``condition_ratio`` of its flattened ``z``.
+
+Objective (per batch, nats): ``mean NLL(x | y) + s * (weight_y * CE + alpha * REINFORCE)`` with
+``s = D ln 2`` for images and 1 otherwise, i.e. for images ``s`` times the reference's
+``bpd + weight_y * CE + rl_loss`` up to a constant (the same scaling as FFJORD/RNODE's
+``reg_scale``).
+
+Evaluation terms: ``nll`` = -log p(x | y) and ``nll_marginal`` = -log sum_c p(c) p(x | c), both at
+the tight evaluation tolerance; ``error`` = 100 * [argmax q_theta(z_y) != y] (dropout off).
+``class_prior="uniform"`` (default) uses p(c) = 1 / C; ``"train"`` uses the label counts of the
+training batches seen so far, add-one smoothed (a buffer saved with the model).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from baselines.base import LOG_2PI, FlowModel, std_normal_log_prob
+from baselines.cnf import CNF, read_nfe
+from baselines.ffjord import CNFFlowModel, MultiScaleCNF, make_cnf_model
+
+TOLERANCE_MODES = ("fixed", "learned", "manual")
+
+
+# -- latent layout -------------------------------------------------------------------------------
+def latent_sizes(flow: CNFFlowModel) -> list[int]:
+    """Sizes of the flat latent pieces ``flow.to_latent`` returns, in its order."""
+    if isinstance(flow, MultiScaleCNF):
+        return [math.prod(shape) for shape in flow.piece_shapes]
+    return [flow.dim]
+
+
+def cnf_blocks(flow: nn.Module) -> list[CNF]:
+    """The CNF blocks of ``flow`` in the order ``to_latent`` runs them (module registration order)."""
+    return [m for m in flow.modules() if isinstance(m, CNF)]
+
+
+def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(z; mean, exp(log_std)^2) summed over the last dimension (broadcasting)."""
+    return (-0.5 * ((z - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+class ConditionalPrior(nn.Module):
+    """q_phi: one-hot label -> (mean, log-std) of the supervised latent; zero-initialised linear layer."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes, self.dim = num_classes, dim
+        self.linear = nn.Linear(num_classes, 2 * dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.linear(F.one_hot(y, self.num_classes).to(self.linear.weight.dtype)).chunk(2, -1)
+        return mean, log_std
+
+    def log_prob(self, z_y: Tensor, y: Tensor) -> Tensor:
+        """log p(z_y | y) per example."""
+        return normal_log_prob(z_y, *self(y))
+
+    def log_prob_all(self, z_y: Tensor) -> Tensor:
+        """log p(z_y | c) for every class c: [batch, num_classes]."""
+        classes = torch.arange(self.num_classes, device=z_y.device)
+        mean, log_std = self(classes)
+        return normal_log_prob(z_y[:, None, :], mean[None], log_std[None])
+
+
+# -- REINFORCE -------------------------------------------------------------------------------------
+def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
+    """G_i = sum_{j >= i} gamma^(j - i) R_j: each block's reward plus the discounted later ones."""
+    out, running = [], rewards.new_zeros(())
+    for r in reversed(rewards.unbind(0)):
+        running = r + gamma * running
+        out.append(running)
+    return torch.stack(out[::-1])
+
+
+def reinforce_surrogate(log_probs: Tensor, rewards: Tensor, gamma: float) -> Tensor:
+    """-sum_i log pi(a_i) G_i with the returns detached: its gradient is the REINFORCE estimate of
+    -grad E[sum_i R_i] (minimising it maximises the expected reward)."""
+    return -(log_probs * discounted_returns(rewards.detach(), gamma)).sum()
+
+
+def gate_network(shape: Sequence[int], hidden: int) -> nn.Module:
+    """A block input -> one logit per example: conv-BN-ReLU twice, average pooling and a linear layer
+    for images; a one-hidden-layer ReLU MLP for vectors. The last layer starts at zero."""
+    if len(shape) == 3:
+        layers: list[nn.Module] = [nn.Conv2d(shape[0], hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
+                                   nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, 1)]
+    else:
+        layers = [nn.Linear(shape[0], hidden), nn.ReLU(), nn.Linear(hidden, 1)]
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
+class TolerancePolicy(nn.Module):
+    """Per-block tolerance choice, applied through forward hooks on the flow's CNF blocks.
+
+    Block i's gate maps the block's (detached) input to ``m_b = lo + (hi - lo) sigmoid(gate(x_b))``
+    per example, ``lo, hi = log10(tol_min), log10(tol_max)``; the policy is the Gaussian
+    ``N(mu_i, sigma_i^2)`` over the log10 tolerance with ``mu_i`` the batch mean of ``m_b`` (one
+    solve serves the whole batch, so the action is one scalar) and ``sigma_i`` a learned parameter
+    (not input-dependent). The applied tolerance is ``10^clip(a_i, lo, hi)`` as both atol and rtol.
+
+    Modes (``mode``): ``off`` (the configured solvers), ``sample`` (training: draw a_i, record
+    log pi(a_i)), ``mean`` (a_i = mu_i, deterministic: evaluation with the learned tolerances),
+    ``manual`` (the fixed ``manual`` tolerances, one per block). Each pass records, per block, the
+    applied tolerance, the sampled action, the forward-solve NFE (read off the block's counter without resetting it,
+    so the harness's ``read_nfe`` still counts every evaluation) and the log-probability.
+    """
+
+    def __init__(self, blocks: list[CNF], tol_min: float = 1e-5, tol_max: float = 1e-4, init_std: float = 0.2,
+                 hidden: int = 16, learned: bool = True, manual: Sequence[float] | None = None):
+        super().__init__()
+        if not 0 < tol_min <= tol_max:
+            raise ValueError(f"need 0 < tol_min <= tol_max, got {tol_min}, {tol_max}")
+        self.lo, self.hi = math.log10(tol_min), math.log10(tol_max)
+        self.gates = nn.ModuleList(gate_network(b.shape, hidden) for b in blocks) if learned else nn.ModuleList()
+        self.log_std = nn.Parameter(torch.full((len(blocks),), math.log(init_std)), requires_grad=learned)
+        self.manual = [float(t) for t in manual] if manual else None
+        if self.manual is not None:
+            if len(self.manual) == 1:
+                self.manual = self.manual * len(blocks)
+            if len(self.manual) != len(blocks) or min(self.manual) <= 0:
+                raise ValueError(f"manual_tolerances: one positive tolerance, or one per CNF block ({len(blocks)}); "
+                                 f"got {list(manual)}")
+        self.mode = "off"
+        self.record: dict[str, list] = {}
+        self.reset()
+        self._start: dict[int, int] = {}
+        for i, block in enumerate(blocks):
+            block.register_forward_pre_hook(functools.partial(self._before, i))
+            block.register_forward_hook(functools.partial(self._after, i))
+
+    def reset(self) -> None:
+        self.record = {"tol": [], "nfe": [], "log_prob": [], "action": []}
+
+    def mean_action(self, i: int, x: Tensor) -> Tensor:
+        """mu_i: the batch mean of block i's gate output, on the log10-tolerance scale."""
+        m = self.lo + (self.hi - self.lo) * torch.sigmoid(self.gates[i](x.detach()).squeeze(-1))
+        return m.mean()
+
+    def _before(self, i: int, block: CNF, args: tuple) -> None:
+        self._start[i] = block.func.nfe_forward
+        if self.mode == "off":
+            block.tolerance = None
+            return
+        if self.mode == "manual":
+            block.tolerance = self.manual[i]
+        else:
+            mu = self.mean_action(i, args[0])
+            if self.mode == "sample":
+                std = self.log_std[i].exp()
+                action = (mu + std * torch.randn_like(mu)).detach()
+                self.record["log_prob"].append(torch.distributions.Normal(mu, std).log_prob(action))
+                self.record["action"].append(float(action))
+            else:
+                action = mu.detach()
+            block.tolerance = 10 ** float(action.clamp(self.lo, self.hi))
+        self.record["tol"].append(block.tolerance)
+
+    def _after(self, i: int, block: CNF, args: tuple, output: Any) -> None:
+        self.record["nfe"].append(block.func.nfe_forward - self._start.pop(i, block.func.nfe_forward))
+        block.tolerance = None
+
+    @contextmanager
+    def acting(self, mode: str) -> Iterator[dict[str, list]]:
+        """Run the enclosed solves in ``mode``; yields the record of this pass."""
+        previous, self.mode = self.mode, mode
+        self.reset()
+        try:
+            yield self.record
+        finally:
+            self.mode = previous
+
+
+# -- the model -------------------------------------------------------------------------------------
+class ConditionalCNF(FlowModel):
+    """A CNF flow with a class-conditional prior on the first ``cond_dim`` latent coordinates, a
+    classifier on them, and optionally a tolerance policy (see the module docstring)."""
+
+    def __init__(self, flow: CNFFlowModel, num_classes: int, cond_dim: int, weight_y: float = 0.5,
+                 dropout: float = 0.0, class_prior: str = "uniform", tolerance: str = "fixed",
+                 policy: TolerancePolicy | None = None, alpha: float = 0.01, gamma: float = 0.99,
+                 eval_learned_tolerance: bool = False):
+        super().__init__()
+        if class_prior not in ("uniform", "train"):
+            raise ValueError(f"class_prior must be 'uniform' or 'train', got {class_prior!r}")
+        if tolerance not in TOLERANCE_MODES:
+            raise ValueError(f"tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
+        self.flow, self.num_classes, self.cond_dim = flow, num_classes, cond_dim
+        self.sizes = latent_sizes(flow)
+        self.prior = ConditionalPrior(num_classes, cond_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(cond_dim, num_classes)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+        self.weight_y, self.alpha, self.gamma = weight_y, alpha, gamma
+        self.class_prior, self.tolerance = class_prior, tolerance
+        self.policy = policy
+        self.eval_learned_tolerance = eval_learned_tolerance and tolerance == "learned"
+        self.register_buffer("class_counts", torch.zeros(num_classes))
+
+    # latent and densities
+    def latent(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x -> (flat latent [batch, D], log|det dz/dx|)."""
+        pieces, log_det, _ = self.flow.to_latent(x)
+        return torch.cat(pieces, 1), log_det
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(z_y, z_u): the supervised and unsupervised parts of the flat latent."""
+        return z[:, :self.cond_dim], z[:, self.cond_dim:]
+
+    def log_pz(self, z: Tensor, y: Tensor) -> Tensor:
+        """log p(z | y) = log N(z_y; mu(y), sigma(y)^2) + log N(z_u; 0, I)."""
+        z_y, z_u = self.split(z)
+        return self.prior.log_prob(z_y, y) + std_normal_log_prob(z_u)
+
+    def log_pz_all(self, z: Tensor) -> Tensor:
+        """log p(z | c) for every class: [batch, num_classes]."""
+        z_y, z_u = self.split(z)
+        return self.prior.log_prob_all(z_y) + std_normal_log_prob(z_u)[:, None]
+
+    def log_class_prior(self) -> Tensor:
+        """log p(c): uniform, or the add-one-smoothed label frequencies of the training batches."""
+        if self.class_prior == "uniform":
+            return self.class_counts.new_full((self.num_classes,), -math.log(self.num_classes))
+        return torch.log((self.class_counts + 1) / (self.class_counts.sum() + self.num_classes))
+
+    def marginal_log_pz(self, z: Tensor) -> Tensor:
+        """log sum_c p(c) p(z | c)."""
+        return torch.logsumexp(self.log_pz_all(z) + self.log_class_prior().to(z.dtype), 1)
+
+    def logits(self, z: Tensor) -> Tensor:
+        """q_theta's class logits from z_y (through dropout in training mode)."""
+        return self.classifier(self.dropout(self.split(z)[0]))
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x | y), or the marginal log sum_c p(c) p(x | c) when y is None."""
+        z, log_det = self.latent(x)
+        return (self.log_pz(z, y) if y is not None else self.marginal_log_pz(z)) + log_det
+
+    # training
+    def _loss_scale(self) -> float:
+        return float(self.flow.reg_scale)  # D ln 2 for images (the bits/dim scale), 1 otherwise
+
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        if y is None:
+            raise ValueError("conditional CNFs (ccnf, infocnf) need labelled data (a dataset with classes)")
+        if self.class_prior == "train":
+            self.class_counts += torch.bincount(y, minlength=self.num_classes).to(self.class_counts.dtype)
+        mode = {"fixed": "off", "manual": "manual", "learned": "sample"}[self.tolerance]
+        with self._acting(mode) as record:
+            z, log_det = self.latent(x)
+        nll = -(self.log_pz(z, y) + log_det).mean()
+        logits = self.logits(z)
+        ce = F.cross_entropy(logits, y)
+        loss = nll + self._loss_scale() * self.weight_y * ce
+        stats = {"nll": float(nll.detach()), "ce": float(ce.detach()),
+                 "error": 100.0 * float((logits.argmax(1) != y).float().mean())}
+        if record is not None and record["tol"]:
+            stats.update({f"tol_block{i}": t for i, t in enumerate(record["tol"])})
+        if self.tolerance == "learned":
+            rewards = -torch.tensor(record["nfe"], dtype=x.dtype, device=x.device)  # R_i = -NFE_i, no graph
+            rl = reinforce_surrogate(torch.stack(record["log_prob"]), rewards, self.gamma)
+            loss = loss + self._loss_scale() * self.alpha * rl
+            stats["rl"] = float(rl.detach())
+        return loss, stats
+
+    @contextmanager
+    def _acting(self, mode: str) -> Iterator[dict[str, list] | None]:
+        if self.policy is None:
+            yield None
+            return
+        with self.policy.acting(mode) as record:
+            yield record
+
+    # evaluation and sampling
+    def _terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(-log p(x|y), -log p(x), 100 * misclassified) per example, at the current tolerances."""
+        z, log_det = self.latent(x)
+        cond = -(self.log_pz(z, y) + log_det)
+        marginal = -(self.marginal_log_pz(z) + log_det)
+        error = 100.0 * (self.logits(z).argmax(1) != y).to(z.dtype)
+        return cond, marginal, error
+
+    def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """``nll``, ``nll_marginal``, ``error`` at the evaluation solver's tolerance; with
+        ``eval_learned_tolerance`` also ``nll_learned``, ``error_learned`` and ``nfe_learned`` (that
+        pass's forward NFE summed over blocks) from a second pass at the policy's mean tolerances.
+        Without labels only the marginal ``nll``."""
+        if y is None:
+            with self._acting("off"):
+                return {"nll": -self.log_prob(x)}
+        with self._acting("off"):
+            cond, marginal, error = self._terms(x, y)
+        out = {"nll": cond, "nll_marginal": marginal, "error": error}
+        if self.eval_learned_tolerance:
+            with self.policy.acting("mean") as record:
+                cond_l, _, error_l = self._terms(x, y)
+            out.update(nll_learned=cond_l, error_learned=error_l,
+                       nfe_learned=cond_l.new_full(cond_l.shape, float(sum(record["nfe"]))))
+        return out
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """n samples of p(x | y) (y: n labels), or of the marginal (labels drawn from p(c))."""
+        ref = self.classifier.weight
+        if y is None:
+            y = torch.multinomial(self.log_class_prior().exp(), n, replacement=True)
+        y = y.to(ref.device)
+        mean, log_std = self.prior(y)
+        z_y = mean + log_std.exp() * torch.randn_like(mean)
+        z = torch.cat([z_y, torch.randn(n, sum(self.sizes) - self.cond_dim, device=ref.device, dtype=ref.dtype)], 1)
+        return self.flow.from_latent(list(z.split(self.sizes, 1)))
+
+    def read_nfe(self) -> tuple[int, int]:
+        """(forward, backward) dynamics evaluations of every block since the last call; resets."""
+        return read_nfe(self)
+
+
+# -- builders --------------------------------------------------------------------------------------
+def _floats(*values: Any) -> tuple[float | None, ...]:
+    """YAML reads "1e-5" as a string: numbers from suites are coerced here."""
+    return tuple(None if v is None else float(v) for v in values)
+
+
+def build_infocnf(data, condition_ratio: float = 0.5, weight_y: float = 0.5, dropout: float = 0.5,
+                  class_prior: str = "uniform", tolerance: str = "fixed",
+                  manual_tolerances: Sequence[float] | None = None, tol_min: float = 1e-5, tol_max: float = 1e-4,
+                  tol_init_std: float = 0.2, gate_hidden: int = 16, alpha: float = 0.01, gamma: float = 0.99,
+                  eval_learned_tolerance: bool = False, n_blocks: int | None = None,
+                  hidden: Sequence[int] | None = None, layer_type: str = "auto", activation: str = "auto",
+                  end_time: float | None = None, train_end_time: bool = True, divergence: str = "auto",
+                  eval_divergence: str = "auto", noise: str = "auto", solver: str = "dopri5",
+                  atol: float | None = None, rtol: float | None = None, step_size: float | None = None,
+                  eval_solver: str = "dopri5", eval_atol: float | None = 1e-5, eval_rtol: float | None = 1e-5,
+                  adjoint: bool = True, steer: float = 0.0, batch_norm: bool = False, n_scales: int = 0,
+                  zero_last: bool = False, adjoint_seminorm: bool = False) -> FlowModel:
+    """InfoCNF: the first ``condition_ratio`` of the latent is supervised (conditional prior and
+    classifier, ``dropout`` before it), the rest N(0, I); loss NLL + s * weight_y * CE.
+    ``tolerance``: ``fixed`` (the train solver's atol/rtol), ``manual`` (``manual_tolerances``, one or
+    one per block, in training solves) or ``learned`` (gates, tolerances in [tol_min, tol_max],
+    REINFORCE weighted by ``alpha``, discount ``gamma``). Evaluation at eval_atol/eval_rtol (1e-5);
+    ``eval_learned_tolerance`` adds a pass at the learned tolerances. The flow's hyperparameters and
+    kind defaults are FFJORD's (baselines.ffjord.build)."""
+    if not data.num_classes:
+        raise ValueError(f"{data.name} has no class labels: conditional CNFs need a labelled dataset")
+    (condition_ratio, weight_y, dropout, tol_min, tol_max, tol_init_std, alpha, gamma, steer_f) = _floats(
+        condition_ratio, weight_y, dropout, tol_min, tol_max, tol_init_std, alpha, gamma, steer)
+    if not 0.0 < condition_ratio <= 1.0:
+        raise ValueError(f"condition_ratio must be in (0, 1], got {condition_ratio}")
+    if tolerance not in TOLERANCE_MODES:
+        raise ValueError(f"tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
+    if end_time is None:
+        end_time = 0.5 if data.kind == "toy" else 1.0
+    flow = make_cnf_model(data, n_blocks=n_blocks, hidden=hidden, layer_type=layer_type, activation=activation,
+                          end_time=end_time, train_end_time=train_end_time, divergence=divergence,
+                          eval_divergence=eval_divergence, noise=noise, solver=solver, atol=atol, rtol=rtol,
+                          step_size=step_size, eval_solver=eval_solver, eval_atol=eval_atol, eval_rtol=eval_rtol,
+                          adjoint=adjoint, steer=steer_f, batch_norm=batch_norm, n_scales=n_scales,
+                          zero_last=zero_last, adjoint_seminorm=adjoint_seminorm)
+    policy = None
+    if tolerance == "learned":
+        policy = TolerancePolicy(cnf_blocks(flow), tol_min, tol_max, tol_init_std, int(gate_hidden))
+    elif tolerance == "manual":
+        if not manual_tolerances:
+            raise ValueError("tolerance: manual needs manual_tolerances (one tolerance, or one per CNF block)")
+        manual = [manual_tolerances] if isinstance(manual_tolerances, (int, float, str)) else manual_tolerances
+        policy = TolerancePolicy(cnf_blocks(flow), learned=False, manual=_floats(*manual))
+    dim = data.dim
+    cond_dim = min(dim, max(1, int(condition_ratio * dim)))
+    return ConditionalCNF(flow, data.num_classes, cond_dim, weight_y=weight_y, dropout=dropout,
+                          class_prior=class_prior, tolerance=tolerance, policy=policy, alpha=alpha, gamma=gamma,
+                          eval_learned_tolerance=bool(eval_learned_tolerance))
+
+
+# CCNF: the whole latent conditional, the classifier on all of z, no dropout (the brief's baseline);
+# InfoCNF with learned tolerances: the same builder with tolerance="learned". Partials keep one
+# signature (the suites resolve defaults from it) and show the presets as its defaults.
+build_ccnf = functools.partial(build_infocnf, condition_ratio=1.0, dropout=0.0)
+build_ccnf.__doc__ = "CCNF: build_infocnf with condition_ratio=1.0 (all of z conditional) and dropout=0.0."
+build_infocnf_learned = functools.partial(build_infocnf, tolerance="learned")
+build_infocnf_learned.__doc__ = "InfoCNF with learned tolerances: build_infocnf with tolerance='learned'."
