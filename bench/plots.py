@@ -82,23 +82,22 @@ def load_histories(records: Any, per_group: int = MAX_RUNS_PER_GROUP) -> Any:
     if done.empty or "path" not in done:
         return pd.DataFrame()
     chosen = done.sort_values("seed").groupby(["model", "dataset"], sort=False).head(per_group)
-    frames = []
+    rows: list[dict[str, Any]] = []  # one frame built at the end: per-run frames and concat cost more
     for row in chosen[["model", "dataset", "seed", "run_id", "path", "headline_metric"]].itertuples(index=False):
         try:
-            with open(os.path.join(row.path, "metrics.jsonl")) as f:
+            with open(os.path.join(row.path, "metrics.jsonl"), "rb") as f:
                 lines = [json.loads(line) for line in f if line.strip()]
         except (OSError, ValueError):
             continue
-        if not lines:
-            continue
-        h = pd.DataFrame(lines)
-        h["model"], h["dataset"], h["seed"], h["run_id"] = row.model, row.dataset, row.seed, row.run_id
         key = f"val_{row.headline_metric}"
-        h["val_headline"] = pd.to_numeric(h[key], errors="coerce") if key in h else math.nan
-        frames.append(h)
-    if not frames:
+        for line in lines:
+            value = line.get(key)
+            line.update(model=row.model, dataset=row.dataset, seed=row.seed, run_id=row.run_id,
+                        val_headline=value if isinstance(value, (int, float)) else math.nan)
+        rows.extend(lines)
+    if not rows:
         return pd.DataFrame()
-    hist = pd.concat(frames, ignore_index=True)
+    hist = pd.DataFrame(rows)
     for col in ("nfe_forward_total", "nfe_backward_total", "nfe_forward", "nfe_backward", "seconds", "step"):
         hist[col] = pd.to_numeric(hist[col], errors="coerce").fillna(0.0) if col in hist else 0.0
     hist["nfe_total"] = hist["nfe_forward_total"] + hist["nfe_backward_total"]
