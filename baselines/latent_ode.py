@@ -54,8 +54,8 @@ def gaussian_kl(mean: Tensor, logvar: Tensor, prior_mean: Tensor | float = 0.0,
     """KL(N(mean, exp(logvar)) || N(prior_mean, exp(prior_logstd)^2)), summed over the last dim."""
     prior_mean = torch.as_tensor(prior_mean, dtype=mean.dtype, device=mean.device)
     prior_logstd = torch.as_tensor(prior_logstd, dtype=mean.dtype, device=mean.device)
-    kl = prior_logstd - 0.5 * logvar + 0.5 * (logvar.exp() + (mean - prior_mean).pow(2)) * torch.exp(-2 * prior_logstd) - 0.5
-    return kl.sum(-1)
+    scaled = (logvar.exp() + (mean - prior_mean).pow(2)) * torch.exp(-2 * prior_logstd)
+    return (prior_logstd - 0.5 * logvar + 0.5 * scaled - 0.5).sum(-1)
 
 
 def gaussian_log_lik(x: Tensor, mean: Tensor, std: float) -> Tensor:
@@ -68,7 +68,8 @@ class Dynamics(nn.Module):
 
     def __init__(self, latent_dim: int, hidden: int, activation: str):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, latent_dim))
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](),
+                                 nn.Linear(hidden, latent_dim))
         self.nfe_forward = 0
         self.nfe_backward = 0
         self.in_forward_solve = False
@@ -82,7 +83,7 @@ class Dynamics(nn.Module):
 
 
 class LatentODE(FlowModel):
-    """Chen et al.'s latent ODE for irregular-free, equally spaced 2-D trajectories (see the module doc)."""
+    """Chen et al.'s latent ODE for equally spaced 2-D trajectories (see the module docstring)."""
 
     def __init__(self, times: Tensor, n_observed: int, obs_dim: int = 2, latent_dim: int = 5, rnn_hidden: int = 25,
                  hidden: int = 20, rnn: str = "gru", activation: str = "elu", obs_std: float = 0.3,
@@ -104,7 +105,8 @@ class LatentODE(FlowModel):
         self.rnn = cell(obs_dim + 1, rnn_hidden, batch_first=True)
         self.to_posterior = nn.Linear(rnn_hidden, 2 * latent_dim)
         self.dynamics = Dynamics(latent_dim, hidden, activation)
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, obs_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](),
+                                     nn.Linear(hidden, obs_dim))
 
     # -- pieces ------------------------------------------------------------------------------
     def _check(self, x: Tensor) -> None:
@@ -166,7 +168,8 @@ class LatentODE(FlowModel):
         log_lik, kl, _, pred = self._elbo_terms(x, y)
         loss = (kl - log_lik).mean()
         mse = (pred - x[:, :self.n_observed]).pow(2).mean()
-        return loss, {"log_lik": float(log_lik.detach().mean()), "kl": float(kl.detach().mean()), "mse": float(mse.detach())}
+        return loss, {"log_lik": float(log_lik.detach().mean()), "kl": float(kl.detach().mean()),
+                      "mse": float(mse.detach())}
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
@@ -180,7 +183,12 @@ class LatentODE(FlowModel):
         out = {"mse": err[:, :n].mean(1), "neg_elbo": gaussian_kl(mean, logvar, prior_mean, prior_logstd) - log_lik}
         if err.shape[1] > n:
             out["mse_extrapolation"] = err[:, n:].mean(1)
+        out.update(self._label_terms(mean, y))
         return out
+
+    def _label_terms(self, z0: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        """Extra per-example evaluation terms from z0 and the labels (none here)."""
+        return {}
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         raise NotImplementedError("LatentODE is a VAE, not a flow: it has no exact log-likelihood; its training "
@@ -265,16 +273,12 @@ class PartitionedLatentODE(LatentODE):
             stats.update({k: float(v.detach().mean()) for k, v in sup.items()})
         return loss, stats
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        out = super().evaluate(x, y)
-        if y is not None:
-            mean, _ = self.encode(x)
-            sup = self.supervised_terms(mean, y)
-            out["error"] = sup["error"]
-            if "param_mse" in sup:
-                out["param_mse"] = sup["param_mse"]
-        return out
+    def _label_terms(self, z0: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        """``error`` (and ``param_mse`` with (a, b) in y) of the heads on the posterior mean."""
+        if y is None:
+            return {}
+        sup = self.supervised_terms(z0, y)
+        return {k: v for k, v in sup.items() if k != "ce"}
 
 
 def _config(data, hp: dict) -> dict:

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from baselines.latent_ode import LatentODE, PartitionedLatentODE, build, build_partitioned, gaussian_kl, gaussian_log_lik
+from baselines.latent_ode import (LatentODE, PartitionedLatentODE, build, build_partitioned, gaussian_kl,
+                                  gaussian_log_lik)
 from bench.data import load_dataset
 from bench.data.base import DataInfo
 
@@ -72,12 +73,15 @@ def test_shapes_terms_and_surface(data):
 
 def test_kl_and_gaussian_likelihood_match_torch_distributions():
     gen = torch.Generator().manual_seed(0)
-    mean, logvar = torch.randn(4, 5, generator=gen, dtype=torch.float64), torch.randn(4, 5, generator=gen, dtype=torch.float64)
-    pm, pls = torch.randn(4, 5, generator=gen, dtype=torch.float64), 0.5 * torch.randn(4, 5, generator=gen, dtype=torch.float64)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    mean, logvar, pm, pls = draw(4, 5), draw(4, 5), draw(4, 5), 0.5 * draw(4, 5)
     q = Normal(mean, torch.exp(0.5 * logvar))
     torch.testing.assert_close(gaussian_kl(mean, logvar), kl_divergence(q, Normal(0.0, 1.0)).sum(-1))
     torch.testing.assert_close(gaussian_kl(mean, logvar, pm, pls), kl_divergence(q, Normal(pm, pls.exp())).sum(-1))
-    x, mu = torch.randn(4, 7, 2, generator=gen, dtype=torch.float64), torch.randn(4, 7, 2, generator=gen, dtype=torch.float64)
+    x, mu = draw(4, 7, 2), draw(4, 7, 2)
     torch.testing.assert_close(gaussian_log_lik(x, mu, 0.3), Normal(mu, 0.3).log_prob(x).sum((1, 2)))
 
 
@@ -166,6 +170,9 @@ def test_partitioned_heads_and_prior_use_only_the_supervised_dims(data):
     only = model.evaluate(x, y[:, 0].long())
     assert "error" in only and "param_mse" not in only
     assert torch.equal(only["error"], terms["error"])
+    unlabelled = model.evaluate(x)  # no labels: N(0, I) prior, no supervised terms
+    assert sorted(unlabelled) == ["mse", "mse_extrapolation", "neg_elbo"]
+    assert torch.equal(unlabelled["mse"], terms["mse"])
     assert model.sample(3, y[:3]).shape == (3, 40, 2) and model.sample(3).shape == (3, 40, 2)
 
 

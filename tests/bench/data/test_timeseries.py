@@ -75,7 +75,8 @@ def test_mixture1d_samples_its_density():
 
 
 def test_spirals_targets_all_carries_direction_and_parameters():
-    opts = {"n_spirals": 120, "n_val": 20, "n_test": 20, "length": 200, "window": 30, "horizon": 10, "seed": 4}
+    opts = {"n_spirals": 120, "n_val": 20, "n_test": 20, "length": 200, "window": 30, "horizon": 10,
+            "seed": 4}
     plain = load_dataset("spirals", opts)
     full = load_dataset("spirals", {**opts, "targets": "all"})
     for name in ("train", "val", "test"):
