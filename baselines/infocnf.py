@@ -132,8 +132,9 @@ class TolerancePolicy(nn.Module):
     Modes (``mode``): ``off`` (the configured solvers), ``sample`` (training: draw a_i, record
     log pi(a_i)), ``mean`` (a_i = mu_i, deterministic: evaluation with the learned tolerances),
     ``manual`` (the fixed ``manual`` tolerances, one per block). Each pass records, per block, the
-    applied tolerance, the sampled action, the forward-solve NFE (read off the block's counter without resetting it,
-    so the harness's ``read_nfe`` still counts every evaluation) and the log-probability.
+    applied tolerance, the sampled action, the forward-solve NFE (read off the block's counter
+    without resetting it, so the harness's ``read_nfe`` still counts every evaluation) and the
+    log-probability.
     """
 
     def __init__(self, blocks: list[CNF], tol_min: float = 1e-5, tol_max: float = 1e-4, init_std: float = 0.2,
