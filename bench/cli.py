@@ -1,4 +1,4 @@
-"""The `flowbench` command: list | run | status | report | check | pin | data.
+"""The `flowbench` command: list | run | status | cancel | report | check | pin | audit | data.
 
 Heavy libraries (torch, pandas) load inside the commands that need them, so `flowbench --help`
 and `flowbench list` answer at once. Every user error is one line on stderr and exit code 2;
@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite name or file")
     p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
+    _add_results(p)
+
+    p = sub.add_parser("audit", help="re-evaluate a suite's trained CNFs at solver tolerances 1e-8 ... 1e-1")
+    p.add_argument("suite", help="suite name or file (its completed CNF runs are audited)")
+    p.add_argument("--tolerances", default=None, metavar="T,T,...",
+                   help="tolerances to audit (atol = rtol), default 1e-8,1e-7,...,1e-1")
+    p.add_argument("--max-examples", type=int, default=2000, metavar="N",
+                   help="test examples per evaluation (default 2000; 0: the whole test split)")
+    p.add_argument("--out", default="reports", metavar="DIR", help="writes DIR/SUITE/tolerance_audit.{csv,md}")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_results(p)
 
     p = sub.add_parser("data", help="check the real data files: found / missing / corrupt per dataset")
@@ -326,6 +337,23 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`flowbench audit SUITE`: the tolerance audit of every completed CNF run, printed and written."""
+    from bench.audit import DEFAULT_TOLERANCES, audit_suite, parse_tolerances, to_markdown, write_audit
+
+    name, _, _ = _suite_context(args.suite)
+    tolerances = parse_tolerances(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
+    out, skipped = audit_suite(args.results, name, tolerances, args.max_examples or None, args.data_root,
+                               progress=not args.quiet)
+    if out.empty:
+        raise FlowbenchError(f'suite "{name}": no completed CNF run with model.pt to audit'
+                             + (f" (skipped: {'; '.join(f'{a} ({b})' for a, b in skipped)})" if skipped else ""))
+    print(to_markdown(out, skipped), end="")
+    csv, md = write_audit(out, skipped, args.out, name)
+    print(f"(audit: {csv}, {md})")
+    return EXIT_OK
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """`flowbench data verify`: one line per dataset; exit 1 when a file is corrupt."""
     from bench.data import resolve_root
@@ -346,7 +374,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel, "check": cmd_check, "pin": cmd_pin,
-            "data": cmd_data}
+            "audit": cmd_audit, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

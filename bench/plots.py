@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.store import load_model
+
 
 MAX_RUNS_PER_GROUP = 3  # curves: at most this many seeds per (model, dataset), to keep plots legible and fast
 MAX_PANELS = 12  # datasets per figure
@@ -223,24 +225,6 @@ def bars(records: Any) -> Any:
 
 
 # -- trained models (torch) -------------------------------------------------------------------------
-def load_model(run_dir: str | os.PathLike) -> tuple[Any, Any]:
-    """Rebuild a completed run's model from ``model.pt`` and its spec; returns (model, dataset)."""
-    import torch
-
-    from baselines.registry import get_builder
-    from bench.data import load_dataset
-
-    run_dir = Path(run_dir)
-    spec = json.loads((run_dir / "spec.json").read_text())
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    data = load_dataset(spec["dataset"], spec.get("data_config", {}))
-    config = state.get("model_config", spec.get("model_config", {}))
-    model = get_builder(spec["model"])(data.info, **config)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, data
-
-
 def _first_runs(records: Any, kind: str) -> list[tuple[str, str, str]]:
     """(model, dataset, run dir) of the lowest-seed completed run with model.pt per pair, for one data kind."""
     from bench.data import REGISTRY

@@ -109,6 +109,34 @@ class RunRecord:
             return []
 
 
+def load_model(run_dir: str | os.PathLike, data_root: str | None = None) -> tuple[Any, Any]:
+    """Rebuild a completed run's model (best-validation weights, ``model.pt``) in eval mode; returns
+    (model, dataset). Raises FlowbenchError naming the run when its files are missing or do not fit."""
+    import torch
+
+    from baselines.registry import get_builder
+    from bench.data import load_dataset
+
+    run_dir = Path(run_dir)
+    try:
+        spec = json.loads((run_dir / "spec.json").read_text())
+        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise FlowbenchError(f"run {run_dir}: cannot read its spec.json / model.pt ({type(err).__name__}: {err}); "
+                             "only completed runs keep model.pt") from None
+    data = load_dataset(spec["dataset"], spec.get("data_config", {}), data_root)
+    config = state.get("model_config", spec.get("model_config", {}))
+    model = get_builder(spec["model"])(data.info, **config)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise FlowbenchError(f"run {run_dir}: model.pt does not fit the model built from its spec ({first}); "
+                             "the model code changed since the run; re-run it with --force") from None
+    model.eval()
+    return model, data
+
+
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> one level with dotted keys; lists stay as values."""
     out: dict[str, Any] = {}

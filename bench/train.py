@@ -182,7 +182,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, n if shard is None else len(shard), batch_size):
-            rows = slice(start, start + batch_size) if shard is None else torch.as_tensor(shard[start:start + batch_size])
+            rows = slice(start, min(start + batch_size, n)) if shard is None else torch.as_tensor(shard[start:start + batch_size])
             x = split.x[rows].to(device, non_blocking=True)
             y = None if split.y is None else split.y[rows].to(device, non_blocking=True)
             logdet = None

@@ -142,3 +142,21 @@ def test_learning_rate_schedule():
     assert lr_at(50, t, 100) == pytest.approx(0.1) and lr_at(99, t, 100) == pytest.approx(0.01)
     c = {**t, "schedule": "cosine", "warmup_steps": 0}
     assert lr_at(0, c, 100) == 1.0 and lr_at(50, c, 100) == pytest.approx(0.5) and lr_at(100, c, 100) == pytest.approx(0)
+
+
+class _Identity(FlowModel):
+    """evaluate: the first coordinate as the per-example term (so means are easy to predict)."""
+
+    def evaluate(self, x, y=None):
+        return {"nll": x[:, 0].double()}
+
+
+def test_evaluate_counts_exactly_max_examples_across_partial_batches():
+    from bench.data.base import DataInfo, Dataset, Split
+
+    x = torch.arange(10, dtype=torch.float32).unsqueeze(1)
+    data = Dataset(DataInfo("t", "toy", (1,)), Split(x), Split(x), Split(x))
+    for batch, limit in ((4, 5), (1000, 7), (3, None)):
+        out = evaluate(_Identity(), data, data.test, torch.device("cpu"), batch, limit)
+        n = 10 if limit is None else limit
+        assert out["nll"] == pytest.approx(sum(range(n)) / n)
