@@ -87,7 +87,7 @@ REGISTRY.update({
     "spirals": DatasetEntry("bench.data.timeseries:load_spirals", "timeseries",
                             "InfoCNF's bi-directional spirals: 200 noisy points + extrapolation horizon",
                             {"n_spirals": 5000, "n_val": 500, "n_test": 500, "length": 1000, "window": 200,
-                             "horizon": 200, "noise": 0.3, "seed": 0}, metric="mse"),
+                             "horizon": 200, "noise": 0.3, "seed": 0, "targets": "direction"}, metric="mse"),
     "mixture1d": DatasetEntry("bench.data.timeseries:load_mixture1d", "toy",
                               "1-D mixture of three Gaussians (InfoCNF appendix C)",
                               {**_TOY_OPTIONS, "means": "-2,0,2", "stds": "0.5,0.5,0.5", "weights": "1,1,1"}),
