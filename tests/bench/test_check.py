@@ -116,3 +116,17 @@ def test_tolerance_rules():
     assert check.suite_tolerances({"tolerances": {"bpd": 0.02}, "nll": 0.1}) == {"bpd": 0.02, "nll": 0.1}
     with pytest.raises(FlowbenchError, match="METRIC=NUMBER"):
         check.parse_tolerances(["nll"])
+
+
+def test_smoke_suite_reproduces_its_pinned_numbers(tmp_path, capsys):
+    """The project's CI gate: `flowbench run smoke` then `flowbench check smoke` against the committed
+    baselines/pinned/smoke.csv (NLL within 0.05 nats, NFE within 20%, time within 4x)."""
+    from bench.check import PINNED_DIR
+
+    assert (PINNED_DIR / "smoke.csv").exists(), "baselines/pinned/smoke.csv is committed"
+    results = str(tmp_path / "results")
+    assert main(["run", "smoke", "--results", results, "--quiet", "--no-report"]) == 0
+    code = main(["check", "smoke", "--results", results])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "check: OK" in out
