@@ -22,7 +22,8 @@ so ``log p(x) = log p(z(T)) + log|det|``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -54,6 +55,22 @@ FIXED_STEP = ("rk4", "euler", "midpoint", "explicit_adams", "implicit_adams")
 
 class SolverFailure(FloatingPointError):
     """The ODE solver gave up (step size underflow) or produced a non-finite state."""
+
+
+@contextmanager
+def forward_solve(func: nn.Module, solver: "Solver") -> Iterator[None]:
+    """Around one forward solve: ``func`` counts its evaluations as forward NFE (``in_forward_solve``),
+    and torchdiffeq's step-size underflow becomes a SolverFailure naming the solver setting."""
+    func.in_forward_solve = True
+    try:
+        yield
+    except AssertionError as err:
+        if "underflow" in str(err):
+            raise SolverFailure(f"ODE solver step size underflow ({err}); tolerance {solver.atol}/{solver.rtol}, "
+                                f"method {solver.method}") from None
+        raise
+    finally:
+        func.in_forward_solve = False
 
 
 # -- dynamics networks ---------------------------------------------------------------------------
@@ -328,8 +345,7 @@ class CNF(nn.Module):
             state = state[0]
         kwargs = dict(rtol=rtol, atol=atol, method=solver.method, options=solver.options())
         use_adjoint = self.adjoint and torch.is_grad_enabled() and self.training
-        func.in_forward_solve = True
-        try:
+        with forward_solve(func, solver):
             if use_adjoint:
                 params = tuple(p for p in func.parameters() if p.requires_grad)  # the dynamics' own only
                 extra = {}
@@ -339,13 +355,6 @@ class CNF(nn.Module):
                                      adjoint_rtol=solver.rtol, **extra, **kwargs)
             else:
                 out = odeint(func, state, s, **kwargs)
-        except AssertionError as err:
-            if "underflow" in str(err):
-                raise SolverFailure(f"ODE solver step size underflow ({err}); tolerance {solver.atol}/{solver.rtol}, "
-                                    f"method {solver.method}") from None
-            raise
-        finally:
-            func.in_forward_solve = False
         out = (out,) if isinstance(out, Tensor) else out
         final = tuple(o[-1] for o in out)
         if not all(bool(torch.isfinite(o).all()) for o in final):

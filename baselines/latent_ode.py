@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
 
 from baselines.base import FlowModel
-from baselines.cnf import FIXED_STEP, Solver, SolverFailure
+from baselines.cnf import FIXED_STEP, Solver, SolverFailure, forward_solve
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
@@ -129,19 +129,11 @@ class LatentODE(FlowModel):
         t = self.times[:n_points or len(self.times)].to(z0.dtype)
         s, func = self.solver, self.dynamics
         kwargs = dict(rtol=s.rtol, atol=s.atol, method=s.method, options=s.options())
-        func.in_forward_solve = True
-        try:
+        with forward_solve(func, s):
             if self.adjoint and torch.is_grad_enabled() and self.training:
                 path = odeint_adjoint(func, z0, t, adjoint_params=tuple(func.parameters()), **kwargs)
             else:
                 path = odeint(func, z0, t, **kwargs)
-        except AssertionError as err:
-            if "underflow" in str(err):
-                raise SolverFailure(f"ODE solver step size underflow ({err}); tolerance {s.atol}/{s.rtol}, "
-                                    f"method {s.method}") from None
-            raise
-        finally:
-            func.in_forward_solve = False
         if not bool(torch.isfinite(path).all()):
             raise SolverFailure("latent ODE solve produced a non-finite state")
         return path.transpose(0, 1)
