@@ -29,14 +29,21 @@ MAX_PANELS = 12  # datasets per figure
 MAX_TOY_MODELS = 8
 
 
+_THEMED = False
+
+
 def _setup() -> Any:
+    """seaborn, with its theme applied once per process (and the Agg backend where there is no display)."""
+    global _THEMED
     import matplotlib
 
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg") and not os.environ.get("DISPLAY"):
+    if not _THEMED and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
     import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="paper")
+    if not _THEMED:
+        sns.set_theme(style="whitegrid", context="paper")
+        _THEMED = True
     return sns
 
 
@@ -351,63 +358,92 @@ def image_figures(records: Any, n: int = 32) -> dict[str, Any]:
 
 
 # -- everything -------------------------------------------------------------------------------------
-_JOBS: dict[str, Callable[[], Any]] = {}  # figure name -> builder, read by forked workers
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _render(name: str, out_dir: Path) -> Path:
-    return save(_JOBS[name](), out_dir, name)
+def _warm() -> None:
+    """Worker initialiser: load what drawing needs (pandas, matplotlib, seaborn: ~2 s) before work comes."""
+    import pandas  # noqa: F401  (the figures' data arrive as DataFrames)
+
+    _setup()
 
 
-def _render_all(jobs: dict[str, Callable[[], Any]], out_dir: Path, workers: int | None = None) -> dict[str, Path]:
-    """Build and save figures, in forked worker processes where the platform allows (Linux) and there
-    are cores to spare; drawing the panels' text is what costs, and it runs one figure per core."""
+def start_workers(workers: int | None = None) -> Any:
+    """A pool of forked processes that load the plotting stack now, while the caller reads records,
+    and draw the figures later; None where that does not pay (one core, not Linux, torch loaded:
+    its threads do not survive a fork). Close it with ``pool.close(); pool.join()``."""
     import multiprocessing as mp
     import sys
 
-    if workers is None:
-        workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4)
+    workers = min(_cores(), 4) if workers is None else workers
     if workers < 2 or not sys.platform.startswith("linux") or "torch" in sys.modules:
-        return {name: save(build(), out_dir, name) for name, build in jobs.items()}
-    _JOBS.clear()
-    _JOBS.update(jobs)
+        return None
+    return mp.get_context("fork").Pool(workers, initializer=_warm)
+
+
+def _draw(name: str, build: Callable[..., Any], args: tuple, out_dir: Path) -> Path:
+    """Build one figure and write it (runs in a worker or here)."""
+    _setup()
+    return save(build(*args), out_dir, name)
+
+
+def _render_all(jobs: dict[str, tuple[Callable[..., Any], tuple]], out_dir: Path, workers: int | None = None,
+                pool: Any = None) -> dict[str, Path]:
+    """Build and save figures: in ``pool`` when given, else in a pool forked now where the platform
+    allows and there are cores to spare, else here; drawing the panels' text is what costs, and it
+    runs one figure per core. ``jobs``: name -> (module-level builder, its picklable arguments)."""
+    items = [(name, build, args, out_dir) for name, (build, args) in jobs.items()]
+    if pool is not None and items:
+        return dict(zip(jobs, pool.starmap(_draw, items, chunksize=1)))
+    own = start_workers(min(len(items), _cores(), 4) if workers is None else workers) if len(items) > 1 else None
+    if own is None:
+        return {name: _draw(*item) for name, item in zip(jobs, items)}
     try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            paths = pool.starmap(_render, [(name, out_dir) for name in jobs])
+        return dict(zip(jobs, own.starmap(_draw, items, chunksize=1)))
     finally:
-        _JOBS.clear()
-    return dict(zip(jobs, paths))
+        own.close()
+        own.join()
+
+
+def _slim(records: Any) -> Any:
+    """What the bar chart reads of the records, small enough to send to a worker process."""
+    from dataclasses import replace
+
+    cols = [c for c in ("model", "dataset", "seed", "headline", "headline_metric") if c in records.completed]
+    return replace(records, df=records.df.iloc[:0], completed=records.completed[cols], failed=records.failed.iloc[:0])
 
 
 def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike, models: bool = True,
-                workers: int | None = None) -> dict[str, Path]:
+                workers: int | None = None, pool: Any = None) -> dict[str, Path]:
     """Every figure the records allow, written as PNG + PDF under ``out_dir``; name -> PNG path.
 
     ``models=False`` skips the figures that rebuild trained models (toy densities, image samples);
-    ``workers`` caps the processes that draw the record figures (default: up to 4 cores; 1: serial).
+    ``workers`` caps the processes that draw the record figures (default: up to 4 cores; 1: serial);
+    ``pool`` (from ``start_workers``) draws them in processes that have the plotting stack loaded.
     """
     out_dir = Path(out_dir)
-    _setup()
     if records.completed.empty:
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, datasets, order = records.headline_metrics, records.datasets, records.models
-    jobs: dict[str, Callable[[], Any]] = {}
+    jobs: dict[str, tuple[Callable[..., Any], tuple]] = {}
     if records.completed["headline"].notna().any():
-        jobs["bars"] = lambda: bars(records)
+        jobs["bars"] = (bars, (_slim(records),))
     hist = load_histories(records)
     if not hist.empty and hist["val_headline"].notna().any():
-        jobs["metric_vs_time"] = lambda: metric_vs(hist, "seconds", "training seconds", metrics, datasets, order)
+        jobs["metric_vs_time"] = (metric_vs, (hist, "seconds", "training seconds", metrics, datasets, order))
         cnf = hist[hist.groupby("model")["nfe_total"].transform("max") > 0]  # models that count NFE
         if not cnf.empty:
-            jobs["metric_vs_nfe"] = lambda: metric_vs(cnf, "nfe_total", "cumulative NFE (forward + backward)",
-                                                      metrics, datasets, order)
+            jobs["metric_vs_nfe"] = (metric_vs, (cnf, "nfe_total", "cumulative NFE (forward + backward)", metrics,
+                                                 datasets, order))
     if not hist.empty and ((hist["nfe_forward"] > 0) | (hist["nfe_backward"] > 0)).any():
-        jobs["nfe_over_training"] = lambda: nfe_over_training(hist, datasets, order)
+        jobs["nfe_over_training"] = (nfe_over_training, (hist, datasets, order))
     # learned tolerances: the models' ``tol_*`` training stats, logged by the harness as ``train_tol_*``
     tol_cols = [c for c in hist.columns if c.startswith(("tol_", "train_tol_"))] if not hist.empty else []
     if tol_cols:
-        jobs["tolerances"] = lambda: tolerances(hist, tol_cols, datasets, order)
-    written = _render_all(jobs, out_dir, workers)
+        jobs["tolerances"] = (tolerances, (hist, tol_cols, datasets, order))
+    written = _render_all(jobs, out_dir, workers, pool)
     if models and "path" in records.completed:
         has_weights = any(os.path.exists(os.path.join(p, "model.pt")) for p in
                           records.completed.drop_duplicates(["model", "dataset"])["path"])

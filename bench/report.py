@@ -519,8 +519,11 @@ def render_markdown(suite: str, records: Records, tables: Sequence[Table]) -> st
 
 def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None = None,
                  expected: Sequence[tuple[str, str, int]] | None = None, figures: bool = True,
-                 published_path: str | os.PathLike | None = None) -> Report:
+                 published_path: str | os.PathLike | None = None, figure_pool: Any = None) -> Report:
     """Write every output of a report into ``out_dir/SUITE/``; returns what was written.
+
+    ``figure_pool`` (``bench.plots.start_workers``, started before the records were read) draws the
+    figures in processes that loaded the plotting stack meanwhile.
 
     Files: report.md, tables.tex, summary.csv (long form of every table), headline.csv (the
     headline table as printed), runs.csv (completed/failed/missing per model and dataset),
@@ -554,7 +557,7 @@ def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None 
     if figures:
         from bench import plots
 
-        figs = plots.all_figures(records, tables, path / "figures")
+        figs = plots.all_figures(records, tables, path / "figures", pool=figure_pool)
     files["html"] = path / "index.html"
     files["html"].write_text(render_html(suite, records, tables, figs, published))
     return Report(suite, path, records, tables, figs, files, md)

@@ -25,16 +25,18 @@ os.umask(_UMASK)
 STATUSES = ("pending", "running", "completed", "failed", "timeout", "preempted", "diverged")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync (unless told not to),
+    rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide records from the rest of a lab
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -139,6 +141,8 @@ def load_model(run_dir: str | os.PathLike, data_root: str | None = None) -> tupl
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> one level with dotted keys; lists stay as values."""
+    if not any(isinstance(v, dict) for v in obj.values()):  # the common case: already flat
+        return {prefix + k: v for k, v in obj.items()} if prefix else dict(obj)
     out: dict[str, Any] = {}
     stack = [(prefix, obj)]
     while stack:
@@ -152,58 +156,111 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 SCAN_CACHE = ".scan-cache.pkl"  # per suite folder: rows of unchanged records, keyed by file stats
+PARALLEL_READS = 2000  # uncached records from which scan reads in forked worker processes
 
 
-def _record_dirs(results_dir: Path, suite: str | None) -> list[str]:
-    """Run folders (those holding spec.json) of one suite, or of every suite below ``results_dir``."""
-    base = os.path.join(os.fspath(results_dir), suite) if suite else os.fspath(results_dir)
+def _record_dirs(results_dir: str, suite: str | None) -> list[str]:
+    """Candidate run folders of one suite (every sub-folder: those without spec.json are passed over
+    when read), or the folders holding spec.json of every suite below ``results_dir``."""
+    base = os.path.join(results_dir, suite) if suite else results_dir
     if os.path.exists(os.path.join(base, "spec.json")):
         return [base]
     try:
-        children = sorted(e.path for e in os.scandir(base) if e.is_dir())
+        children = sorted(e.path for e in os.scandir(base) if e.is_dir() and not e.name.startswith((".", "_")))
     except OSError:
         return []
+    if suite:
+        return children
     direct = [c for c in children if os.path.exists(os.path.join(c, "spec.json"))]
-    if direct or suite:
+    if direct:
         return direct
-    return [d for c in children for d in _record_dirs(Path(c), None) if d != c]
+    return [d for c in children for d in _record_dirs(c, None) if d != c]
 
 
 def _stat_key(run_dir: str) -> tuple[int, ...]:
-    """What identifies a record's content on disk: (mtime_ns, size) of spec.json and result.json."""
-    spec = os.stat(os.path.join(run_dir, "spec.json"))
+    """What identifies a record's content on disk: (mtime_ns, size) of spec.json and result.json.
+    Raises FileNotFoundError for a folder without spec.json (not a run)."""
+    spec = os.stat(run_dir + "/spec.json")
     try:
-        result = os.stat(os.path.join(run_dir, "result.json"))
+        result = os.stat(run_dir + "/result.json")
         return spec.st_mtime_ns, spec.st_size, result.st_mtime_ns, result.st_size
     except FileNotFoundError:
         return spec.st_mtime_ns, spec.st_size, 0, -1
 
 
-def read_row(run_dir: str | os.PathLike) -> dict[str, Any]:
+def read_row(run_dir: str | os.PathLike, key: tuple[int, ...] | None = None) -> dict[str, Any]:
     """One run's record as a flat row (spec fields, then result fields); raises on unreadable files.
 
     ``mtime`` is the result's modification time (the spec's while pending): newest-wins uses it.
+    ``key`` (from ``_stat_key``) saves the stat calls when the caller already made them.
     """
     run_dir = os.fspath(run_dir)
-    with open(os.path.join(run_dir, "spec.json"), "rb") as f:
+    key = key or _stat_key(run_dir)
+    with open(run_dir + "/spec.json", "rb") as f:
         spec = json.loads(f.read())
     row: dict[str, Any] = {k: spec.get(k) for k in ("run_id", "suite", "model", "dataset", "seed", "metric")}
-    row.update(flatten(spec.get("model_config", {}), "model_config."))
-    row.update(flatten(spec.get("data_config", {}), "data_config."))
-    row.update(flatten(spec.get("train", {}), "train."))
-    result_path = os.path.join(run_dir, "result.json")
-    try:
-        with open(result_path, "rb") as f:
-            result = json.loads(f.read())
-        row["mtime"] = os.stat(result_path).st_mtime
-    except FileNotFoundError:
+    for section in ("model_config", "data_config", "train"):
+        row.update(flatten(spec.get(section) or {}, section + "."))
+    if key[3] >= 0:
+        try:
+            with open(run_dir + "/result.json", "rb") as f:
+                result = json.loads(f.read())
+            row["mtime"] = key[2] / 1e9
+        except FileNotFoundError:  # removed between the stat and the read
+            key = key[:2] + (0, -1)
+    if key[3] < 0:
         result = {"status": "pending"}
-        row["mtime"] = os.stat(os.path.join(run_dir, "spec.json")).st_mtime
+        row["mtime"] = key[0] / 1e9
     if not isinstance(result, dict):
         raise ValueError(f"result.json holds {type(result).__name__}, not a mapping")
     row.update(flatten({k: v for k, v in result.items() if k not in row}))
     row["path"] = run_dir
     return row
+
+
+def _read_one(run_dir: str) -> tuple[str, Any, Any]:
+    """(run_dir, stat key, row) or (run_dir, None, reason) for an unreadable record, (run_dir, None,
+    None) for a folder that is not a run (no spec.json) or vanished while scanning."""
+    try:
+        key = _stat_key(run_dir)
+        return run_dir, key, read_row(run_dir, key)
+    except FileNotFoundError:
+        return run_dir, None, None
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        return run_dir, None, f"{type(err).__name__}: {err}"
+
+
+def _read_chunk(dirs: list[str]) -> list[tuple[str, Any, Any]]:
+    return [_read_one(d) for d in dirs]
+
+
+def _read_many(dirs: list[str]) -> Any:
+    """Start reading ``dirs``; returns a function giving [(run_dir, key, row|reason|None)] in order.
+
+    Many records on a Linux machine with cores to spare (and no torch threads in this process,
+    which do not survive a fork) are read by forked worker processes, so the caller can import
+    pandas meanwhile; otherwise they are read here when the result is asked for.
+    """
+    import sys
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if len(dirs) < PARALLEL_READS or cores < 2 or not sys.platform.startswith("linux") or "torch" in sys.modules:
+        return lambda: _read_chunk(dirs)
+    import multiprocessing as mp
+
+    workers = min(cores, 4)
+    size = -(-len(dirs) // (4 * workers))
+    pool = mp.get_context("fork").Pool(workers)
+    pending = pool.map_async(_read_chunk, [dirs[i:i + size] for i in range(0, len(dirs), size)])
+
+    def collect() -> list[tuple[str, Any, Any]]:
+        try:
+            return [item for chunk in pending.get() for item in chunk]
+        finally:
+            pool.close()
+            pool.join()
+
+    return collect
 
 
 def _load_cache(path: str) -> dict[str, Any]:
@@ -212,16 +269,19 @@ def _load_cache(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             cache = pickle.load(f)
-        return cache if isinstance(cache, dict) and cache.get("version") == 1 else {}
+        return cache if isinstance(cache, dict) and cache.get("version") == 3 else {}
     except Exception:  # absent, foreign or from another version: rebuilt
         return {}
 
 
-def _save_cache(path: str, rows: dict[str, Any]) -> None:
+def _save_cache(path: str, df: Any) -> None:
+    """The scanned frame and each record's stat key (run folder name -> (key, row position))."""
     import pickle
 
-    try:
-        atomic_write_bytes(Path(path), pickle.dumps({"version": 1, "rows": rows}, protocol=pickle.HIGHEST_PROTOCOL))
+    keys = {os.path.basename(p): (k, i) for i, (p, k) in enumerate(zip(df["path"], df.attrs.pop("_keys")))}
+    try:  # atomic but not fsynced: a cache lost in a crash is rebuilt from the records
+        atomic_write_bytes(Path(path), pickle.dumps({"version": 3, "keys": keys, "frame": df},
+                                                    protocol=pickle.HIGHEST_PROTOCOL), fsync=False)
     except OSError:  # a read-only results folder: scanning still works, uncached
         pass
 
@@ -231,31 +291,52 @@ def scan(results_dir: str | os.PathLike = "results", suite: str | None = None, c
 
     Unreadable records are skipped, logged, and listed in ``df.attrs["skipped"]`` as (path, reason).
     With ``cache`` (and a suite), rows of records whose spec.json and result.json are unchanged
-    (same modification time and size) come from ``results/SUITE/.scan-cache.pkl``, so a report or
-    check over thousands of records reads only what changed since the last one.
+    (same modification time and size) come from the frame kept in ``results/SUITE/.scan-cache.pkl``,
+    so a report or check over thousands of records reads only what changed since the last one;
+    thousands of uncached records are read by forked worker processes while pandas loads here.
     """
-    import pandas as pd
-
-    dirs = _record_dirs(Path(results_dir), suite)
-    cache_path = os.path.join(os.fspath(results_dir), suite, SCAN_CACHE) if (cache and suite and dirs) else None
-    cached = _load_cache(cache_path).get("rows", {}) if cache_path else {}
-    rows, skipped, fresh = [], [], {}
+    results_dir = os.fspath(results_dir)
+    dirs = _record_dirs(results_dir, suite)
+    cache_path = os.path.join(results_dir, suite, SCAN_CACHE) if (cache and suite and dirs) else None
+    cached = _load_cache(cache_path) if cache_path else {}
+    cached_keys = cached.get("keys", {})
+    kept: list[tuple[int, str, tuple[int, ...]]] = []  # (row in the cached frame, run folder, stat key)
+    misses = []
     for run_dir in dirs:
-        try:
-            key = _stat_key(run_dir)
-            name = os.path.basename(run_dir)
-            hit = cached.get(name)
-            row = hit[1] if hit is not None and hit[0] == key else read_row(run_dir)
-            fresh[name] = (key, row)
-            rows.append(dict(row))
-        except FileNotFoundError:
-            continue  # removed while scanning
-        except (OSError, ValueError, AttributeError, TypeError) as err:
-            reason = f"{type(err).__name__}: {err}"
-            skipped.append((str(run_dir), reason))
-            log.warning("skipping unreadable record %s (%s)", run_dir, reason)
-    if cache_path and (len(fresh) != len(cached) or any(cached.get(k, (None,))[0] != v[0] for k, v in fresh.items())):
-        _save_cache(cache_path, fresh)
-    df = pd.DataFrame(rows)
-    df.attrs["skipped"] = skipped
+        hit = cached_keys.get(os.path.basename(run_dir))
+        if hit is not None:
+            try:
+                key = _stat_key(run_dir)
+            except FileNotFoundError:
+                continue  # removed since the last scan
+            if hit[0] == key:
+                kept.append((hit[1], run_dir, key))
+                continue
+        misses.append(run_dir)
+    collect = _read_many(misses)
+    import pandas as pd  # loads while worker processes read
+
+    new_rows, new_keys, skipped = [], [], []
+    for run_dir, key, row in collect():
+        if key is not None:
+            new_rows.append(row)
+            new_keys.append(key)
+        elif row is not None:
+            skipped.append((run_dir, row))
+            log.warning("skipping unreadable record %s (%s)", run_dir, row)
+    parts = []
+    if kept:  # the folder's spelling of this scan, whatever the cached one was
+        parts.append(cached["frame"].iloc[[i for i, _, _ in kept]].assign(path=[d for _, d, _ in kept]))
+    if new_rows:
+        parts.append(pd.DataFrame(new_rows))
+    df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0].reset_index(drop=True) if parts
+                                                                      else pd.DataFrame())
+    keys = [k for _, _, k in kept] + new_keys
+    if kept and new_rows:  # back into folder order
+        order = df["path"].argsort(kind="stable").to_numpy()
+        df, keys = df.iloc[order].reset_index(drop=True), [keys[i] for i in order]
+    if cache_path and (misses or len(kept) != len(cached_keys)):
+        df.attrs["_keys"] = keys
+        _save_cache(cache_path, df)
+    df.attrs = {"skipped": skipped}
     return df

@@ -4,8 +4,9 @@
 
 Writes 10,000 synthetic run records (5 models x 8 datasets x 250 seeds, 2% failed, CNFs with NFE
 and learned tolerances, 10 evaluations each in metrics.jsonl), then times, as a user sees them
-(fresh processes, imports included): `flowbench report` with every figure (no scan cache yet: every
-record is read), `flowbench pin` and `flowbench check`, cold (scan cache removed) and warm. Targets (issue 8): report < 10 s including figures; check < 2 s.
+(fresh processes, imports included, median of --repeat runs): `flowbench report` with every figure
+and `flowbench check`, each cold (scan cache removed: every record read) and warm (the cache of the
+last read), and `flowbench pin`. Targets (issue 8): report < 10 s including figures; check < 2 s.
 The report (tables, figures, index.html) is kept under --keep (default: reports/bench_report/).
 """
 
@@ -17,10 +18,12 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MODELS = {"realnvp": 0.0, "glow": 0.0, "ffjord": 120.0, "rnode": 60.0, "infocnf": 80.0}
@@ -80,38 +83,54 @@ def timed(args: list[str], cwd: Path) -> tuple[float, float, int, str]:
     return wall, cpu, proc.returncode, proc.stdout + proc.stderr
 
 
+def repeated(label: str, args: list[str], cwd: Path, repeat: int, target: float | None = None,
+             before: Callable[[], None] = lambda: None) -> None:
+    """Run ``args`` ``repeat`` times (``before`` each time) and print the median wall and CPU seconds."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        before()
+        wall, cpu, rc, out = timed(args, cwd)
+        assert rc == 0, out
+        walls.append(wall)
+        cpus.append(cpu)
+    line = (f"{label:<34} {statistics.median(walls):6.2f} s wall (min {min(walls):.2f}, max {max(walls):.2f})  "
+            f"{statistics.median(cpus):6.2f} s CPU")
+    if target is not None:
+        line += f"  target < {target:g} s: {'met' if statistics.median(walls) < target else 'MISSED'}"
+    print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5, help="timings per command (the median is printed)")
     parser.add_argument("--keep", default="reports/bench_report", help="where the report is kept")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo))
+    from bench.store import SCAN_CACHE
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         results = tmp / "results"
         start = time.perf_counter()
         write_records(results, args.n)
+        os.sync()  # the records on disk before timing: no write-back competing with the reads
         print(f"wrote {args.n:,} synthetic records in {time.perf_counter() - start:.1f} s")
-        env_args = ["--results", str(results)]
         print(f"load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
-              "(wall times on a shared machine include waiting; CPU time is the process's own work)")
-        report_s, report_cpu, rc, out = timed(["report", SUITE, *env_args, "--out", str(tmp / "reports")], repo)
-        assert rc == 0, out
+              "(wall times on a shared machine include waiting; CPU time is the processes' own work)")
+        cache = results / SUITE / SCAN_CACHE
+        drop_cache = lambda: cache.unlink(missing_ok=True)  # noqa: E731  (cold: every record read)
+        env_args = ["--results", str(results)]
+        report_args = ["report", SUITE, *env_args, "--out", str(tmp / "reports")]
+        repeated(f"flowbench report, cold ({args.n:,})", report_args, repo, args.repeat, 10.0, drop_cache)
+        repeated("flowbench report, warm", report_args, repo, args.repeat, 10.0)
         figures = sorted(p.name for p in (tmp / "reports" / SUITE / "figures").glob("*.png"))
-        print(f"flowbench report ({args.n:,} records)  {report_s:6.2f} s wall  {report_cpu:6.2f} s CPU  (target < 10 s; "
-              f"{len(figures)} figures, PNG + PDF: {', '.join(figures)})")
-        pin_s, pin_cpu, rc, out = timed(["pin", SUITE, *env_args, "--pinned", str(tmp / "pinned")], repo)
-        assert rc == 0, out
-        print(f"flowbench pin                      {pin_s:6.2f} s wall  {pin_cpu:6.2f} s CPU")
-        from bench.store import SCAN_CACHE
-
-        for label in ("cold", "warm"):  # cold: no scan cache, every record read; warm: the cache of the last read
-            if label == "cold":
-                (results / SUITE / SCAN_CACHE).unlink(missing_ok=True)
-            check_s, check_cpu, rc, out = timed(["check", SUITE, *env_args, "--pinned", str(tmp / "pinned")], repo)
-            assert rc == 0, out
-            print(f"flowbench check ({label})             {check_s:6.2f} s wall  {check_cpu:6.2f} s CPU  "
-                  f"(target < 2 s; exit {rc})")
+        print(f"  {len(figures)} figures, PNG + PDF: {', '.join(figures)}")
+        repeated("flowbench pin", ["pin", SUITE, *env_args, "--pinned", str(tmp / "pinned")], repo, args.repeat)
+        check_args = ["check", SUITE, *env_args, "--pinned", str(tmp / "pinned")]
+        repeated("flowbench check, cold", check_args, repo, args.repeat, 2.0, drop_cache)
+        repeated("flowbench check, warm", check_args, repo, args.repeat, 2.0)
         keep = repo / args.keep if not os.path.isabs(args.keep) else Path(args.keep)
         if keep.exists():
             shutil.rmtree(keep)

@@ -64,3 +64,32 @@ def test_image_sample_grids(tmp_path):
     for name, x in (("grey", grey), ("colour", logit)):
         png = plots.save(plots.sample_grid(x, name, ncol=4), tmp_path, f"samples_{name}")
         assert png.stat().st_size > 500 and png.with_suffix(".pdf").exists()
+
+
+def test_figures_drawn_by_workers_started_before_the_records_are_read(results, tmp_path):
+    """`flowbench report` forks its figure workers first (they load seaborn while records are read):
+    in a fresh process (no torch) they are used, and draw the same figures as drawing them here."""
+    import json
+    import subprocess
+    import sys
+
+    for model, nfe in (("ffjord", 20.0), ("infocnf", 14.0)):
+        for seed in range(2):
+            write_run(results, "p", model, "moons", seed, 1.0 + 0.1 * seed, nfe=nfe, tolerances=True)
+    code = ("import json, sys; from bench import plots, report; from bench.store import scan; "
+            "pool = plots.start_workers(2); "
+            f"rec = report.prepare(scan({str(results)!r}, 'p')); "
+            f"figs = plots.all_figures(rec, report.build_tables(rec), {str(tmp_path / 'pool')!r}, pool=pool); "
+            "pool.close(); pool.join(); "
+            "print(json.dumps({'pool': type(pool).__name__, 'figs': {k: str(v) for k, v in figs.items()}, "
+            "'torch': 'torch' in sys.modules}))")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["pool"] == "Pool" and not out["torch"]
+    rec = report.prepare(scan(results, "p"))
+    here = plots.all_figures(rec, report.build_tables(rec), tmp_path / "here", workers=1)
+    assert set(out["figs"]) == set(here) == {"bars", "metric_vs_time", "metric_vs_nfe", "nfe_over_training",
+                                             "tolerances"}
+    from pathlib import Path
+
+    for name, png in out["figs"].items():
+        assert Path(png).stat().st_size > 1000 and Path(png).with_suffix(".pdf").stat().st_size > 1000, name

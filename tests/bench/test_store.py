@@ -87,3 +87,43 @@ def test_metrics_history_is_rewritten_whole(results):
     rec.write_metrics([{"step": 1}, {"step": 2}])
     rec.write_metrics([{"step": 1}])
     assert rec.read_metrics() == [{"step": 1}]
+
+
+def test_scan_in_worker_processes_matches_the_serial_read(results):
+    """Thousands of uncached records are read by forked workers (a fresh process, no torch loaded):
+    same frame, same skipped list, as reading them here."""
+    import os
+    import pickle
+
+    for i in range(12):
+        _record(results, "s", f"r{i:02d}", status="pending" if i == 3 else "completed", test={"nll": 1.0 + i})
+    broken = _record(results, "s", "zz")
+    broken.result_path.write_text("[1, 2")
+    serial = scan(results, "s", cache=False)
+    code = ("import os, sys, pickle, multiprocessing.pool as mpp; from bench import store; "
+            "store.PARALLEL_READS = 2; calls = []; dispatch = mpp.Pool.map_async; "
+            "mpp.Pool.map_async = lambda self, *a, **k: calls.append(os.getpid()) or dispatch(self, *a, **k); "
+            f"df = store.scan({str(results)!r}, 's', cache=False); "
+            "sys.stdout.buffer.write(pickle.dumps((df, df.attrs['skipped'], len(calls))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    parallel, skipped, dispatched = pickle.loads(proc.stdout)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    assert dispatched == (1 if cores >= 2 and sys.platform.startswith("linux") else 0)
+    assert parallel.equals(serial)
+    assert skipped == serial.attrs["skipped"] == [(str(broken.dir), skipped[0][1])]
+    assert "JSONDecodeError" in skipped[0][1]
+
+
+def test_scan_cache_follows_the_folder_spelling_and_removals(results, monkeypatch):
+    import shutil
+
+    for name in ("a1", "b2", "c3"):
+        _record(results, "s", name, test={"nll": 1.0})
+    scan(results, "s")  # cache written with absolute paths
+    monkeypatch.chdir(results.parent)
+    shutil.rmtree(results / "s" / "b2")
+    _record(results, "s", "a0", test={"nll": 3.0})  # new, sorts before the cached ones
+    df = scan(results.name, "s")
+    assert list(df["run_id"]) == ["a0", "a1", "c3"]  # folder order, the removed run gone
+    assert list(df["path"]) == [f"{results.name}/s/{r}" for r in ("a0", "a1", "c3")]
+    assert df.set_index("run_id").loc["a0", "test.nll"] == 3.0
