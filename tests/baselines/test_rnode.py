@@ -40,7 +40,7 @@ def test_regularisers_equal_direct_computation_on_the_trajectory():
     frobenius = float((w[:, None] * frob).sum(0).mean() * h / 3)
     assert stats["kinetic"] == pytest.approx(kinetic, rel=1e-6)
     assert stats["jacobian"] == pytest.approx(frobenius, rel=1e-6)
-    assert float(loss) == pytest.approx(stats["nll"] + 0.3 * kinetic + 0.2 * frobenius, rel=1e-9)
+    assert loss.item() == pytest.approx(stats["nll"] + 0.3 * kinetic + 0.2 * frobenius, rel=1e-9)
 
 
 def test_hutchinson_frobenius_is_unbiased_and_kinetic_unchanged():
