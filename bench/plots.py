@@ -358,10 +358,6 @@ def image_figures(records: Any, n: int = 32) -> dict[str, Any]:
 
 
 # -- everything -------------------------------------------------------------------------------------
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _warm() -> None:
     """Worker initialiser: load what drawing needs (pandas, matplotlib, seaborn: ~2 s) before work comes."""
     import pandas  # noqa: F401  (the figures' data arrive as DataFrames)
@@ -370,16 +366,12 @@ def _warm() -> None:
 
 
 def start_workers(workers: int | None = None) -> Any:
-    """A pool of forked processes that load the plotting stack now, while the caller reads records,
-    and draw the figures later; None where that does not pay (one core, not Linux, torch loaded:
-    its threads do not survive a fork). Close it with ``pool.close(); pool.join()``."""
-    import multiprocessing as mp
-    import sys
+    """A pool of forked processes (``bench.forking``) that load the plotting stack now, while the
+    caller reads records, and draw the figures later; None where forking does not pay or is not
+    safe. Close it with ``pool.close(); pool.join()``."""
+    from bench.forking import fork_pool
 
-    workers = min(_cores(), 4) if workers is None else workers
-    if workers < 2 or not sys.platform.startswith("linux") or "torch" in sys.modules:
-        return None
-    return mp.get_context("fork").Pool(workers, initializer=_warm)
+    return fork_pool(workers, initializer=_warm)
 
 
 def _draw(name: str, build: Callable[..., Any], args: tuple, out_dir: Path) -> Path:
@@ -393,10 +385,13 @@ def _render_all(jobs: dict[str, tuple[Callable[..., Any], tuple]], out_dir: Path
     """Build and save figures: in ``pool`` when given, else in a pool forked now where the platform
     allows and there are cores to spare, else here; drawing the panels' text is what costs, and it
     runs one figure per core. ``jobs``: name -> (module-level builder, its picklable arguments)."""
+    from bench.forking import MAX_WORKERS, usable_cores
+
     items = [(name, build, args, out_dir) for name, (build, args) in jobs.items()]
     if pool is not None and items:
         return dict(zip(jobs, pool.starmap(_draw, items, chunksize=1)))
-    own = start_workers(min(len(items), _cores(), 4) if workers is None else workers) if len(items) > 1 else None
+    workers = min(len(items), usable_cores(), MAX_WORKERS) if workers is None else workers
+    own = start_workers(workers) if len(items) > 1 else None
     if own is None:
         return {name: _draw(*item) for name, item in zip(jobs, items)}
     try:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -234,23 +234,19 @@ def _read_chunk(dirs: list[str]) -> list[tuple[str, Any, Any]]:
     return [_read_one(d) for d in dirs]
 
 
-def _read_many(dirs: list[str]) -> Any:
+def _read_many(dirs: list[str]) -> Callable[[], list[tuple[str, Any, Any]]]:
     """Start reading ``dirs``; returns a function giving [(run_dir, key, row|reason|None)] in order.
 
-    Many records on a Linux machine with cores to spare (and no torch threads in this process,
-    which do not survive a fork) are read by forked worker processes, so the caller can import
+    Many records are read by forked worker processes (``bench.forking``), so the caller can import
     pandas meanwhile; otherwise they are read here when the result is asked for.
     """
-    import sys
+    from bench.forking import MAX_WORKERS, fork_pool, usable_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if len(dirs) < PARALLEL_READS or cores < 2 or not sys.platform.startswith("linux") or "torch" in sys.modules:
+    workers = min(usable_cores(), MAX_WORKERS)
+    pool = fork_pool(workers) if len(dirs) >= PARALLEL_READS else None
+    if pool is None:
         return lambda: _read_chunk(dirs)
-    import multiprocessing as mp
-
-    workers = min(cores, 4)
-    size = -(-len(dirs) // (4 * workers))
-    pool = mp.get_context("fork").Pool(workers)
+    size = -(-len(dirs) // (4 * workers))  # a few chunks per worker: an uneven share evens out
     pending = pool.map_async(_read_chunk, [dirs[i:i + size] for i in range(0, len(dirs), size)])
 
     def collect() -> list[tuple[str, Any, Any]]:
@@ -274,11 +270,11 @@ def _load_cache(path: str) -> dict[str, Any]:
         return {}
 
 
-def _save_cache(path: str, df: Any) -> None:
-    """The scanned frame and each record's stat key (run folder name -> (key, row position))."""
+def _save_cache(path: str, df: Any, keys: list[tuple[int, ...]]) -> None:
+    """The scanned frame and each row's stat key, as run folder name -> (key, row position)."""
     import pickle
 
-    keys = {os.path.basename(p): (k, i) for i, (p, k) in enumerate(zip(df["path"], df.attrs.pop("_keys")))}
+    keys = {os.path.basename(p): (k, i) for i, (p, k) in enumerate(zip(df["path"], keys))}
     try:  # atomic but not fsynced: a cache lost in a crash is rebuilt from the records
         atomic_write_bytes(Path(path), pickle.dumps({"version": 3, "keys": keys, "frame": df},
                                                     protocol=pickle.HIGHEST_PROTOCOL), fsync=False)
@@ -336,7 +332,6 @@ def scan(results_dir: str | os.PathLike = "results", suite: str | None = None, c
         order = df["path"].argsort(kind="stable").to_numpy()
         df, keys = df.iloc[order].reset_index(drop=True), [keys[i] for i in order]
     if cache_path and (misses or len(kept) != len(cached_keys)):
-        df.attrs["_keys"] = keys
-        _save_cache(cache_path, df)
+        _save_cache(cache_path, df, keys)
     df.attrs = {"skipped": skipped}
     return df
