@@ -16,6 +16,11 @@ def std_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(1)
 
 
+def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(z; mean, exp(log_std)^2) summed over the last dimension (broadcasting)."""
+    return (-0.5 * ((z - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
 class FlowModel(nn.Module):
     """Base class of the baselines: a density model with a log-likelihood in nats.
 

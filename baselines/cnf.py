@@ -57,8 +57,31 @@ class SolverFailure(FloatingPointError):
     """The ODE solver gave up (step size underflow) or produced a non-finite state."""
 
 
+class CountedDynamics(nn.Module):
+    """An ODE right-hand side that counts its evaluations: inside ``forward_solve`` as forward NFE,
+    otherwise (the adjoint's backward solve) as backward NFE. Subclasses call ``count()`` first."""
+
+    def __init__(self):
+        super().__init__()
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+        self.in_forward_solve = False
+
+    def count(self) -> None:
+        if self.in_forward_solve:
+            self.nfe_forward += 1
+        else:
+            self.nfe_backward += 1
+
+    def read_nfe(self) -> tuple[int, int]:
+        """Evaluations (forward solves, backward solves) since the last call; resets."""
+        out = (self.nfe_forward, self.nfe_backward)
+        self.nfe_forward = self.nfe_backward = 0
+        return out
+
+
 @contextmanager
-def forward_solve(func: nn.Module, solver: "Solver") -> Iterator[None]:
+def forward_solve(func: CountedDynamics, solver: "Solver") -> Iterator[None]:
     """Around one forward solve: ``func`` counts its evaluations as forward NFE (``in_forward_solve``),
     and torchdiffeq's step-size underflow becomes a SolverFailure naming the solver setting."""
     func.in_forward_solve = True
@@ -178,7 +201,7 @@ def exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor,
     return div, frob
 
 
-class CNFDynamics(nn.Module):
+class CNFDynamics(CountedDynamics):
     """The augmented dynamics in rescaled time ``s = t / T``: ``(z, logdet, *regs) -> derivatives``.
 
     ``dz/ds = T f(sT, z)``; ``dlogdet/ds = tr(d(dz/ds)/dz)``; the regulariser states integrate, in
@@ -192,9 +215,6 @@ class CNFDynamics(nn.Module):
         self.net = net
         # T = sqrt_end_time^2 keeps T > 0; trains only when asked
         self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(end_time)), requires_grad=train_end_time)
-        self.nfe_forward = 0
-        self.nfe_backward = 0
-        self.in_forward_solve = False
         self.forward_mode = True  # Jacobian-vector products by forward propagation when the net offers them
         # per-solve settings, set by CNF before each solve
         self.probe: Tensor | None = None
@@ -208,10 +228,7 @@ class CNFDynamics(nn.Module):
         return self.sqrt_end_time.pow(2)
 
     def forward(self, s: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
-        if self.in_forward_solve:
-            self.nfe_forward += 1
-        else:
-            self.nfe_backward += 1
+        self.count()
         T = self.end_time + self.steer_offset if self.steer_offset else self.end_time
         if not self.with_logdet:  # sampling: the state alone (a tensor, not a tuple)
             return T * self.net(s * T, state)
@@ -264,11 +281,6 @@ class CNFDynamics(nn.Module):
                 div = (e_j * e).reshape(z.shape[0], -1).sum(1)
                 frob = e_j.pow(2).reshape(z.shape[0], -1).sum(1) if self.n_regs else None
         return dz, div, frob
-
-    def read_nfe(self) -> tuple[int, int]:
-        out = (self.nfe_forward, self.nfe_backward)
-        self.nfe_forward = self.nfe_backward = 0
-        return out
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from baselines.base import LOG_2PI, FlowModel, std_normal_log_prob
+from baselines.base import FlowModel, normal_log_prob, std_normal_log_prob
 from baselines.cnf import CNF, read_nfe
 from baselines.ffjord import CNFFlowModel, MultiScaleCNF, make_cnf_model
 
@@ -58,11 +58,6 @@ def latent_sizes(flow: CNFFlowModel) -> list[int]:
 def cnf_blocks(flow: nn.Module) -> list[CNF]:
     """The CNF blocks of ``flow`` in the order ``to_latent`` runs them (module registration order)."""
     return [m for m in flow.modules() if isinstance(m, CNF)]
-
-
-def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """log N(z; mean, exp(log_std)^2) summed over the last dimension (broadcasting)."""
-    return (-0.5 * ((z - mean) * torch.exp(-log_std)).pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
 
 
 class ConditionalPrior(nn.Module):

@@ -42,10 +42,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
 
-from baselines.base import FlowModel
-from baselines.cnf import FIXED_STEP, Solver, SolverFailure, forward_solve
+from baselines.base import FlowModel, normal_log_prob
+from baselines.cnf import FIXED_STEP, CountedDynamics, Solver, SolverFailure, forward_solve
 
-LOG_2PI = math.log(2 * math.pi)
 ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
 
 
@@ -60,25 +59,19 @@ def gaussian_kl(mean: Tensor, logvar: Tensor, prior_mean: Tensor | float = 0.0,
 
 def gaussian_log_lik(x: Tensor, mean: Tensor, std: float) -> Tensor:
     """log N(x; mean, std^2 I) per example, summed over every non-batch dimension."""
-    return (-0.5 * ((x - mean) / std).pow(2) - math.log(std) - 0.5 * LOG_2PI).flatten(1).sum(1)
+    return normal_log_prob(x.flatten(1), mean.flatten(1), x.new_tensor(math.log(std)))
 
 
-class Dynamics(nn.Module):
+class Dynamics(CountedDynamics):
     """``dz/dt = f(z)``, one hidden layer; counts its evaluations (forward solve / adjoint solve apart)."""
 
     def __init__(self, latent_dim: int, hidden: int, activation: str):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](),
                                  nn.Linear(hidden, latent_dim))
-        self.nfe_forward = 0
-        self.nfe_backward = 0
-        self.in_forward_solve = False
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        if self.in_forward_solve:
-            self.nfe_forward += 1
-        else:
-            self.nfe_backward += 1
+        self.count()
         return self.net(z)
 
 
@@ -199,9 +192,7 @@ class LatentODE(FlowModel):
 
     def read_nfe(self) -> tuple[int, int]:
         """Dynamics evaluations (forward solves, adjoint solves) since the last call; resets."""
-        out = (self.dynamics.nfe_forward, self.dynamics.nfe_backward)
-        self.dynamics.nfe_forward = self.dynamics.nfe_backward = 0
-        return out
+        return self.dynamics.read_nfe()
 
 
 class PartitionedLatentODE(LatentODE):

@@ -49,27 +49,12 @@ class Records:
         return dict(zip(pairs["dataset"], pairs["headline_metric"]))
 
 
-def _mtimes(paths: Iterable[Any]) -> list[float]:
-    out = []
-    for p in paths:
-        try:
-            out.append(os.stat(os.path.join(str(p), "result.json")).st_mtime)
-        except (OSError, TypeError):
-            try:
-                out.append(os.stat(str(p)).st_mtime)
-            except (OSError, TypeError):
-                out.append(0.0)
-    return out
-
-
 def latest(df):
-    """The newest record per run_id (by the modification time of its result.json)."""
+    """The newest record per run_id, by the ``mtime`` ``bench.store.scan`` records (its result.json's
+    modification time); a frame without it keeps its row order (the last row wins)."""
     if df.empty:
         return df
-    if "mtime" in df and df["mtime"].notna().all():  # recorded by bench.store.scan
-        order = df["mtime"].astype(float)
-    else:
-        order = _mtimes(df["path"]) if "path" in df else range(len(df))
+    order = df["mtime"].astype(float).fillna(0.0) if "mtime" in df else range(len(df))
     df = df.assign(_order=list(order)).sort_values("_order", kind="stable")
     if "run_id" in df:
         df = df.drop_duplicates("run_id", keep="last")
