@@ -106,18 +106,16 @@ def audit_model(model: Any, data: Any, metric: str, tolerances: Sequence[float],
     return points
 
 
-def audit_suite(results_dir: str | os.PathLike, suite: str, tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+def audit_suite(df: Any, suite: str, tolerances: Sequence[float] = DEFAULT_TOLERANCES,
                 max_examples: int | None = 2000, data_root: str | None = None, progress: bool = True):
-    """Audit every completed CNF run of ``suite``: (DataFrame of points, list of (run, why skipped))."""
+    """Audit every completed CNF run among ``suite``'s records (``bench.store.scan``'s frame):
+    (DataFrame of points, list of (run, why skipped))."""
     import pandas as pd
     from tqdm.auto import tqdm
 
     from bench.report import prepare
-    from bench.store import load_model, scan
+    from bench.store import load_model
 
-    df = scan(results_dir, suite)
-    if df.empty:
-        raise FlowbenchError(f'no run records for suite "{suite}" under {results_dir}; run `flowbench run {suite}` first')
     done = prepare(df).completed
     rows, skipped = [], []
     for run in tqdm(done.to_dict("records"), desc=f"audit {suite}", disable=not progress, leave=False):

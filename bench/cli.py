@@ -242,7 +242,7 @@ def _status_of_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.store import RunRecord, scan
+    from bench.store import scan
 
     if args.suite:
         return _status_of_suite(args)
@@ -351,7 +351,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     name, _, _ = _suite_context(args.suite)
     tolerances = parse_tolerances(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
-    out, skipped = audit_suite(args.results, name, tolerances, args.max_examples or None, args.data_root,
+    records = _scan_suite(name, args.results)
+    out, skipped = audit_suite(records, name, tolerances, args.max_examples or None, args.data_root,
                                progress=not args.quiet)
     if out.empty:
         raise FlowbenchError(f'suite "{name}": no completed CNF run with model.pt to audit'
