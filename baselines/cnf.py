@@ -2,16 +2,17 @@
 
 Pieces:
 - ``TimeNet``: the ODE dynamics network ``f(t, z)``, an MLP (vectors) or conv net (images) whose
-  layers are plain (``ignore``: no time input) or FFJORD's concat-squash layers
-  ``layer(h) * sigmoid(a t + b) + c t``; the time embeddings of every layer come out of one fused
-  operation per function evaluation.
+  layers take time as FFJORD's layer types do: concat-squash ``layer(h) * sigmoid(a t + b) + c t``
+  (the gates of every layer from one fused operation), concat (time as one more input or channel),
+  or ignore (no time input).
 - ``CNFDynamics``: the augmented ODE ``(z, log-det, [kinetic], [Jacobian])`` with the divergence
   by Hutchinson's estimator (one Gaussian or Rademacher probe per solve) or exactly (one autograd
-  call per dimension), in rescaled time ``s in [0, 1]`` so that the end time ``T`` is an ordinary
-  factor of the dynamics and receives an exact gradient (direct or adjoint); NFE counters for the
-  forward solve and the backward pass apart.
-- ``CNF``: one block, ``x -> (z(T), log|det dz/dx|, regularisers)``, with the training and the
-  evaluation solver/tolerances, adjoint or direct backpropagation, STEER, and solver failures
+  call per dimension); NFE counters for the forward solve and the backward pass apart.
+- ``CNF``: one block, ``x -> (z(T), log|det dz/dx|, regularisers)``, solved over ``[0, T]`` with
+  ``T`` a tensor that carries its gradient into the integration times (direct backpropagation
+  through the solver, or torchdiffeq's adjoint with respect to ``t``), so the solver takes exactly the
+  steps it takes on the plain ODE (FFJORD's code does the same but cuts T's gradient); the training
+  and the evaluation solver/tolerances, adjoint or direct backpropagation, STEER, and solver failures
   raised as ``SolverFailure`` (a ``FloatingPointError`` whose message says ``underflow`` when the
   step size collapsed), which the harness records as a diverged run.
 
@@ -97,30 +98,39 @@ def forward_solve(func: CountedDynamics, solver: "Solver") -> Iterator[None]:
 
 
 # -- dynamics networks ---------------------------------------------------------------------------
+LAYER_TYPES = ("concatsquash", "concat", "ignore")
+
+
 class TimeNet(nn.Module):
     """``f(t, z)``: a stack of linear (vectors) or 3x3 conv (images) layers with an activation between.
 
-    ``layer_type="concatsquash"`` gates each layer's output by time (FFJORD's ConcatSquash layers:
-    ``W h * sigmoid(g_w t + g_b) + b_w t``); ``"ignore"`` leaves time out (FFJORD's image default).
+    How each layer sees time (``layer_type``, FFJORD's names):
+    - ``"concatsquash"``: the output is gated by time, ``W h * sigmoid(g_w t + g_b) + b_w t``
+      (FFJORD's toy and tabular default);
+    - ``"concat"``: time is one more input, ``W [t, h] + b`` (for images a constant channel, zero-padded
+      like the others; FFJORD's and RNODE's multi-scale image default);
+    - ``"ignore"``: no time input.
+    ``zero_last`` zeroes the last layer's weights (not its bias), as RNODE initialises its image nets.
     """
 
     def __init__(self, shape: Sequence[int], hidden: Sequence[int], layer_type: str = "concatsquash",
                  activation: str = "tanh", zero_last: bool = False):
         super().__init__()
-        if layer_type not in ("concatsquash", "ignore"):
-            raise ValueError(f"layer_type must be 'concatsquash' or 'ignore', got {layer_type!r}")
+        if layer_type not in LAYER_TYPES:
+            raise ValueError(f"layer_type must be one of {', '.join(LAYER_TYPES)}, got {layer_type!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         shape = tuple(shape)
         self.conv = len(shape) == 3
+        self.concat = layer_type == "concat"
         dims = [shape[0], *hidden, shape[0]]
+        extra = 1 if self.concat else 0  # the time input comes first, as FFJORD's concat layers put it
         if self.conv:
-            layers = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:])]
+            layers = [nn.Conv2d(a + extra, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:])]
         else:
-            layers = [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
+            layers = [nn.Linear(a + extra, b) for a, b in zip(dims[:-1], dims[1:])]
         if zero_last:
             nn.init.zeros_(layers[-1].weight)
-            nn.init.zeros_(layers[-1].bias)
         self.layers = nn.ModuleList(layers)
         self.act = ACTIVATIONS[activation]()
         self.activation = activation
@@ -137,13 +147,32 @@ class TimeNet(nn.Module):
         gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
         return gates, (self.bias_w * t).split(self.splits)
 
+    def _state_weight(self, layer: nn.Module) -> Tensor:
+        """The weights acting on the state (a concat layer's time column left out)."""
+        return layer.weight[:, 1:] if self.concat else layer.weight
+
+    def _linear(self, layer: nn.Module, h: Tensor, t: Tensor, bias: bool = True) -> Tensor:
+        """One layer's affine map of ``h`` (and, for concat layers, of the time input)."""
+        b = layer.bias if bias else None
+        w = self._state_weight(layer)
+        out = F.conv2d(h, w, b, padding=1) if self.conv else F.linear(h, w, b)
+        if self.concat and bias:
+            w_t = layer.weight[:, :1]
+            if self.conv:  # time as a constant, zero-padded channel: t * conv(ones, w_t), one small map
+                ones = h.new_ones(1, 1, *h.shape[2:])
+                out = out + t * F.conv2d(ones, w_t, padding=1)
+            else:
+                out = out + t * w_t[:, 0]
+        return out
+
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         h = z
+        t = t.to(z.dtype)
         if self.squash:
-            gates, biases = self._time_gates(t.to(z.dtype))
+            gates, biases = self._time_gates(t)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h)
+            h = self._linear(layer, h, t)
             if self.squash:
                 g, b = (gates[i], biases[i]) if not self.conv else (gates[i][:, None, None], biases[i][:, None, None])
                 h = torch.addcmul(b, h, g)
@@ -157,14 +186,12 @@ class TimeNet(nn.Module):
         k, batch = tangents.shape[0], z.shape[0]
         v = tangents.reshape(k * batch, *z.shape[1:])
         h = z
+        t = t.to(z.dtype)
         if self.squash:
-            gates, biases = self._time_gates(t.to(z.dtype))
+            gates, biases = self._time_gates(t)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if self.conv:
-                h, v = layer(h), F.conv2d(v, layer.weight, padding=1)
-            else:
-                h, v = layer(h), F.linear(v, layer.weight)
+            h, v = self._linear(layer, h, t), self._linear(layer, v, t, bias=False)
             if self.squash:
                 g, b = (gates[i], biases[i]) if not self.conv else (gates[i][:, None, None], biases[i][:, None, None])
                 h, v = torch.addcmul(b, h, g), v * g
@@ -202,12 +229,13 @@ def exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor,
 
 
 class CNFDynamics(CountedDynamics):
-    """The augmented dynamics in rescaled time ``s = t / T``: ``(z, logdet, *regs) -> derivatives``.
+    """The augmented dynamics ``(z, logdet, *regs) -> derivatives`` in the original time ``t in [0, T]``.
 
-    ``dz/ds = T f(sT, z)``; ``dlogdet/ds = tr(d(dz/ds)/dz)``; the regulariser states integrate, in
-    original time, ``0.5 mean_d f^2`` (kinetic energy) and ``mean_d (J e)^2`` with the divergence's
-    probe (``(e^T J)^2`` on the autograd path; both estimate ``||J||_F^2 / D``, which the exact
-    divergence gives exactly), ``J = df/dz``.
+    ``dz/dt = f(t, z)``; ``dlogdet/dt = tr(df/dz)``; the regulariser states integrate ``0.5 mean_d f^2``
+    (kinetic energy) and ``mean_d (J e)^2`` with the divergence's probe (``(e^T J)^2`` on the autograd
+    path; both estimate ``||J||_F^2 / D``, which the exact divergence gives exactly), ``J = df/dz``.
+    The end time ``T = sqrt_end_time^2`` is held here but enters only as the solve's upper limit
+    (``CNF._solve``), so the solver takes the steps it takes on the plain ODE, as FFJORD's code does.
     """
 
     def __init__(self, net: nn.Module, end_time: float = 1.0, train_end_time: bool = False):
@@ -221,58 +249,56 @@ class CNFDynamics(CountedDynamics):
         self.exact = False
         self.n_regs = 0
         self.with_logdet = True
-        self.steer_offset = 0.0  # STEER: T + U(-b, b) for this solve
 
     @property
     def end_time(self) -> Tensor:
         return self.sqrt_end_time.pow(2)
 
-    def forward(self, s: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         self.count()
-        T = self.end_time + self.steer_offset if self.steer_offset else self.end_time
         if not self.with_logdet:  # sampling: the state alone (a tensor, not a tuple)
-            return T * self.net(s * T, state)
+            return self.net(t, state)
         z = state[0]
         if self.forward_mode and hasattr(self.net, "forward_jvp"):
-            dz, div, frob = self._forward_mode(T, s, z)
+            dz, div, frob = self._forward_mode(t, z)
             out: list[Tensor] = [dz, div]
         else:
             create_graph = torch.is_grad_enabled()
-            dz, div, frob = self._autograd(T, s, z, create_graph)
+            dz, div, frob = self._autograd(t, z, create_graph)
             out = [dz, div]
             if not create_graph:
                 out = [o.detach() for o in out]
                 frob = frob.detach() if frob is not None else None
         if self.n_regs:
             dim = z[0].numel()
-            out.append(0.5 * out[0].pow(2).reshape(z.shape[0], -1).sum(1) / (dim * T))
-            out.append(frob / (dim * T))
+            out.append(0.5 * out[0].pow(2).reshape(z.shape[0], -1).sum(1) / dim)
+            out.append(frob / dim)
         return tuple(out)
 
-    def _forward_mode(self, T: Tensor, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _forward_mode(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Divergence from Jacobian-vector products (exact: the D basis vectors; Hutchinson: e^T (J e))."""
         batch = z.shape[0]
         if self.exact:
             dim = z[0].numel()
             basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
-            f, jv = self.net.forward_jvp(s * T, z, basis.expand(dim, *z.shape))
-            jv = (T * jv).reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
+            f, jv = self.net.forward_jvp(t, z, basis.expand(dim, *z.shape))
+            jv = jv.reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
             div = torch.diagonal(jv, dim1=0, dim2=2).sum(1)
             frob = jv.pow(2).sum((0, 2)) if self.n_regs else None
         else:
             e = self.probe
-            f, jv = self.net.forward_jvp(s * T, z, e.unsqueeze(0))
-            jv = T * jv[0]
+            f, jv = self.net.forward_jvp(t, z, e.unsqueeze(0))
+            jv = jv[0]
             div = (jv * e).reshape(batch, -1).sum(1)
             frob = jv.pow(2).reshape(batch, -1).sum(1) if self.n_regs else None
-        return T * f, div, frob
+        return f, div, frob
 
-    def _autograd(self, T: Tensor, s: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _autograd(self, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Divergence by reverse-mode autograd (any dynamics module): e^T J e, or one call a dimension."""
         with torch.enable_grad():
             if not (create_graph and z.requires_grad):  # a fresh leaf unless the outer graph must run through z
                 z = z.detach().requires_grad_(True)
-            dz = T * self.net(s * T, z)
+            dz = self.net(t, z)
             if self.exact:
                 div, frob = exact_divergence(dz, z, create_graph)
             else:
@@ -285,16 +311,20 @@ class CNFDynamics(CountedDynamics):
 
 @dataclass
 class Solver:
-    """One solver setting: method, tolerances, and the step size of fixed-step methods."""
+    """One solver setting: method, tolerances, the step size of fixed-step methods, and optionally the
+    first step of adaptive ones (RNODE's scripts fix it; ``None`` lets torchdiffeq choose)."""
 
     method: str = "dopri5"
     atol: float = 1e-5
     rtol: float = 1e-5
     step_size: float | None = None
+    first_step: float | None = None
 
     def options(self) -> dict | None:
         if self.method in FIXED_STEP:
             return {"step_size": self.step_size if self.step_size else 0.25}
+        if self.first_step is not None:
+            return {"first_step": self.first_step}
         return None
 
 
@@ -346,9 +376,19 @@ class CNF(nn.Module):
                        else (self.eval_divergence, AUTO_EXACT_EVAL_DIM))
         return mode == "exact" or (mode == "auto" and len(self.shape) == 1 and self.dim <= limit)
 
-    def _solve(self, state: tuple[Tensor, ...], reverse: bool, solver: Solver) -> tuple[Tensor, ...]:
+    def _times(self, reverse: bool, steer_offset: float, like: Tensor) -> Tensor:
+        """``[0, T]`` (or ``[T, 0]``) with ``T`` carrying its gradient (``torch.stack``, not a fresh tensor,
+        which would cut it as FFJORD's code does): the solve runs over the plain ODE's time."""
+        end = self.func.end_time.to(like.dtype)
+        if steer_offset:
+            end = end + steer_offset
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        return torch.stack([end, zero] if reverse else [zero, end])
+
+    def _solve(self, state: tuple[Tensor, ...], reverse: bool, solver: Solver,
+               steer_offset: float = 0.0) -> tuple[Tensor, ...]:
         func = self.func
-        s = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=state[0].dtype, device=state[0].device)
+        t = self._times(reverse, steer_offset, state[0])
         n_extra = len(state) - 1
         # regulariser states take no part in step-size control (RNODE's choice)
         atol = solver.atol if not n_extra or n_extra == 1 else (solver.atol, solver.atol) + (1e20,) * (n_extra - 1)
@@ -359,14 +399,15 @@ class CNF(nn.Module):
         use_adjoint = self.adjoint and torch.is_grad_enabled() and self.training
         with forward_solve(func, solver):
             if use_adjoint:
-                params = tuple(p for p in func.parameters() if p.requires_grad)  # the dynamics' own only
+                # the dynamics' own parameters; T reaches the adjoint through the integration times
+                params = tuple(p for p in func.net.parameters() if p.requires_grad)
                 extra = {}
                 if self.adjoint_seminorm and solver.method not in FIXED_STEP:  # Kidger et al. 2021: no
                     extra["adjoint_options"] = {"norm": "seminorm"}  # parameter adjoints in step-size control
-                out = odeint_adjoint(func, state, s, adjoint_params=params, adjoint_atol=solver.atol,
+                out = odeint_adjoint(func, state, t, adjoint_params=params, adjoint_atol=solver.atol,
                                      adjoint_rtol=solver.rtol, **extra, **kwargs)
             else:
-                out = odeint(func, state, s, **kwargs)
+                out = odeint(func, state, t, **kwargs)
         out = (out,) if isinstance(out, Tensor) else out
         final = tuple(o[-1] for o in out)
         if not all(bool(torch.isfinite(o).all()) for o in final):
@@ -385,20 +426,19 @@ class CNF(nn.Module):
         func.probe = None if func.exact else sample_probe(x, self.noise)
         func.n_regs = 2 if (self.regularize and self.training) else 0
         func.with_logdet = True
-        func.steer_offset = self._steer_offset()
         solver = self.train_solver if self.training else self.eval_solver
         if self.tolerance is not None:
             solver = replace(solver, atol=float(self.tolerance), rtol=float(self.tolerance))
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros) + (zeros, zeros) * (func.n_regs // 2)
-        out = self._solve(state, reverse=False, solver=solver)
+        out = self._solve(state, reverse=False, solver=solver, steer_offset=self._steer_offset())
         regs = torch.stack(out[2:], 1) if func.n_regs else None
         return out[0], out[1], regs
 
     def inverse(self, z: Tensor) -> Tensor:
         """z(T) -> x by the reverse solve (evaluation solver; no log-determinant)."""
         func = self.func
-        func.with_logdet, func.n_regs, func.steer_offset = False, 0, 0.0
+        func.with_logdet, func.n_regs = False, 0
         try:
             return self._solve((z,), reverse=True, solver=self.eval_solver)[0]
         finally:

@@ -3,11 +3,13 @@
 Vectors (toy, tabular): a stack of CNF blocks with concat-squash MLP dynamics, optionally with
 batch normalisation before every block and after the last (the layout of FFJORD's tabular
 models). Images: the multi-scale model (per scale ``n_blocks`` CNFs, squeeze, ``n_blocks`` CNFs,
-half the channels factored out; the last scale ``n_blocks`` CNFs), conv dynamics of 3x3 layers.
+the second half of the channels factored out; the last scale ``n_blocks`` CNFs), dynamics of 3x3
+concat convolutions (time as an input channel), as the official ODENVP builds them.
 The logit transform of images is the dataset's preprocessing, not the model's.
 
 ``CNFFlowModel`` also carries RNODE's regularisers (weights 0 here; see ``baselines.rnode``).
-Kind-dependent defaults (``None`` / ``"auto"``) follow the reference entry points (REFERENCES.md).
+Kind-dependent defaults (``None`` / ``"auto"``) follow the official entry points (rtqichen/ffjord's
+train_toy.py, train_tabular.py, train_cnf.py; docs/cnf.md lists them with where we differ).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ class VectorCNF(CNFFlowModel):
         super().__init__(**loss)
         self.dim = dim
         self.blocks = nn.ModuleList(make_block((dim,)) for _ in range(n_blocks))
-        self.norms = nn.ModuleList(RunningBatchNorm((dim,)) for _ in range(n_blocks + 1)) if batch_norm else None
+        # FFJORD's moving batch norm (decay 0.1, eps 1e-4), before every block and after the last
+        self.norms = (nn.ModuleList(RunningBatchNorm((dim,), momentum=0.1, eps=1e-4, moving=True)
+                                    for _ in range(n_blocks + 1)) if batch_norm else None)
 
     def to_latent(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor | None]:
         log_det = x.new_zeros(x.shape[0])
@@ -113,7 +117,13 @@ def auto_scales(shape: Sequence[int]) -> int:
 
 
 class MultiScaleCNF(CNFFlowModel):
-    """FFJORD's multi-scale image model (ODENVP without the logit layer)."""
+    """FFJORD's multi-scale image model (ODENVP without the logit layer).
+
+    Per scale: ``n_blocks`` CNFs, squeeze (C, H, W) -> (4C, H/2, W/2), ``n_blocks`` CNFs, then the
+    first half of the channels goes on to the next scale and the second half is factored out, as the
+    official ``ODENVP`` splits them; the last scale has ``n_blocks`` CNFs and no squeeze. The latent
+    pieces come out in the official order: the piece factored out first comes first.
+    """
 
     def __init__(self, shape: Sequence[int], make_block: Any, n_blocks: int = 2, n_scales: int = 0, **loss: float):
         super().__init__(**loss)
@@ -122,6 +132,7 @@ class MultiScaleCNF(CNFFlowModel):
         cur = self.shape
         self.scales = nn.ModuleList()
         self.piece_shapes: list[tuple[int, int, int]] = []
+        self.kept_channels: list[int] = []  # channels that go on to the next scale, per squeezing scale
         for s in range(n_scales):
             last = s == n_scales - 1 or cur[1] % 2 or cur[2] % 2
             pre = nn.ModuleList(make_block(cur) for _ in range(n_blocks))
@@ -129,8 +140,10 @@ class MultiScaleCNF(CNFFlowModel):
             if not last:
                 cur = (cur[0] * 4, cur[1] // 2, cur[2] // 2)
                 post = nn.ModuleList(make_block(cur) for _ in range(n_blocks))
-                self.piece_shapes.append((cur[0] // 2, cur[1], cur[2]))
-                cur = (cur[0] - cur[0] // 2, cur[1], cur[2])
+                kept = cur[0] // 2
+                self.kept_channels.append(kept)
+                self.piece_shapes.append((cur[0] - kept, cur[1], cur[2]))
+                cur = (kept, cur[1], cur[2])
             else:
                 self.piece_shapes.append(cur)
             self.scales.append(nn.ModuleList([pre, post]))
@@ -149,9 +162,9 @@ class MultiScaleCNF(CNFFlowModel):
                 for block in post:
                     x, ld, r = block(x)
                     log_det, regs = log_det + ld, _add_regs(regs, r)
-                k = self.piece_shapes[s][0]
-                pieces.append(x[:, :k].reshape(x.shape[0], -1))
-                x = x[:, k:]
+                kept = self.kept_channels[s]
+                pieces.append(x[:, kept:].reshape(x.shape[0], -1))
+                x = x[:, :kept]
         pieces.append(x.reshape(x.shape[0], -1))
         return pieces, log_det, regs
 
@@ -162,7 +175,7 @@ class MultiScaleCNF(CNFFlowModel):
         for s in reversed(range(len(self.scales))):
             pre, post = self.scales[s]
             if len(post):
-                x = torch.cat([pieces[s], x], 1)
+                x = torch.cat([x, pieces[s]], 1)
                 for block in reversed(post):
                     x = block.inverse(x)
                 x = unsqueeze(x)
@@ -182,11 +195,11 @@ def make_cnf_model(data: Any, *, n_blocks: int | None, hidden: Sequence[int] | N
                    noise: str, solver: str, atol: float | None, rtol: float | None, step_size: float | None,
                    eval_solver: str, eval_atol: float | None, eval_rtol: float | None, adjoint: bool, steer: float,
                    batch_norm: bool, n_scales: int, zero_last: bool, adjoint_seminorm: bool = False,
-                   kinetic: float = 0.0, jacobian: float = 0.0) -> CNFFlowModel:
+                   kinetic: float = 0.0, jacobian: float = 0.0, first_step: float | None = None) -> CNFFlowModel:
     """The CNF model for ``data`` (vector stack or multi-scale image model) with kind defaults filled in."""
     # YAML reads "1e-5" as a string: numbers from suites are coerced here
-    atol, rtol, eval_atol, eval_rtol, step_size = (None if v is None else float(v)
-                                                   for v in (atol, rtol, eval_atol, eval_rtol, step_size))
+    atol, rtol, eval_atol, eval_rtol, step_size, first_step = (
+        None if v is None else float(v) for v in (atol, rtol, eval_atol, eval_rtol, step_size, first_step))
     end_time, steer, kinetic, jacobian = float(end_time), float(steer), float(kinetic), float(jacobian)
     shape = tuple(data.shape)
     image = len(shape) == 3
@@ -196,13 +209,14 @@ def make_cnf_model(data: Any, *, n_blocks: int | None, hidden: Sequence[int] | N
     if hidden is None:
         hidden = (64, 64, 64) if toy or image else (10 * shape[0],)
     hidden = tuple(int(h) for h in ([hidden] if isinstance(hidden, int) else hidden))
-    layer_type = layer_type if layer_type != "auto" else ("ignore" if image else "concatsquash")
+    # the official entry points: concat-squash layers for vectors, concat layers in the multi-scale model
+    layer_type = layer_type if layer_type != "auto" else ("concat" if image else "concatsquash")
     activation = activation if activation != "auto" else ("tanh" if toy else "softplus")
     noise = noise if noise != "auto" else ("rademacher" if image else "gaussian")
     tabular = not toy and not image
     atol = atol if atol is not None else (1e-8 if tabular else 1e-5)
     rtol = rtol if rtol is not None else (1e-6 if tabular else 1e-5)
-    train_solver = Solver(solver, atol, rtol, step_size)
+    train_solver = Solver(solver, atol, rtol, step_size, first_step)
     test_solver = Solver(eval_solver, eval_atol if eval_atol is not None else min(atol, 1e-5),
                          eval_rtol if eval_rtol is not None else min(rtol, 1e-5), step_size)
     regularize = bool(kinetic or jacobian)
@@ -226,12 +240,14 @@ def build(data, n_blocks: int | None = None, hidden: Sequence[int] | None = None
           atol: float | None = None, rtol: float | None = None, step_size: float | None = None,
           eval_solver: str = "dopri5", eval_atol: float | None = None, eval_rtol: float | None = None,
           adjoint: bool = True, steer: float = 0.0, batch_norm: bool = False, n_scales: int = 0,
-          zero_last: bool = False, adjoint_seminorm: bool = False) -> FlowModel:
-    """FFJORD. Defaults by data kind (REFERENCES.md): toy 3x64 concat-squash tanh, T = 0.5 trained,
-    exact divergence; tabular one hidden layer of 10 D, softplus, atol/rtol 1e-8/1e-6, Gaussian
-    Hutchinson; images multi-scale with 2 blocks a scale, 64-64-64 conv softplus, Rademacher.
-    Evaluation: dopri5 at min(train tolerance, 1e-5), exact divergence for vectors up to 64 dimensions.
-    ``adjoint_seminorm`` leaves parameter adjoints out of the backward solve's error control."""
+          zero_last: bool = False, adjoint_seminorm: bool = False, first_step: float | None = None) -> FlowModel:
+    """FFJORD. Defaults by data kind, as the official entry points have them (docs/cnf.md): toy 3x64
+    concat-squash tanh, T = 0.5 trained, exact divergence; tabular one hidden layer of 10 D
+    concat-squash softplus, atol/rtol 1e-8/1e-6, Gaussian Hutchinson, no batch norm; images
+    multi-scale with 2 blocks a scale, 64-64-64 concat conv softplus (time as an input channel),
+    Rademacher. Evaluation: dopri5 at min(train tolerance, 1e-5), exact divergence for vectors up to
+    64 dimensions. ``adjoint_seminorm`` leaves parameter adjoints out of the backward solve's error
+    control; ``first_step`` fixes the adaptive solver's first step (``None``: torchdiffeq's choice)."""
     if end_time is None:
         end_time = 0.5 if data.kind == "toy" else 1.0
     return make_cnf_model(data, n_blocks=n_blocks, hidden=hidden, layer_type=layer_type, activation=activation,
@@ -239,4 +255,4 @@ def build(data, n_blocks: int | None = None, hidden: Sequence[int] | None = None
                           eval_divergence=eval_divergence, noise=noise, solver=solver, atol=atol, rtol=rtol,
                           step_size=step_size, eval_solver=eval_solver, eval_atol=eval_atol, eval_rtol=eval_rtol,
                           adjoint=adjoint, steer=steer, batch_norm=batch_norm, n_scales=n_scales, zero_last=zero_last,
-                          adjoint_seminorm=adjoint_seminorm)
+                          adjoint_seminorm=adjoint_seminorm, first_step=first_step)

@@ -43,15 +43,20 @@ class RunningBatchNorm(nf.flows.Flow):
     running averages in eval mode, so a test log-density does not depend on the test batch.
 
     data -> latent: ``z = (x - mean) / sqrt(var + eps) * exp(log_gamma) + beta``.
+
+    ``moving=True`` is FFJORD's moving batch norm (its tabular CNFs, with ``momentum=0.1, eps=1e-4``):
+    training batches are normalised by the running averages too (as they stood before the batch), and
+    the averages then move towards the batch's mean and unbiased variance; no gradient flows through
+    the statistics.
     """
 
-    def __init__(self, shape: Sequence[int], momentum: float = 0.05, eps: float = 1e-5):
+    def __init__(self, shape: Sequence[int], momentum: float = 0.05, eps: float = 1e-5, moving: bool = False):
         super().__init__()
         shape = tuple(shape)
         # per-feature statistics for vectors, per-channel for images
         self.param_shape = (1, shape[0]) + (1,) * (len(shape) - 1)
         self.reduce_dims = [0] + list(range(2, len(shape) + 1))
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.moving = momentum, eps, moving
         self.log_gamma = nn.Parameter(torch.zeros(self.param_shape))
         self.beta = nn.Parameter(torch.zeros(self.param_shape))
         self.register_buffer("running_mean", torch.zeros(self.param_shape))
@@ -61,11 +66,12 @@ class RunningBatchNorm(nf.flows.Flow):
     def _stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.training and x is not None and x.shape[0] > 1:
             mean = x.mean(dim=self.reduce_dims, keepdim=True)
-            var = x.var(dim=self.reduce_dims, keepdim=True, unbiased=False)
+            var = x.var(dim=self.reduce_dims, keepdim=True, unbiased=self.moving)
+            used = (self.running_mean.clone(), self.running_var.clone()) if self.moving else (mean, var)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
-            return mean, var
+            return used
         return self.running_mean, self.running_var
 
     def _log_det(self, var: Tensor, batch: int) -> Tensor:

@@ -5,8 +5,9 @@ control), the Frobenius term reusing the Hutchinson probe's vector-Jacobian prod
 ``mean NLL + kinetic * K + jacobian * B`` (for images on the bits/dim scale, as the paper weighs
 them), and K and B are the ``kinetic`` / ``jacobian`` stats of ``training_loss``. Fixed-step RK4
 (``solver: rk4, step_size: 0.25``) trains regularised models (the paper's MNIST setting);
-evaluation stays adaptive (dopri5 at 1e-5). Defaults follow the reference (REFERENCES.md): T = 1
-not trained, zero-initialised last layer, Gaussian probes.
+evaluation stays adaptive (dopri5 at 1e-5). Defaults follow cfinlay/ffjord-rnode's train.py: T = 1
+not trained, last layer's weights zero-initialised (its bias keeps the default init), Gaussian probes,
+concat layers in the multi-scale image model.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ def build(data, kinetic: float = 0.01, jacobian: float = 0.01, n_blocks: int | N
           rtol: float | None = None, step_size: float | None = 0.25, eval_solver: str = "dopri5",
           eval_atol: float | None = None, eval_rtol: float | None = None, adjoint: bool = True, steer: float = 0.0,
           batch_norm: bool = False, n_scales: int = 0, zero_last: bool = True,
-          adjoint_seminorm: bool = False) -> FlowModel:
+          adjoint_seminorm: bool = False, first_step: float | None = None) -> FlowModel:
     """RNODE: FFJORD's model (see baselines.ffjord.build for the kind defaults) plus kinetic-energy
     and Jacobian-norm regularisers with weights ``kinetic`` and ``jacobian``; ``solver: rk4`` uses
-    ``step_size``."""
+    ``step_size``; ``first_step`` fixes an adaptive solver's first step (RNODE's scripts use 0.166667
+    with dopri5)."""
     return make_cnf_model(data, n_blocks=n_blocks, hidden=hidden, layer_type=layer_type, activation=activation,
                           end_time=end_time, train_end_time=train_end_time, divergence=divergence,
                           eval_divergence=eval_divergence, noise=noise, solver=solver, atol=atol, rtol=rtol,
                           step_size=step_size, eval_solver=eval_solver, eval_atol=eval_atol, eval_rtol=eval_rtol,
                           adjoint=adjoint, steer=steer, batch_norm=batch_norm, n_scales=n_scales,
-                          zero_last=zero_last, adjoint_seminorm=adjoint_seminorm, kinetic=kinetic, jacobian=jacobian)
+                          zero_last=zero_last, adjoint_seminorm=adjoint_seminorm, kinetic=kinetic, jacobian=jacobian,
+                          first_step=first_step)

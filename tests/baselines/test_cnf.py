@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch.autograd.functional import jacobian
-from torchdiffeq import odeint
+from torchdiffeq import odeint, odeint_adjoint
 
 from baselines.cnf import CNF, CNFDynamics, SolverFailure, Solver, TimeNet, exact_divergence
 
@@ -207,28 +207,30 @@ def test_solver_failures_are_floating_point_errors():
 
 
 def test_dynamics_regulariser_states_match_direct_computation():
-    """Kinetic 0.5 mean f^2 and Jacobian ||df/dz||_F^2 / D in original time, T != 1 (rescaled solve)."""
+    """The dynamics in original time t: dz/dt = f(t, z), the exact trace, kinetic 0.5 mean f^2 and
+    Jacobian ||df/dz||_F^2 / D, against f and brute-force Jacobians at the same t."""
     torch.manual_seed(6)
     net = TimeNet((3,), (8,), "concatsquash", "tanh").double()
     func = CNFDynamics(net, end_time=0.6).double()
     func.exact, func.n_regs = True, 2
     z = torch.randn(4, 3, dtype=torch.float64)
-    s = torch.tensor(0.5, dtype=torch.float64)
-    dz, div, kin, frob = func(s, (z, torch.zeros(4), torch.zeros(4), torch.zeros(4)))
-    f = net(0.3 * torch.ones((), dtype=torch.float64), z)
-    jacs = torch.stack([jacobian(lambda v: net(torch.tensor(0.3, dtype=torch.float64), v[None])[0], zi) for zi in z])
-    assert torch.allclose(dz, 0.6 * f, atol=1e-12)
-    assert torch.allclose(div, 0.6 * jacs.diagonal(dim1=1, dim2=2).sum(1), atol=1e-12)
-    assert torch.allclose(kin, 0.6 * 0.5 * f.pow(2).mean(1), atol=1e-12)
-    assert torch.allclose(frob, 0.6 * jacs.pow(2).sum((1, 2)) / 3, atol=1e-12)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    dz, div, kin, frob = func(t, (z, torch.zeros(4), torch.zeros(4), torch.zeros(4)))
+    f = net(t, z)
+    jacs = torch.stack([jacobian(lambda v: net(t, v[None])[0], zi) for zi in z])
+    assert torch.allclose(dz, f, atol=1e-12)
+    assert torch.allclose(div, jacs.diagonal(dim1=1, dim2=2).sum(1), atol=1e-12)
+    assert torch.allclose(kin, 0.5 * f.pow(2).mean(1), atol=1e-12)
+    assert torch.allclose(frob, jacs.pow(2).sum((1, 2)) / 3, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer_type", ["concatsquash", "concat", "ignore"])
 @pytest.mark.parametrize("shape,activation", [((3,), "tanh"), ((3,), "softplus"), ((3,), "swish"), ((2, 3, 3), "elu")])
-def test_forward_mode_jacobian_products_match_autograd(shape, activation):
+def test_forward_mode_jacobian_products_match_autograd(shape, activation, layer_type):
     """TimeNet.forward_jvp (used for speed) gives the same divergence as reverse-mode autograd: exactly
     for the exact trace and, for one fixed probe, e^T (J e) = (e^T J) e; Frobenius terms equal exactly."""
     torch.manual_seed(7)
-    net = TimeNet(shape, (6, 5), "concatsquash", activation).double()
+    net = TimeNet(shape, (6, 5), layer_type, activation).double()
     func = CNFDynamics(net, end_time=0.7).double()
     z = torch.randn(4, *shape, dtype=torch.float64)
     state = (z, torch.zeros(4), torch.zeros(4), torch.zeros(4))
@@ -261,3 +263,93 @@ def test_adjoint_and_direct_gradients_agree(divergence):
         grads.append(torch.cat([p.grad.reshape(-1) for p in block.parameters() if p.requires_grad]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     assert torch.allclose(grads[2], grads[1], rtol=1e-5, atol=1e-7)  # seminorm adjoint too
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 5, 4)])
+def test_concat_layers_equal_an_explicit_time_input(shape):
+    """A concat layer is the official definition: the layer applied to [t, h] (for images t as a
+    constant channel, zero-padded like the others), computed here by explicit concatenation."""
+    torch.manual_seed(9)
+    net = TimeNet(shape, (6, 5), "concat", "softplus").double()
+    z = torch.randn(4, *shape, dtype=torch.float64)
+    t = torch.tensor(0.37, dtype=torch.float64)
+    h = z
+    for i, layer in enumerate(net.layers):
+        t_input = t * torch.ones(h.shape[0], 1, *h.shape[2:], dtype=h.dtype)
+        h = layer(torch.cat([t_input, h], 1))
+        if i < len(net.layers) - 1:
+            h = nn.functional.softplus(h)
+    assert torch.allclose(net(t, z), h, atol=1e-12)
+    assert not torch.allclose(net(t + 0.5, z), h)  # time really enters
+
+
+def augmented_reference(net: nn.Module, calls: list[int]):
+    """(z, log-det) dynamics written out independently: f and its exact trace by autograd, in the
+    plain ODE's time; counts its evaluations in ``calls``."""
+
+    def dynamics(t, state):
+        calls[0] += 1
+        z = state[0]
+        with torch.enable_grad():
+            z = z if z.requires_grad else z.detach().requires_grad_(True)
+            f = net(t, z)
+            div = sum(torch.autograd.grad(f[:, i].sum(), z, create_graph=True)[0][:, i] for i in range(f.shape[1]))
+        return f, div
+
+    return dynamics
+
+
+@pytest.mark.parametrize("end_time", [0.5, 1.0, 1.7])
+def test_nfe_equals_torchdiffeq_on_the_plain_ode(end_time):
+    """The solver takes the steps torchdiffeq takes on dz/dt = f(t, z) over [0, T] (no rescaled time,
+    whose initial step differs): forward NFE equal, and the same log-det."""
+    torch.manual_seed(10)
+    net = TimeNet((2,), (32, 32), "concatsquash", "tanh").double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)  # a field that needs a few dozen steps
+    solver = Solver("dopri5", 1e-5, 1e-5)
+    block = cnf(net, 2, end_time=end_time, train_end_time=True, adjoint=False, train_solver=solver)
+    x = torch.randn(64, 2, dtype=torch.float64)
+    z, logdet, _ = block(x)
+    ours = block.read_nfe()[0]
+    calls = [0]
+    zero = torch.zeros(64, dtype=torch.float64)
+    ref_z, ref_logdet = odeint(augmented_reference(net, calls), (x, zero), torch.tensor([0.0, end_time], dtype=torch.float64),
+                               rtol=solver.rtol, atol=solver.atol, method="dopri5")
+    assert ours == calls[0] and ours > 20
+    assert torch.allclose(z, ref_z[-1], atol=1e-10) and torch.allclose(logdet, ref_logdet[-1], atol=1e-10)
+
+
+def test_adjoint_nfe_equals_torchdiffeq_on_the_plain_ode():
+    """With the adjoint (T fixed), forward and backward NFE equal torchdiffeq's own on the same
+    augmented dynamics over [0, T]."""
+    torch.manual_seed(11)
+    net = TimeNet((2,), (32, 32), "concatsquash", "tanh").double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)
+    solver = Solver("dopri5", 1e-5, 1e-5)
+    block = cnf(net, 2, end_time=0.8, train_end_time=False, adjoint=True, train_solver=solver)
+    x = torch.randn(64, 2, dtype=torch.float64)
+    z, logdet, _ = block(x)
+    (0.5 * z.pow(2).sum(1) - logdet).mean().backward()
+    ours = block.read_nfe()
+
+    class Reference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.calls = net, [0]
+            self.dynamics = augmented_reference(net, self.calls)
+
+        def forward(self, t, state):
+            return self.dynamics(t, state)
+
+    ref = Reference()
+    zero = torch.zeros(64, dtype=torch.float64)
+    ref_z, ref_logdet = odeint_adjoint(ref, (x, zero), torch.tensor([0.0, 0.8], dtype=torch.float64),
+                                       rtol=solver.rtol, atol=solver.atol, method="dopri5",
+                                       adjoint_params=tuple(net.parameters()))
+    forward = ref.calls[0]
+    (0.5 * ref_z[-1].pow(2).sum(1) - ref_logdet[-1]).mean().backward()
+    assert ours == (forward, ref.calls[0] - forward) and forward > 20
