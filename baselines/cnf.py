@@ -382,6 +382,8 @@ class CNF(nn.Module):
         end = self.func.end_time.to(like.dtype)
         if steer_offset:
             end = end + steer_offset
+        if not bool(end > 0):
+            raise SolverFailure(f"the end time T is {float(end):.3g}: the flow has collapsed (T must stay positive)")
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
         return torch.stack([end, zero] if reverse else [zero, end])
 

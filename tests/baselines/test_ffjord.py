@@ -117,3 +117,44 @@ def test_solver_underflow_marks_the_run_diverged(tmp_path):
                    train, "nll")
     result = run_one(spec, RunRecord(tmp_path, spec.suite, spec.run_id), device="cpu", progress=False)
     assert result["status"] == "diverged" and "underflow" in result["error"], result
+
+
+def test_multiscale_factors_out_the_second_half_of_the_channels():
+    """As the official ODENVP: after a squeeze the first half of the channels goes on and the second
+    half is the latent piece (checked with the dynamics switched off, so every block is the identity)."""
+    data = DataInfo("random", "image", (1, 4, 4), levels=256)
+    model = build(data, hidden=[4], n_blocks=1, n_scales=2).double().eval()
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, CNF):
+                for p in block.func.net.parameters():
+                    p.zero_()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    squeezed = torch.nn.functional.pixel_unshuffle(x, 2)
+    with torch.no_grad():
+        pieces, log_det, _ = model.to_latent(x)
+        back = model.from_latent(pieces)
+    assert torch.allclose(pieces[0], squeezed[:, 2:].reshape(3, -1), atol=1e-12)  # solver rounding only
+    assert torch.allclose(pieces[1], squeezed[:, :2].reshape(3, -1), atol=1e-12)
+    assert not torch.allclose(pieces[0], squeezed[:, :2].reshape(3, -1), atol=1e-3)
+    assert torch.allclose(log_det, torch.zeros(3, dtype=torch.float64)) and torch.allclose(back, x)
+
+
+def test_batch_norm_is_ffjords_moving_batch_norm():
+    """FFJORD's tabular batch norm: in training the batch is normalised by the running statistics
+    as they stood before it (decay 0.1, eps 1e-4), which then move towards the batch's mean and
+    unbiased variance; the log-det uses the statistics the batch was normalised with."""
+    model = build(DataInfo("random", "tabular", (3,)), n_blocks=1, hidden=[8], batch_norm=True).double()
+    bn = model.norms[0]
+    assert (bn.momentum, bn.eps) == (0.1, 1e-4)
+    with torch.no_grad():
+        bn.running_mean.fill_(0.5)
+        bn.running_var.fill_(2.0)
+        bn.log_gamma.fill_(0.3)
+    x = torch.randn(50, 3, dtype=torch.float64) * 3 + 1
+    z, log_det = bn.inverse(x)
+    assert torch.allclose(z, (x - 0.5) / (2.0 + 1e-4) ** 0.5 * torch.exp(torch.tensor(0.3)) + 0.0)
+    assert torch.allclose(log_det, torch.full((50,), 3 * (0.3 - 0.5 * torch.log(torch.tensor(2.0 + 1e-4)).item()),
+                                             dtype=torch.float64))
+    assert torch.allclose(bn.running_mean[0], 0.9 * 0.5 + 0.1 * x.mean(0))
+    assert torch.allclose(bn.running_var[0], 0.9 * 2.0 + 0.1 * x.var(0, unbiased=True))
