@@ -268,9 +268,9 @@ def _report_skipped(df) -> None:
         print(f"flowbench: warning: skipped unreadable record {path}: {reason}", file=sys.stderr)
 
 
-def _suite_context(name: str) -> tuple[str, list[tuple[str, str, int]] | None, dict]:
-    """(suite name, its grid as (model, dataset, seed), its check: mapping); the grid is None when
-    the suite file cannot be found (the records alone are reported)."""
+def _suite_context(name: str) -> tuple[str, list[tuple[str, str, int]] | None, dict, list[str]]:
+    """(suite name, its grid as (model, dataset, seed), its check: mapping, its differences: lines);
+    the grid is None when the suite file cannot be found (the records alone are reported)."""
     from bench.spec import load_suite
 
     try:
@@ -278,9 +278,9 @@ def _suite_context(name: str) -> tuple[str, list[tuple[str, str, int]] | None, d
     except FlowbenchError:
         if os.path.sep in name or name.endswith((".yaml", ".yml")):
             raise
-        return name, None, {}
+        return name, None, {}, []
     grid = [(s.model, s.dataset, s.seed) for s in suite.runs(check_models=False)]
-    return suite.name, grid, suite.check
+    return suite.name, grid, suite.check, suite.differences
 
 
 def _scan_suite(suite: str, results: str):
@@ -294,21 +294,23 @@ def _scan_suite(suite: str, results: str):
 
 
 def _print_report(suite: str, results: str, metric: str | None, out: str, figures: bool = True) -> None:
-    from bench.report import missing_text, to_markdown, write_report
+    from bench.report import differences_text, missing_text, to_markdown, write_report
 
     from bench.plots import start_workers
 
     pool = start_workers() if figures else None  # they load matplotlib and seaborn while the records are read
     try:
-        name, grid, _ = _suite_context(suite)
+        name, grid, _, differences = _suite_context(suite)
         df = _scan_suite(name, results)
-        report = write_report(df, name, out, metric, expected=grid, figures=figures, figure_pool=pool)
+        report = write_report(df, name, out, metric, expected=grid, figures=figures, figure_pool=pool,
+                              differences=differences)
     finally:
         if pool is not None:
             pool.terminate()  # every figure is written by now (or the report failed): nothing left to wait for
             pool.join()
     print(to_markdown(report.tables[0], f"## {name}: {report.tables[0].title}"), end="")
     print(missing_text(report.records), end="")
+    print(differences_text(differences), end="")
     print(f"(report: {report.files['markdown']}, {report.files['html']}; {len(report.figures)} figures)")
 
 
@@ -320,7 +322,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from bench.check import check, format_result, parse_tolerances, suite_tolerances
 
-    name, _, check_cfg = _suite_context(args.suite)
+    name, _, check_cfg, _ = _suite_context(args.suite)
     tolerances = {**suite_tolerances(check_cfg), **parse_tolerances(args.tolerance)}
     from bench.store import scan
 
@@ -335,7 +337,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_pin(args: argparse.Namespace) -> int:
     from bench.check import pin
 
-    name, _, _ = _suite_context(args.suite)
+    name, *_ = _suite_context(args.suite)
     df = _scan_suite(name, args.results)
     path, table, records = pin(df, name, args.pinned, args.metric)
     print(f"pinned {len(table)} quantities of {table[['model', 'dataset']].drop_duplicates().shape[0]} "
@@ -349,7 +351,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`flowbench audit SUITE`: the tolerance audit of every completed CNF run, printed and written."""
     from bench.audit import DEFAULT_TOLERANCES, audit_suite, parse_tolerances, to_markdown, write_audit
 
-    name, _, _ = _suite_context(args.suite)
+    name, *_ = _suite_context(args.suite)
     tolerances = parse_tolerances(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
     records = _scan_suite(name, args.results)
     out, skipped = audit_suite(records, name, tolerances, args.max_examples or None, args.data_root,

@@ -109,6 +109,9 @@ def prepare(df, expected: Sequence[tuple[str, str, int]] | None = None, metric: 
     if not completed.empty:
         names, values = headline_values(completed, metric)
         completed["headline_metric"], completed["headline"] = names, values
+        if {"nfe.train_forward", "nfe.train_backward"} <= set(completed.columns):
+            # InfoCNF's Table 1 counts a training iteration's evaluations, forward and backward together
+            completed["nfe.train_total"] = completed["nfe.train_forward"] + completed["nfe.train_backward"]
     failed = df[df["status"].isin(FAILED_STATUSES)] if not df.empty else df
     models = list(dict.fromkeys([*(k[0] for k in expected or []), *sorted(df["model"].unique() if not df.empty else [])]))
     datasets = list(dict.fromkeys([*(k[1] for k in expected or []),
@@ -267,8 +270,10 @@ def make_table(agg, key: str, title: str, models: Sequence[str], datasets: Seque
 
 SECONDARY = [
     # key, column, title, digits, bold, published metric
-    ("nfe_forward", "nfe.train_forward", "NFE per training step, forward solve", 1, True, "nfe"),
+    # published NFE rows say which count they are: `nfe_train` is forward + backward per training step
+    ("nfe_forward", "nfe.train_forward", "NFE per training step, forward solve", 1, True, None),
     ("nfe_backward", "nfe.train_backward", "NFE per training step, backward pass", 1, True, None),
+    ("nfe_train", "nfe.train_total", "NFE per training step, forward + backward", 1, True, "nfe_train"),
     ("nfe_test", "nfe.test_forward", "NFE at evaluation (per test batch)", 1, True, None),
     ("error", "test.error", "test error (%)", 2, True, "error"),
     ("wall_clock", "train_seconds", "training wall-clock", 2, True, "train_hours"),
@@ -431,6 +436,14 @@ def to_long(tables: Sequence[Table]):
 
 
 # -- what is missing ------------------------------------------------------------------------------
+def differences_text(differences: Sequence[str]) -> str:
+    """The suite's declared differences from the papers, one bullet a line (empty when none)."""
+    if not differences:
+        return ""
+    return "Differences from the papers kept on purpose (the suite's `differences:`):\n" + "".join(
+        f"- {d}\n" for d in differences)
+
+
 def missing_text(records: Records, limit: int = 20) -> str:
     """One paragraph on failed and missing runs (empty when the sweep is complete)."""
     lines = []
@@ -487,14 +500,17 @@ def _parquet_safe(df):
     return df
 
 
-def render_markdown(suite: str, records: Records, tables: Sequence[Table]) -> str:
-    """The whole report as Markdown: headline table, what is missing, secondary tables."""
+def render_markdown(suite: str, records: Records, tables: Sequence[Table], differences: Sequence[str] = ()) -> str:
+    """The whole report as Markdown: headline table, the suite's declared differences from the
+    papers, what is missing, secondary tables."""
     parts = [f"# {suite}\n"]
     n_done, n_fail, n_miss = len(records.completed), len(records.failed), len(records.missing)
     parts.append(f"{n_done} completed, {n_fail} failed, {n_miss} missing runs; "
                  f"{len(records.models)} models x {len(records.datasets)} datasets.\n")
     for i, tab in enumerate(tables):
         parts.append(to_markdown(tab, f"## {tab.title}"))
+        if i == 0 and differences:
+            parts.append(differences_text(differences))
         if i == 0:
             miss = missing_text(records)
             if miss:
@@ -504,11 +520,13 @@ def render_markdown(suite: str, records: Records, tables: Sequence[Table]) -> st
 
 def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None = None,
                  expected: Sequence[tuple[str, str, int]] | None = None, figures: bool = True,
-                 published_path: str | os.PathLike | None = None, figure_pool: Any = None) -> Report:
+                 published_path: str | os.PathLike | None = None, figure_pool: Any = None,
+                 differences: Sequence[str] = ()) -> Report:
     """Write every output of a report into ``out_dir/SUITE/``; returns what was written.
 
     ``figure_pool`` (``bench.plots.start_workers``, started before the records were read) draws the
-    figures in processes that loaded the plotting stack meanwhile.
+    figures in processes that loaded the plotting stack meanwhile. ``differences``: the suite's
+    declared differences from the papers, shown under the headline table.
 
     Files: report.md, tables.tex, summary.csv (long form of every table), headline.csv (the
     headline table as printed), runs.csv (completed/failed/missing per model and dataset),
@@ -520,7 +538,7 @@ def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None 
     path = Path(out_dir) / suite
     path.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    md = render_markdown(suite, records, tables)
+    md = render_markdown(suite, records, tables, differences)
     files["markdown"] = path / "report.md"
     files["markdown"].write_text(md)
     files["table"] = path / "table.md"  # the headline table alone
@@ -544,7 +562,7 @@ def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None 
 
         figs = plots.all_figures(records, tables, path / "figures", pool=figure_pool)
     files["html"] = path / "index.html"
-    files["html"].write_text(render_html(suite, records, tables, figs, published))
+    files["html"].write_text(render_html(suite, records, tables, figs, published, differences))
     return Report(suite, path, records, tables, figs, files, md)
 
 
@@ -567,7 +585,8 @@ window.addEventListener('load', function () {
 """
 
 
-def render_html(suite: str, records: Records, tables: Sequence[Table], figures: dict[str, Path], published=None) -> str:
+def render_html(suite: str, records: Records, tables: Sequence[Table], figures: dict[str, Path], published=None,
+                differences: Sequence[str] = ()) -> str:
     """A self-contained page: tables, figures as base64 PNG, environment, failed and missing runs."""
     import base64
 
@@ -577,7 +596,12 @@ def render_html(suite: str, records: Records, tables: Sequence[Table], figures: 
             f"{len(records.missing)} missing runs; {len(records.models)} models x {len(records.datasets)} datasets. "
             "Lower is better everywhere; best per column in bold; <i>pub.</i> is the number the papers report "
             "(baselines/published.csv) and Δ the gap to it (ours − published).</p>"]
-    body += [to_html(t) for t in tables]
+    body += [to_html(t) for t in tables[:1]]
+    if differences:
+        body.append('<h3>differences from the papers kept on purpose</h3><ul class="differences">')
+        body += [f"<li>{esc(d)}</li>" for d in differences]
+        body.append("</ul>")
+    body += [to_html(t) for t in tables[1:]]
     counts = run_counts(records)
     if not counts.empty:
         body.append("<h3>runs per model and dataset</h3>")

@@ -97,6 +97,7 @@ SUITE_KEYS = {
     "slurm": "SLURM resources for --executor slurm",
     "check": "tolerances for `flowbench check`",
     "sources": "where the hyperparameters come from (free text or mapping)",
+    "differences": "differences from the papers kept on purpose (a list of lines; shown under the report's table)",
 }
 OVERRIDE_KEYS = ("match", "model", "train", "data", "skip")
 
@@ -209,6 +210,7 @@ class Suite:
     plugins: list[str] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
+    differences: list[str] = field(default_factory=list)
 
     def runs(self, only: Mapping[str, set[str]] | None = None, seeds: Iterable[int] | None = None,
              sets: Iterable[str] = (), check_models: bool = True) -> list[RunSpec]:
@@ -441,13 +443,17 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     for key in ("slurm", "check"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
             raise FlowbenchError(f"{path}: {key}: expected a mapping, got {raw[key]!r}")
+    differences = raw.get("differences") or []
+    if not isinstance(differences, list) or not all(isinstance(d, str) and d.strip() for d in differences):
+        raise FlowbenchError(f"{path}: differences: expected a list of non-empty lines of text, got {differences!r}")
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise FlowbenchError(f"{path}: name: {name!r} must be letters, digits, '-', '_' or '.'")
     return Suite(name=name, path=path, description=str(raw.get("description", "")), metric=metric,
                  datasets=datasets, models=models, seeds=seeds, train=train, overrides=overrides,
                  data_root=raw.get("data_root"), plugins=list(raw.get("plugins") or []),
-                 slurm=dict(raw.get("slurm") or {}), check=dict(raw.get("check") or {}))
+                 slurm=dict(raw.get("slurm") or {}), check=dict(raw.get("check") or {}),
+                 differences=[" ".join(d.split()) for d in differences])
 
 
 def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mapping) -> Override:

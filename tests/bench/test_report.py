@@ -91,8 +91,8 @@ def test_secondary_tables_and_every_output_file(results, tmp_path):
     write_run(results, "s", "realnvp", "cifar10", 0, 3.6, metric="bpd", nfe=0.0, extra_test={"error": 30.0})
     rep = report.write_report(scan(results, "s"), "s", tmp_path / "reports", figures=False)
     keys = [t.key for t in rep.tables]
-    assert "realnvp" in rep.tables[0].models and all("realnvp" not in t.models for t in rep.tables[1:4])
-    assert keys == ["headline", "nfe_forward", "nfe_backward", "nfe_test", "error", "wall_clock", "params"]
+    assert "realnvp" in rep.tables[0].models and all("realnvp" not in t.models for t in rep.tables[1:5])
+    assert keys == ["headline", "nfe_forward", "nfe_backward", "nfe_train", "nfe_test", "error", "wall_clock", "params"]
     head = rep.tables[0]
     assert head.cell("rnode", "cifar10")["published"] == 3.398 and head.cell("rnode", "cifar10")["best"]
     wall = next(t for t in rep.tables if t.key == "wall_clock")
@@ -157,3 +157,37 @@ def test_html_report_renders_in_headless_chromium(sweep, tmp_path):
     assert f'data-images="{n_images}/{n_images}"' in dom  # every embedded figure decoded
     assert f'data-tables="{len(rep.tables)}"' in dom
     assert "flowbench report: s" in dom and "failed runs (1)" in dom
+
+
+def test_published_nfe_is_compared_with_the_same_count(results, tmp_path):
+    """InfoCNF's Table 1 NFE counts forward and backward evaluations of a training step together: it
+    sits beside our forward + backward count, never beside the forward count alone."""
+    write_run(results, "s", "ccnf", "cifar10", 0, 3.6, metric="bpd", nfe=300.0)  # forward 300, backward 600
+    rep = report.write_report(scan(results, "s"), "s", tmp_path / "reports", figures=False)
+    tables = {t.key: t for t in rep.tables}
+    total = tables["nfe_train"].cell("ccnf", "cifar10")
+    assert total["mean"] == pytest.approx(900.0) and total["published"] == pytest.approx(924.12)
+    assert tables["nfe_forward"].cell("ccnf", "cifar10")["published"] != tables["nfe_forward"].cell("ccnf", "cifar10")["published"]
+
+
+def test_report_shows_the_suites_differences_under_the_table(results, write_suite, tmp_path, capsys):
+    suite = write_suite("""
+        name: s
+        datasets: [moons]
+        models: [realnvp]
+        seeds: [0]
+        train: {max_steps: 5}
+        differences:
+          - "Adam at lr 1e-3 instead of the paper's
+             Adamax."
+          - Ten times fewer steps.
+        """, "s")
+    write_run(results, "s", "realnvp", "moons", 0, 1.2)
+    assert main(["report", str(suite), "--results", str(results), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    lines = ["- Adam at lr 1e-3 instead of the paper's Adamax.", "- Ten times fewer steps."]
+    assert all(line in out for line in lines) and out.index("realnvp") < out.index(lines[0])
+    md = (tmp_path / "rep" / "s" / "report.md").read_text()
+    assert md.index("## test") < md.index(lines[0]) < md.index(lines[1])
+    page = (tmp_path / "rep" / "s" / "index.html").read_text()
+    assert "<li>Adam at lr 1e-3 instead of the paper&#x27;s Adamax.</li>" in page

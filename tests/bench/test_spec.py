@@ -110,6 +110,8 @@ datasets: [8gaussians, moons]
     (BASE.replace("train: {", "train: {schedule: linear, "), "train.schedule: 'linear' is not one of constant, cosine, step"),
     (BASE + "datasets: [moons\n", "is not valid YAML"),
     ("- just\n- a list\n", "a suite is a mapping"),
+    (BASE + "differences: one line\n", "differences: expected a list of non-empty lines of text"),
+    (BASE + "differences: [ok, 3]\n", "differences: expected a list of non-empty lines of text"),
 ])
 def test_validation_messages(write_suite, text, message):
     path = write_suite(text)
