@@ -8,10 +8,10 @@ Pieces:
 - ``CNFDynamics``: the augmented ODE ``(z, log-det, [kinetic], [Jacobian])`` with the divergence
   by Hutchinson's estimator (one Gaussian or Rademacher probe per solve) or exactly (one autograd
   call per dimension); NFE counters for the forward solve and the backward pass apart.
-- ``CNF``: one block, ``x -> (z(T), log|det dz/dx|, regularisers)``, solved over ``[0, T]`` with
-  ``T`` a tensor that carries its gradient into the integration times (direct backpropagation
-  through the solver, or torchdiffeq's adjoint with respect to ``t``), so the solver takes exactly the
-  steps it takes on the plain ODE (FFJORD's code does the same but cuts T's gradient); the training
+- ``CNF``: one block, ``x -> (z(T), log|det dz/dx|, regularisers)``, solved over ``[0, T]``, so the
+  solver takes exactly the steps torchdiffeq takes on the plain ODE (as FFJORD's code does), with
+  T's exact gradient ``dL/dT = <dL/dstate(T), F(T, state(T))>`` attached at the end point (FFJORD's
+  code cuts it, so T never trains there); the training
   and the evaluation solver/tolerances, adjoint or direct backpropagation, STEER, and solver failures
   raised as ``SolverFailure`` (a ``FloatingPointError`` whose message says ``underflow`` when the
   step size collapsed), which the harness records as a diverged run.
@@ -136,16 +136,19 @@ class TimeNet(nn.Module):
         self.activation = activation
         self.squash = layer_type == "concatsquash"
         self.splits = dims[1:]
-        if self.squash:  # all layers' hyper-networks in one: gate = sigmoid(t g_w + g_b), bias = t b_w
-            total = sum(self.splits)
-            self.gate_w = nn.Parameter(torch.empty(total).uniform_(-1, 1))
-            self.gate_b = nn.Parameter(torch.empty(total).uniform_(-1, 1))
-            self.bias_w = nn.Parameter(torch.empty(total).uniform_(-1, 1))
+        if self.squash:  # per layer: gate = sigmoid(t g_w + g_b), bias = t b_w (FFJORD's hyper-networks)
+            def uniform() -> nn.ParameterList:
+                return nn.ParameterList(nn.Parameter(torch.empty(n).uniform_(-1, 1)) for n in self.splits)
+
+            # one tensor a layer, as FFJORD's layers hold them: the adjoint's error norm takes the
+            # largest RMS over parameter tensors, so fusing them would change the backward steps
+            self.gate_w, self.gate_b, self.bias_w = uniform(), uniform(), uniform()
 
     def _time_gates(self, t: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         """Every layer's concat-squash gate sigmoid(w t + b) and bias w' t, from one fused op."""
-        gates = torch.sigmoid(torch.addcmul(self.gate_b, self.gate_w, t)).split(self.splits)
-        return gates, (self.bias_w * t).split(self.splits)
+        gate_w, gate_b, bias_w = (torch.cat(list(p)) for p in (self.gate_w, self.gate_b, self.bias_w))
+        gates = torch.sigmoid(torch.addcmul(gate_b, gate_w, t)).split(self.splits)
+        return gates, (bias_w * t).split(self.splits)
 
     def _state_weight(self, layer: nn.Module) -> Tensor:
         """The weights acting on the state (a concat layer's time column left out)."""
@@ -256,6 +259,10 @@ class CNFDynamics(CountedDynamics):
 
     def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         self.count()
+        # No gradient flows into the time input: nothing needs d/dt of the integration times (T's gradient
+        # is attached at the end point), and torchdiffeq's adjoint would otherwise integrate a time adjoint
+        # inside its error norm, taking more backward steps than FFJORD's code (whose dynamics copy t).
+        t = t.detach()
         if not self.with_logdet:  # sampling: the state alone (a tensor, not a tuple)
             return self.net(t, state)
         z = state[0]
@@ -376,45 +383,59 @@ class CNF(nn.Module):
                        else (self.eval_divergence, AUTO_EXACT_EVAL_DIM))
         return mode == "exact" or (mode == "auto" and len(self.shape) == 1 and self.dim <= limit)
 
-    def _times(self, reverse: bool, steer_offset: float, like: Tensor) -> Tensor:
-        """``[0, T]`` (or ``[T, 0]``) with ``T`` carrying its gradient (``torch.stack``, not a fresh tensor,
-        which would cut it as FFJORD's code does): the solve runs over the plain ODE's time."""
+    def _end_time(self, steer_offset: float, like: Tensor) -> Tensor:
+        """T (plus this solve's STEER offset) as a tensor that keeps its graph to ``sqrt_end_time``."""
         end = self.func.end_time.to(like.dtype)
         if steer_offset:
             end = end + steer_offset
         if not bool(end > 0):
             raise SolverFailure(f"the end time T is {float(end):.3g}: the flow has collapsed (T must stay positive)")
-        zero = torch.zeros((), dtype=like.dtype, device=like.device)
-        return torch.stack([end, zero] if reverse else [zero, end])
+        return end
 
     def _solve(self, state: tuple[Tensor, ...], reverse: bool, solver: Solver,
                steer_offset: float = 0.0) -> tuple[Tensor, ...]:
+        """Solve over ``[0, T]`` (``[T, 0]`` reversed): the plain ODE's time, so the solver takes the steps
+        torchdiffeq takes on ``dz/dt = f(t, z)``. T's gradient is attached at the end point (below)."""
         func = self.func
-        t = self._times(reverse, steer_offset, state[0])
+        end = self._end_time(steer_offset, state[0])
+        zero = torch.zeros((), dtype=end.dtype, device=end.device)
+        t = torch.stack([end.detach(), zero] if reverse else [zero, end.detach()])
         n_extra = len(state) - 1
         # regulariser states take no part in step-size control (RNODE's choice)
         atol = solver.atol if not n_extra or n_extra == 1 else (solver.atol, solver.atol) + (1e20,) * (n_extra - 1)
         rtol = solver.rtol if not n_extra or n_extra == 1 else (solver.rtol, solver.rtol) + (1e20,) * (n_extra - 1)
-        if len(state) == 1:
-            state = state[0]
+        tensor_state = len(state) == 1
         kwargs = dict(rtol=rtol, atol=atol, method=solver.method, options=solver.options())
         use_adjoint = self.adjoint and torch.is_grad_enabled() and self.training
         with forward_solve(func, solver):
+            y0 = state[0] if tensor_state else state
             if use_adjoint:
-                # the dynamics' own parameters; T reaches the adjoint through the integration times
-                params = tuple(p for p in func.net.parameters() if p.requires_grad)
+                params = tuple(p for p in func.net.parameters() if p.requires_grad)  # the dynamics' own
                 extra = {}
                 if self.adjoint_seminorm and solver.method not in FIXED_STEP:  # Kidger et al. 2021: no
                     extra["adjoint_options"] = {"norm": "seminorm"}  # parameter adjoints in step-size control
-                out = odeint_adjoint(func, state, t, adjoint_params=params, adjoint_atol=solver.atol,
+                out = odeint_adjoint(func, y0, t, adjoint_params=params, adjoint_atol=solver.atol,
                                      adjoint_rtol=solver.rtol, **extra, **kwargs)
             else:
-                out = odeint(func, state, t, **kwargs)
-        out = (out,) if isinstance(out, Tensor) else out
-        final = tuple(o[-1] for o in out)
-        if not all(bool(torch.isfinite(o).all()) for o in final):
-            raise SolverFailure("ODE solve produced a non-finite state or log-det (NaN/inf; not an underflow)")
+                out = odeint(func, y0, t, **kwargs)
+            out = (out,) if isinstance(out, Tensor) else out
+            final = tuple(o[-1] for o in out)
+            if not all(bool(torch.isfinite(o).all()) for o in final):
+                raise SolverFailure("ODE solve produced a non-finite state or log-det (NaN/inf; not an underflow)")
+            if end.requires_grad and torch.is_grad_enabled() and not reverse:
+                final = self._attach_end_time_gradient(final, end)
         return final
+
+    def _attach_end_time_gradient(self, final: tuple[Tensor, ...], end: Tensor) -> tuple[Tensor, ...]:
+        """d state(T) / dT = the dynamics at the end point: one more evaluation (a forward NFE), added as
+        ``(T - T.detach()) * F(T, state(T))``, zero in value. Neither the adjoint nor the solver's steps
+        see T, so its gradient costs no adjoint state and no step-size control, unlike integration
+        times that require grad (torchdiffeq then integrates a time adjoint inside its error norm)."""
+        with torch.no_grad():
+            rate = self.func(end.detach(), final[0] if len(final) == 1 else final)
+        rate = (rate,) if isinstance(rate, Tensor) else rate
+        shift = end - end.detach()
+        return tuple(s + shift * r for s, r in zip(final, rate))
 
     def _steer_offset(self) -> float:
         if self.training and self.steer > 0:
