@@ -252,6 +252,7 @@ class CNFDynamics(CountedDynamics):
         self.exact = False
         self.n_regs = 0
         self.with_logdet = True
+        self.detach_time = False
 
     @property
     def end_time(self) -> Tensor:
@@ -259,10 +260,13 @@ class CNFDynamics(CountedDynamics):
 
     def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         self.count()
-        # No gradient flows into the time input: nothing needs d/dt of the integration times (T's gradient
-        # is attached at the end point), and torchdiffeq's adjoint would otherwise integrate a time adjoint
-        # inside its error norm, taking more backward steps than FFJORD's code (whose dynamics copy t).
-        t = t.detach()
+        if self.detach_time:
+            # Adjoint solves: no gradient flows into the time input. Nothing needs d/dt of the integration
+            # times (T's gradient is attached at the end point), and torchdiffeq's adjoint would otherwise
+            # integrate a time adjoint inside its error norm, taking more backward steps than FFJORD's code
+            # (whose dynamics copy t). Direct backpropagation keeps t: its gradient runs through the
+            # solver's step sizes, and cutting one path of them would make it inconsistent.
+            t = t.detach()
         if not self.with_logdet:  # sampling: the state alone (a tensor, not a tuple)
             return self.net(t, state)
         z = state[0]
@@ -407,6 +411,7 @@ class CNF(nn.Module):
         tensor_state = len(state) == 1
         kwargs = dict(rtol=rtol, atol=atol, method=solver.method, options=solver.options())
         use_adjoint = self.adjoint and torch.is_grad_enabled() and self.training
+        func.detach_time = use_adjoint  # kept for the backward solve that follows
         with forward_solve(func, solver):
             y0 = state[0] if tensor_state else state
             if use_adjoint:

@@ -284,11 +284,12 @@ def test_concat_layers_equal_an_explicit_time_input(shape):
 
 
 def augmented_reference(net: nn.Module, calls: list[int]):
-    """(z, log-det) dynamics written out independently: f and its exact trace by autograd, in the
-    plain ODE's time; counts its evaluations in ``calls``."""
+    """(z, log-det) dynamics written out independently, as FFJORD's code has them: f and its exact
+    trace by autograd, in the plain ODE's time; counts its evaluations in ``calls``."""
 
     def dynamics(t, state):
         calls[0] += 1
+        t = t.detach()  # FFJORD's dynamics copy t: no time adjoint in torchdiffeq's backward error norm
         z = state[0]
         with torch.enable_grad():
             z = z if z.requires_grad else z.detach().requires_grad_(True)
