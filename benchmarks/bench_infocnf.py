@@ -6,7 +6,10 @@ batch size and learning rate, ``--steps`` training steps (Adam, the suite's data
 the median CPU seconds a step, the mean forward / backward NFE a step over the last half of the
 steps (the learned policy moves during training), the learned tolerances at the end, and one
 evaluation solve's NFE at the evaluation tolerance (1e-5). The paper's direction (InfoCNF fewer
-NFE than CCNF; learned fewer than fixed) is printed next to what was measured.
+NFE than CCNF; learned fewer than fixed) is printed next to what was measured, on the paper's
+count: the function evaluations of a training iteration, forward and backward solves together
+(Table 1). The suite backpropagates directly (no backward solve, backward NFE 0); ``--adjoint``
+adds the adjoint's backward solves to the count.
 
     python benchmarks/bench_infocnf.py [--steps 60] [--threads 1] [--only 8gaussians] [--adjoint]
 """
@@ -67,7 +70,8 @@ def measure(spec, steps: int, adjoint: bool | None) -> dict:
 
 
 def verdict(rows: dict[str, dict]) -> str:
-    """The paper's two NFE claims against the measured forward+backward NFE of the last half."""
+    """The paper's two NFE claims (Table 1: forward + backward NFE of a training iteration) against the
+    measured forward + backward NFE a step over the last half."""
     total = {m: r["nfe_f"] + r["nfe_b"] for m, r in rows.items()}
     out = []
     if "ccnf" in total and "infocnf" in total:
@@ -91,7 +95,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} training steps a model, "
           f"suites/infocnf-small.yaml settings{', adjoint' if args.adjoint else ''}; s/step = median process CPU "
           "seconds; NFE f/b = mean forward/backward NFE a step over the last half of the steps (first half in "
-          "brackets); eval NFE = one evaluation pass of 500 test examples at 1e-5 (learned model: two passes)")
+          "brackets; f + b is the paper's count); eval NFE = one evaluation pass of 500 test examples at 1e-5 "
+          "(learned model: two passes)")
     print(f"{'dataset':10} {'model':16} {'batch':>5} {'s/step':>7} {'NFE f':>14} {'NFE b':>6} {'eval NFE':>8}  "
           "learned tolerances at the end")
     for dataset in dict.fromkeys(s.dataset for s in specs):
