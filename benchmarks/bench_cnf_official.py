@@ -1,0 +1,139 @@
+"""FFJORD's toy model, ours beside the official code in one process: NFE and CPU seconds per step.
+
+The official setting (rtqichen/ffjord train_toy.py defaults): 8gaussians, batch 100, 3x64
+concat-squash tanh, T = 0.5, exact divergence, dopri5 atol = rtol = 1e-5, Adam lr 1e-3. Both models
+start from the same weights (ours copied into the official layers), see the same batches, and
+train interleaved step by step (the order alternates), so machine load hits both alike.
+
+    python benchmarks/bench_cnf_official.py --official /path/to/ffjord [--steps 100] [--direct]
+        [--fixed-end-time] [--float64]
+
+``--official DIR`` is a checkout of rtqichen/ffjord; its model is imported from there (nothing of
+it is copied here). Without it, ours is measured alone. The official code cuts T's gradient
+(``tensor([0, sqrt_T ** 2])``), so its T never trains; ``--fixed-end-time`` fixes ours too, for
+a like-with-like count (ours otherwise spends one evaluation a step on T's gradient).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+from baselines.ffjord import build
+from bench.data.base import DataInfo
+
+
+def eight_gaussians(n: int, gen: torch.Generator) -> torch.Tensor:
+    """FFJORD's 8gaussians: radius-4 centres, std 0.5, divided by 1.414."""
+    angle = torch.randint(0, 8, (n,), generator=gen) * (math.pi / 4)
+    centres = torch.stack([angle.cos(), angle.sin()], 1) * 4
+    return (centres + 0.5 * torch.randn(n, 2, generator=gen)) / 1.414
+
+
+def official_model(path: str):
+    """The official toy model (train_misc.build_model_tabular with train_toy.py's defaults) and its NFE counter."""
+    sys.path.insert(0, path)
+    import train_misc  # noqa: E402  (from the official checkout)
+
+    class Args:
+        layer_type, dims, num_blocks, time_length, train_T = "concatsquash", "64-64-64", 1, 0.5, True
+        divergence_fn, nonlinearity, solver, atol, rtol = "brute_force", "tanh", "dopri5", 1e-5, 1e-5
+        batch_norm, residual, rademacher, bn_lag, step_size = False, False, False, 0, None
+        test_solver = test_atol = test_rtol = None
+
+    return train_misc.build_model_tabular(Args, 2, None), train_misc.count_nfe
+
+
+def copy_weights(ours, official) -> None:
+    """Our toy model's weights into the official layers (concat-squash: layer, hyper gate, hyper bias)."""
+    net = ours.blocks[0].func.net
+    layers = official.chain[0].odefunc.diffeq.layers
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            layer._layer.weight.copy_(net.layers[i].weight)
+            layer._layer.bias.copy_(net.layers[i].bias)
+            layer._hyper_gate.weight.copy_(net.gate_w[i][:, None])
+            layer._hyper_gate.bias.copy_(net.gate_b[i])
+            layer._hyper_bias.weight.copy_(net.bias_w[i][:, None])
+        official.chain[0].sqrt_end_time.copy_(ours.blocks[0].func.sqrt_end_time)
+
+
+def official_loss(model, x: torch.Tensor) -> torch.Tensor:
+    z, delta_logp = model(x, torch.zeros(x.shape[0], 1, dtype=x.dtype))
+    log_pz = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(1, keepdim=True)
+    return -(log_pz - delta_logp).mean()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official", metavar="DIR", help="checkout of rtqichen/ffjord to measure beside ours")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--direct", action="store_true", help="our model with direct backpropagation (official: adjoint)")
+    ap.add_argument("--fixed-end-time", action="store_true", help="do not train our T (the official T never trains)")
+    ap.add_argument("--float64", action="store_true", help="both in double precision (step sequences then agree exactly)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.float64 if args.float64 else torch.float32
+
+    torch.manual_seed(0)
+    ours = build(DataInfo("8gaussians", "toy", (2,)), adjoint=not args.direct,
+                 train_end_time=not args.fixed_end_time).to(dtype)
+    models = {"flowbench": ours}
+    if args.official:
+        official, count_nfe = official_model(args.official)
+        official = official.to(dtype)
+        copy_weights(ours, official)
+        models["official"] = official
+        x = eight_gaussians(1000, torch.Generator().manual_seed(1)).to(dtype)
+        ours.eval(), official.eval()
+        with torch.no_grad():
+            gap = abs(float(ours.log_prob(x).mean()) + float(official_loss(official, x)))
+        ours.train(), official.train()
+        ours.read_nfe()
+        print(f"same weights, 1,000 points: |mean log p (ours) - mean log p (official)| = {gap:.2e}")
+    optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    rows: dict[str, list[tuple[float, int, int]]] = {k: [] for k in models}
+    gen = torch.Generator().manual_seed(2)
+    for step in range(args.steps):
+        x = eight_gaussians(100, gen).to(dtype)
+        order = list(models) if step % 2 == 0 else list(reversed(models))
+        for name in order:
+            model, opt = models[name], optimizers[name]
+            start = time.process_time()
+            if name == "official":
+                loss = official_loss(model, x)
+                forward = count_nfe(model)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                backward = count_nfe(model) - forward
+            else:
+                loss, _ = model.training_loss(x)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                forward, backward = model.read_nfe()
+            rows[name].append((time.process_time() - start, int(forward), int(backward)))
+
+    print(f"{args.steps} steps, batch 100, {'direct backprop' if args.direct else 'adjoint'} (ours), "
+          f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), {dtype}, {args.threads} thread(s), CPU s:")
+    print(f"{'':10s} {'s/step':>8s} {'NFE fwd':>8s} {'NFE bwd':>8s} {'ms/eval':>8s}")
+    summary = {}
+    for name, r in rows.items():
+        sec = statistics.mean(t for t, _, _ in r)
+        fwd = statistics.mean(f for _, f, _ in r)
+        bwd = statistics.mean(b for _, _, b in r)
+        summary[name] = sec
+        print(f"{name:10s} {sec:8.4f} {fwd:8.1f} {bwd:8.1f} {1000 * sec / (fwd + bwd):8.2f}")
+    if "official" in summary:
+        print(f"speed-up (official s/step / ours): {summary['official'] / summary['flowbench']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
