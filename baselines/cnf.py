@@ -23,6 +23,7 @@ so ``log p(x) = log p(z(T)) + log|det|``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -58,21 +59,64 @@ class SolverFailure(FloatingPointError):
     """The ODE solver gave up (step size underflow) or produced a non-finite state."""
 
 
+class SolveTimeout(TimeoutError):
+    """The wall-clock budget set by ``solve_limits`` ran out inside an ODE solve."""
+
+
+@dataclass(frozen=True)
+class SolveLimits:
+    """Bounds on every ODE solve: evaluations per solve and a wall-clock deadline (``time.monotonic``)."""
+
+    max_evals: int | None = None
+    deadline: float | None = None
+
+
+# Process-wide, not a context variable: the adjoint's backward solve may run in autograd's own threads.
+_limits = SolveLimits()
+
+
+@contextmanager
+def solve_limits(max_evals: int | None = None, seconds: float | None = None) -> Iterator[SolveLimits]:
+    """While inside: a solve that needs more than ``max_evals`` evaluations raises ``SolverFailure``
+    (a stiff or exploding field), and any evaluation after ``seconds`` raises ``SolveTimeout``, so one
+    solve cannot hang a sweep. Limits nest; the innermost wins."""
+    global _limits
+    previous = _limits
+    _limits = SolveLimits(max_evals, time.monotonic() + seconds if seconds is not None else None)
+    try:
+        yield _limits
+    finally:
+        _limits = previous
+
+
 class CountedDynamics(nn.Module):
     """An ODE right-hand side that counts its evaluations: inside ``forward_solve`` as forward NFE,
-    otherwise (the adjoint's backward solve) as backward NFE. Subclasses call ``count()`` first."""
+    otherwise (the adjoint's backward solve) as backward NFE, and enforces ``solve_limits``.
+    Subclasses call ``count()`` first."""
 
     def __init__(self):
         super().__init__()
         self.nfe_forward = 0
         self.nfe_backward = 0
         self.in_forward_solve = False
+        self.solve_evals = 0  # evaluations in the current solve (forward, or the backward that follows)
+        self._counting_forward = False
 
     def count(self) -> None:
+        if self.in_forward_solve != self._counting_forward:  # a new solve: forward -> backward or back
+            self._counting_forward, self.solve_evals = self.in_forward_solve, 0
         if self.in_forward_solve:
             self.nfe_forward += 1
         else:
             self.nfe_backward += 1
+        self.solve_evals += 1
+        limits = _limits
+        if limits.max_evals is not None and self.solve_evals > limits.max_evals:
+            raise SolverFailure(f"more than {limits.max_evals} function evaluations in one ODE solve "
+                                f"({'forward' if self.in_forward_solve else 'backward'}); the dynamics are too stiff "
+                                "or exploding (lower the learning rate, or raise train.max_solver_evals)")
+        if limits.deadline is not None and time.monotonic() > limits.deadline:
+            raise SolveTimeout("the run's wall-clock budget ran out inside an ODE solve")
 
     def read_nfe(self) -> tuple[int, int]:
         """Evaluations (forward solves, backward solves) since the last call; resets."""
@@ -86,6 +130,7 @@ def forward_solve(func: CountedDynamics, solver: "Solver") -> Iterator[None]:
     """Around one forward solve: ``func`` counts its evaluations as forward NFE (``in_forward_solve``),
     and torchdiffeq's step-size underflow becomes a SolverFailure naming the solver setting."""
     func.in_forward_solve = True
+    func.solve_evals = 0
     try:
         yield
     except AssertionError as err:

@@ -5,6 +5,7 @@ STEER and solver failures."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -356,3 +357,54 @@ def test_adjoint_nfe_equals_torchdiffeq_on_the_plain_ode():
     forward = ref.calls[0]
     (0.5 * ref_z[-1].pow(2).sum(1) - ref_logdet[-1]).mean().backward()
     assert ours == (forward, ref.calls[0] - forward) and forward > 20
+
+
+class Stiff(nn.Module):
+    """dz/dt = -k (z - cos(t)): stiff for large k, so an explicit adaptive solver needs ~k T steps."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def forward(self, t, z):
+        return -self.k * (z - torch.cos(t))
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_solve_limits_stop_a_solve_that_would_run_long(adjoint):
+    """A solve that needs far more evaluations than allowed stops at the limit with a SolverFailure
+    naming it; a deadline stops it with SolveTimeout; outside the limits it completes."""
+    from baselines.cnf import SolveTimeout, solve_limits
+
+    block = CNF(Stiff(5e4), (2,), end_time=1.0, divergence="exact", train_solver=Solver("dopri5", 1e-6, 1e-6),
+                adjoint=adjoint)
+    x = torch.randn(4, 2)
+    with solve_limits(max_evals=300), pytest.raises(SolverFailure, match="more than 300 function evaluations"):
+        block(x)
+    assert 300 < block.read_nfe()[0] <= 301
+    start = time.monotonic()
+    with solve_limits(seconds=0.3), pytest.raises(SolveTimeout, match="wall-clock budget"):
+        block(x)
+    assert time.monotonic() - start < 2.0
+    quick = CNF(Stiff(1.0), (2,), end_time=1.0, divergence="exact", adjoint=adjoint)
+    with solve_limits(max_evals=300, seconds=30):
+        z, logdet, _ = quick(x.requires_grad_(True))
+        (z.sum() + logdet.sum()).backward()  # the backward solve is bounded too, and fits
+
+
+def test_solve_limits_count_the_backward_solve_apart():
+    """The adjoint's backward solve gets its own count: a limit above either solve, below their sum, passes."""
+    from baselines.cnf import solve_limits
+
+    torch.manual_seed(12)
+    net = TimeNet((2,), (16,), "concatsquash", "tanh")
+    block = CNF(net, (2,), end_time=1.0, divergence="exact", adjoint=True)
+    x = torch.randn(16, 2)
+    z, logdet, _ = block(x)
+    (z.sum() + logdet.sum()).backward()
+    forward, backward = block.read_nfe()
+    limit = max(forward, backward) + 1
+    assert limit < forward + backward
+    with solve_limits(max_evals=limit):
+        z, logdet, _ = block(x)
+        (z.sum() + logdet.sum()).backward()
