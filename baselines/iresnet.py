@@ -6,7 +6,10 @@ iteration at every training step) with ELU between layers, so Lip(g) < 1. The lo
 is the paper's truncated power series with Hutchinson probes (``train_series_terms`` while
 training, ``eval_series_terms`` at evaluation); the inverse is a fixed-point iteration with at
 most ``inverse_iters`` steps. ActNorm sits before every block. Images use the multi-scale
-variant: a squeeze, then stages of blocks with half the channels factored out between stages.
+variant of the official code: a squeeze, then stages of blocks with half the channels factored
+out between stages; g has an ELU on its input in every block but the first and default-initialised
+convolutions, as there, and ``learn_prior`` puts the official learned diagonal Gaussian (a mean
+and log-scale per latent dimension) on the output instead of N(0, I).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import torch
 from torch import Tensor
 
 from baselines.base import FlowModel
-from baselines.layers import (InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel, StandardNormalPrior,
-                              VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms, squeezable,
-                              squeezed)
+from baselines.layers import (GaussianPrior, InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel,
+                              StandardNormalPrior, VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms,
+                              squeezable, squeezed)
 
 
 class _SpectralRefresh:
@@ -64,9 +67,11 @@ class IResNetImage(_SpectralRefresh, MultiScaleModel):
 
 
 def iresnet_image(shape: tuple[int, int, int], n_stages: int = 3, n_blocks: int = 16, hidden: int = 512,
-                  coeff: float = 0.9, n_power_iter: int = 5, **block_options) -> IResNetImage:
+                  coeff: float = 0.9, n_power_iter: int = 5, learn_prior: bool = True,
+                  **block_options) -> IResNetImage:
     """Stages of (ActNorm, residual block) x n_blocks, each stage starting with a squeeze when the
-    size allows, half the channels factored out after every stage but the last."""
+    size allows, half the channels factored out after every stage but the last; every factored-out
+    part and the last stage's output under a learned per-element Gaussian (``learn_prior``) or N(0, I)."""
     levels, priors, shapes = [], [], []
     cur = tuple(shape)
     for stage in range(n_stages):
@@ -74,11 +79,12 @@ def iresnet_image(shape: tuple[int, int, int], n_stages: int = 3, n_blocks: int 
         if squeezable(cur):
             level.append(nf.flows.Squeeze())
             cur = squeezed(cur)
-        for _ in range(n_blocks):
-            level += [nf.flows.ActNorm((cur[0], 1, 1)),
-                      InvertibleResidualBlock(lipschitz_cnn(cur, hidden, coeff, n_power_iter), **block_options)]
+        for i in range(n_blocks):
+            g = lipschitz_cnn(cur, hidden, coeff, n_power_iter, input_elu=stage + i > 0)
+            level += [nf.flows.ActNorm((cur[0], 1, 1)), InvertibleResidualBlock(g, **block_options)]
         levels.append(level)
-        priors.append(StandardNormalPrior())
+        out = cur if stage == n_stages - 1 else (cur[0] - cur[0] // 2, cur[1], cur[2])
+        priors.append(GaussianPrior(out) if learn_prior else StandardNormalPrior())
         shapes.append(cur)
         if stage < n_stages - 1:
             cur = (cur[0] // 2, cur[1], cur[2])
@@ -90,9 +96,10 @@ def iresnet_image(shape: tuple[int, int, int], n_stages: int = 3, n_blocks: int 
 def build(data, n_blocks: int = 10, hidden: int = 128, n_hidden: int = 2, n_stages: int = 3, coeff: float = 0.9,
           n_power_iter: int = 5, train_series_terms: int = 5, eval_series_terms: int = 20, train_probes: int = 1,
           eval_probes: int = 1, probe: str = "gaussian", inverse_iters: int = 100,
-          inverse_tol: float = 1e-6) -> FlowModel:
+          inverse_tol: float = 1e-6, learn_prior: bool = True) -> FlowModel:
     """i-ResNet: n_blocks residual blocks (per stage for images, n_stages stages), Lipschitz coeff,
-    power-series terms for training/evaluation, Hutchinson probes, fixed-point inverse iterations."""
+    power-series terms for training/evaluation, Hutchinson probes, fixed-point inverse iterations,
+    a learned diagonal Gaussian prior for images (learn_prior; the official default) or N(0, I)."""
     if not 0 < coeff < 1:
         raise ValueError(f"iresnet: coeff must be in (0, 1) for invertibility, got {coeff}")
     options = dict(train_terms=train_series_terms, eval_terms=eval_series_terms, train_probes=train_probes,
@@ -102,5 +109,5 @@ def build(data, n_blocks: int = 10, hidden: int = 128, n_hidden: int = 2, n_stag
                              n_power_iter=n_power_iter, **options)
     if len(data.shape) == 3:
         return iresnet_image(tuple(data.shape), n_stages=n_stages, n_blocks=n_blocks, hidden=hidden, coeff=coeff,
-                             n_power_iter=n_power_iter, **options)
+                             n_power_iter=n_power_iter, learn_prior=learn_prior, **options)
     raise ValueError(f"iresnet needs flat (D,) or image (C, H, W) data, got shape {data.shape} for {data.name}")

@@ -7,11 +7,16 @@ multi-scale container below lists its flows in data -> latent order and calls ``
 What is here and why:
 - ``RunningBatchNorm``: batch norm as a flow with running statistics used in eval mode
   (normflows' ``BatchNorm`` always uses the batch's statistics, wrong at test time).
-- ``MaskedAffineCoupling``: RealNVP's spatial checkerboard coupling with the mask as an input
-  channel (normflows' checkerboard ``Split`` reshapes the image into half-width halves instead).
-- ``ConvResNet``: the residual conditioner network of RealNVP.
-- ``GaussianPrior`` / ``ConditionalGaussianPrior``: Glow's learned top prior and split priors
-  (``MultiscaleFlow`` has only unconditional per-level base distributions).
+- RealNVP's image coupling as the authors' TensorFlow code builds it (``RealNVPCoupling``:
+  checkerboard or channel-wise, scale ``s = scale * tanh(h)``, batch normalisation of the
+  coupling's output ``OutputBatchNorm``) with its weight-normalised residual conditioner
+  (``RealNVPResNet``, ``WNConv2d``, ``ShiftBatchNorm``); normflows has neither the spatial
+  checkerboard mask nor these conditioners.
+- Glow's pieces as openai/glow builds them (``GlowStep``: ``GlowActNorm`` with the log-scale
+  factor 3, normflows' invertible 1x1 convolution, ``GlowAffineCoupling`` with the edge-padded
+  ``EdgePaddedConv2d`` conditioner and zero-initialised output), its learned top prior
+  (``LearnedTopPrior``) and split priors (``ConditionalGaussianPrior``).
+- ``GaussianPrior``: a learned diagonal Gaussian per element (i-ResNet's learned prior).
 - ``MultiScaleFlow``: squeeze / flows / factor-out levels ending in one whitened latent vector,
   so ``to_latent`` is a bijection whose Jacobian tests can check.
 - ``InvertibleResidualBlock``: i-ResNet's block with the biased truncated power-series
@@ -23,7 +28,7 @@ What is here and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import normflows as nf
 import torch
@@ -89,26 +94,115 @@ class RunningBatchNorm(nf.flows.Flow):
         return x, -self._log_det(var, z.shape[0])
 
 
-# -- RealNVP image pieces -------------------------------------------------------------------
-class ConvResNet(nn.Module):
-    """RealNVP's conditioner: 3x3 conv in, ``n_blocks`` residual blocks, zero-initialised 3x3 out."""
+# -- RealNVP image pieces (Dinh et al. 2017, as their TensorFlow code builds them) -------------
+class WNConv2d(nn.Module):
+    """RealNVP's weight-normalised convolution: ``w = magnitude * v / ||v||`` per output channel
+    (only the unit-norm direction when ``magnitude`` is false), ``v`` uniform in (-std, std) with
+    ``std = sqrt(2 / in_channels)``, 'same' padding. ``magnitude`` is the "weight scale" that the
+    paper's L2 penalty acts on (``RealNVPImage.weight_decay_params``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, n_blocks: int = 2):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True, magnitude: bool = True,
+                 weight_norm: bool = True):
         super().__init__()
-        self.inp = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        std = math.sqrt(2.0 / in_channels)
+        self.v = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel).uniform_(-std, std))
+        self.weight_norm = weight_norm
+        init = std * math.sqrt(in_channels * kernel * kernel / 12.0)
+        self.magnitude = nn.Parameter(torch.full((out_channels,), init)) if magnitude and weight_norm else None
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.padding = kernel // 2
+
+    def weight(self) -> Tensor:
+        if not self.weight_norm:
+            return self.v
+        w = self.v / self.v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return w if self.magnitude is None else w * self.magnitude.view(-1, 1, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+
+
+class ShiftBatchNorm(nn.Module):
+    """Batch normalisation with a learned shift and no learned scale (RealNVP's conditioner BN):
+    batch statistics in training, running averages (momentum 0.1) in eval mode, eps 1e-4."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, eps=1e-4, momentum=0.1, affine=False)
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x) + self.beta
+
+
+class RealNVPResNet(nn.Module):
+    """RealNVP's conditioner: 3x3 conv in, ``n_blocks`` pre-activation residual blocks (BN, ReLU,
+    3x3 conv, BN, ReLU, 3x3 conv), 1x1 skip connections from the input conv and from every block
+    summed, then BN, ReLU and a 1x1 conv out. Convolutions are weight-normalised (``WNConv2d``);
+    without ``batch_norm`` the BNs are left out and the inner convs get biases."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, n_blocks: int = 8,
+                 batch_norm: bool = True, weight_norm: bool = True):
+        super().__init__()
+
+        def norm() -> nn.Module:
+            return ShiftBatchNorm(hidden) if batch_norm else nn.Identity()
+
+        def conv(cin: int, cout: int, k: int, bias: bool = True, magnitude: bool = True) -> WNConv2d:
+            return WNConv2d(cin, cout, k, bias=bias, magnitude=magnitude, weight_norm=weight_norm)
+
+        self.inp = conv(in_channels, hidden, 3, magnitude=False)
+        self.skip_in = conv(hidden, hidden, 1)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(hidden, hidden, 3, padding=1))
+            nn.Sequential(norm(), nn.ReLU(), conv(hidden, hidden, 3, bias=not batch_norm, magnitude=False), norm(),
+                          nn.ReLU(), conv(hidden, hidden, 3))
             for _ in range(n_blocks))
-        self.out = nn.Conv2d(hidden, out_channels, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.skips = nn.ModuleList(conv(hidden, hidden, 1) for _ in range(n_blocks))
+        self.out = nn.Sequential(norm(), nn.ReLU(), conv(hidden, out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.inp(x)
-        for block in self.blocks:
+        out = self.skip_in(h)
+        for block, skip in zip(self.blocks, self.skips):
             h = h + block(h)
-        return self.out(F.relu(h))
+            out = out + skip(h)
+        return self.out(out)
+
+
+class OutputBatchNorm(nn.Module):
+    """RealNVP's batch normalisation of a coupling's output (no learned parameters): the
+    transformed elements (``weight`` = 1) are standardised per channel by batch statistics of
+    ``x * weight`` in training (running averages, momentum 0.1, in eval mode); ``weight`` = 0
+    elements pass unchanged. Returns (output, per-element log-scale of the map)."""
+
+    def __init__(self, channels: int, eps: float = 1e-4, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.register_buffer("running_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("running_var", torch.ones(1, channels, 1, 1))
+
+    def stats(self, x: Tensor | None, weight: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and x is not None and x.shape[0] > 1:
+            masked = x * weight
+            mean = masked.mean(dim=(0, 2, 3), keepdim=True)
+            var = masked.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach(), self.momentum)
+            return mean, var + self.eps
+        return self.running_mean, self.running_var + self.eps
+
+    def inverse(self, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """data -> latent."""
+        mean, var = self.stats(x, weight)
+        log_scale = -0.5 * torch.log(var) * weight
+        return (x - mean * weight) * torch.exp(log_scale), log_scale.expand_as(x)
+
+    def forward(self, z: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """latent -> data (running statistics)."""
+        mean, var = self.stats(None, weight)
+        log_scale = -0.5 * torch.log(var) * weight
+        return z * torch.exp(-log_scale) + mean * weight, (-log_scale).expand_as(z)
 
 
 def checkerboard(height: int, width: int, parity: int) -> Tensor:
@@ -118,41 +212,219 @@ def checkerboard(height: int, width: int, parity: int) -> Tensor:
     return ((i + j + parity) % 2 == 0).float()[None, None]
 
 
-class MaskedAffineCoupling(nf.flows.Flow):
-    """RealNVP's checkerboard coupling: the masked pixels (mask = 1) pass unchanged and
-    condition a shift and a bounded log-scale of the others (data -> latent: ``x * exp(s) + t``).
+class RealNVPCoupling(nf.flows.Flow):
+    """RealNVP's affine coupling, checkerboard (``mask`` given) or channel-wise (``mask`` None).
+
+    data -> latent on the transformed elements: ``y = (x + t) * exp(s)`` with
+    ``s = scale * tanh(h)`` (the paper's "hyperbolic tangent multiplied by a learned scale"),
+    then ``OutputBatchNorm`` when ``batch_norm``. The conditioner sees the conditioning part batch
+    normalised (checkerboard: times 2, as the official code), concatenated with its negation (so
+    the first ReLU keeps both signs) and, for a checkerboard, the mask as an extra channel.
+    Channel-wise: ``cond_first`` says whether the first or the second half conditions.
     """
 
-    def __init__(self, shape: Sequence[int], parity: int, hidden: int = 64, n_blocks: int = 2,
-                 scale_bound: float = 3.0):
+    def __init__(self, channels: int, hidden: int, n_blocks: int, mask: Tensor | None = None,
+                 cond_first: bool = True, batch_norm: bool = True, weight_norm: bool = True,
+                 scale_init: float = 0.0):
         super().__init__()
-        channels, height, width = shape
-        self.register_buffer("mask", checkerboard(height, width, parity))
-        self.net = nn.Sequential(ConvResNet(channels + 1, 2 * channels, hidden, n_blocks), SoftClampScale(scale_bound))
+        self.checker = mask is not None
+        if self.checker:
+            self.register_buffer("mask", mask)
+            c_cond, c_out, extra = channels, channels, 1
+        else:
+            self.cond_first = cond_first
+            half = channels // 2
+            self.split = half if cond_first else channels - half
+            c_cond = self.split if cond_first else channels - self.split
+            c_out = channels - c_cond
+            extra = 0
+        self.in_norm = ShiftBatchNorm(c_cond) if batch_norm else nn.Identity()
+        self.net = RealNVPResNet(2 * c_cond + extra, 2 * c_out, hidden, n_blocks, batch_norm, weight_norm)
+        self.scale = nn.Parameter(torch.tensor(float(scale_init)))
+        self.out_norm = OutputBatchNorm(c_out) if batch_norm else None
 
-    def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.mask
-        h = self.net(torch.cat([x * b, b.expand(x.shape[0], 1, *x.shape[2:])], dim=1))
-        shift, log_scale = h[:, 0::2], h[:, 1::2]
-        return shift * (1 - b), log_scale * (1 - b)
+    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = x[:, :self.split], x[:, self.split:]
+        return (a, b) if self.cond_first else (b, a)
+
+    def _join(self, cond: Tensor, out: Tensor) -> Tensor:
+        return torch.cat([cond, out] if self.cond_first else [out, cond], dim=1)
+
+    def _params(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.in_norm(cond)
+        if self.checker:
+            h = 2.0 * h
+            h = torch.cat([h, -h, self.mask.expand(cond.shape[0], 1, *cond.shape[2:])], dim=1)
+        else:
+            h = torch.cat([h, -h], dim=1)
+        shift, raw = self.net(F.relu(h)).chunk(2, dim=1)
+        return shift, self.scale * torch.tanh(raw)
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._params(x)
-        return x * torch.exp(log_scale) + shift, sum_per_example(log_scale)
+        """data -> latent, with log|det|."""
+        if self.checker:
+            keep = self.mask
+            shift, log_scale = self._params(x * keep)
+            free = 1 - keep
+            y = (x + shift * free) * torch.exp(log_scale * free)
+            log_det = log_scale * free
+            if self.out_norm is not None:
+                y, ld = self.out_norm.inverse(y, free)
+                log_det = log_det + ld
+            return y, sum_per_example(log_det)
+        cond, x2 = self._halves(x)
+        shift, log_scale = self._params(cond)
+        y = (x2 + shift) * torch.exp(log_scale)
+        log_det = log_scale
+        if self.out_norm is not None:
+            y, ld = self.out_norm.inverse(y, torch.ones_like(y[:1, :, :1, :1]))
+            log_det = log_det + ld
+        return self._join(cond, y), sum_per_example(log_det)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._params(z)  # masked part of z equals that of x
-        return (z - shift) * torch.exp(-log_scale), -sum_per_example(log_scale)
+        """latent -> data, with log|det| (eval-mode statistics)."""
+        if self.checker:
+            keep, free = self.mask, 1 - self.mask
+            log_det = torch.zeros_like(z)
+            if self.out_norm is not None:
+                z, ld = self.out_norm.forward(z, free)
+                log_det = log_det + ld
+            shift, log_scale = self._params(z * keep)  # the kept elements are unchanged
+            x = z * torch.exp(-log_scale * free) - shift * free
+            return x, sum_per_example(log_det - log_scale * free)
+        cond, y = self._halves(z)
+        log_det = torch.zeros_like(y)
+        if self.out_norm is not None:
+            y, ld = self.out_norm.forward(y, torch.ones_like(y[:1, :, :1, :1]))
+            log_det = log_det + ld
+        shift, log_scale = self._params(cond)
+        x2 = y * torch.exp(-log_scale) - shift
+        return self._join(cond, x2), sum_per_example(log_det - log_scale)
 
 
-def channel_coupling(channels: int, parity: int, net: Callable[[int, int], nn.Module],
-                     scale_bound: float = 3.0) -> nf.flows.Flow:
-    """normflows' channel-split affine coupling with a bounded exp scale; parity flips the halves."""
-    d_cond = (channels + 1) // 2 if parity == 0 else channels // 2
-    d_out = channels - d_cond
-    conditioner = nn.Sequential(net(d_cond, 2 * d_out), SoftClampScale(scale_bound))
-    return nf.flows.AffineCouplingBlock(conditioner, scale_map="exp",
-                                        split_mode="channel" if parity == 0 else "channel_inv")
+# -- Glow image pieces (as openai/glow builds them) ------------------------------------------
+class GlowActNorm(nf.flows.Flow):
+    """Glow's ActNorm, data -> latent ``z = (x + b) * exp(logscale_factor * p)`` per channel, with
+    the official log-scale factor 3 and data-dependent initialisation on the first batch it sees
+    (``b = -mean``, ``exp(3 p) = 1 / (std + 1e-6)``; the flag is a buffer, so it survives checkpoints)."""
+
+    def __init__(self, channels: int, logscale_factor: float = 3.0):
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.p = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.logscale_factor = logscale_factor
+        self.register_buffer("initialised", torch.tensor(0.0))
+
+    def _init(self, x: Tensor) -> None:
+        with torch.no_grad():
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            std = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt()
+            self.b.copy_(-mean)
+            self.p.copy_(torch.log(1.0 / (std + 1e-6)) / self.logscale_factor)
+            self.initialised.fill_(1.0)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.initialised:
+            self._init(x)
+        log_scale = self.logscale_factor * self.p
+        return (x + self.b) * torch.exp(log_scale), (log_scale.sum() * x.shape[2] * x.shape[3]).expand(x.shape[0])
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale = self.logscale_factor * self.p
+        return z * torch.exp(-log_scale) - self.b, (-log_scale.sum() * z.shape[2] * z.shape[3]).expand(z.shape[0])
+
+
+class EdgePaddedConv2d(nn.Module):
+    """openai/glow's 'same' convolution: zero padding plus one extra input channel that is 1 on the
+    padded border, so the net can tell padding from a zero-valued input. ``zeros``: Glow's
+    ``conv2d_zeros`` (weights and bias zero, output times ``exp(3 * logs)`` per channel); otherwise
+    weights N(0, 0.05) and no bias (an ActNorm follows)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, zeros: bool = False,
+                 logscale_factor: float = 3.0):
+        super().__init__()
+        self.pad = kernel // 2
+        extra = 1 if self.pad else 0
+        self.conv = nn.Conv2d(in_channels + extra, out_channels, kernel, bias=zeros)
+        self.zeros, self.logscale_factor = zeros, logscale_factor
+        if zeros:
+            nn.init.zeros_(self.conv.weight)
+            nn.init.zeros_(self.conv.bias)
+            self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+        else:
+            nn.init.normal_(self.conv.weight, std=0.05)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pad:
+            p = self.pad
+            edge = F.pad(x.new_zeros(1, 1, *x.shape[2:]), (p, p, p, p), value=1.0).expand(x.shape[0], -1, -1, -1)
+            x = torch.cat([F.pad(x, (p, p, p, p)), edge], dim=1)
+        h = self.conv(x)
+        return h * torch.exp(self.logscale_factor * self.logs) if self.zeros else h
+
+
+class _HiddenActNorm(nn.Module):
+    """A GlowActNorm used inside a conditioner net (its log-determinant is not part of the flow)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.actnorm = GlowActNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.actnorm.inverse(x)[0]
+
+
+class GlowAffineCoupling(nf.flows.Flow):
+    """Glow's affine coupling: the first half ``x1`` conditions ``h = NN(x1)`` (3x3 conv, ActNorm,
+    ReLU, 1x1 conv, ActNorm, ReLU, zero-initialised 3x3 conv), data -> latent
+    ``y2 = (x2 + h[0::2]) * sigmoid(h[1::2] + 2)``."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.split = channels // 2
+        c_out = channels - self.split
+        self.net = nn.Sequential(EdgePaddedConv2d(self.split, hidden, 3), _HiddenActNorm(hidden), nn.ReLU(),
+                                 EdgePaddedConv2d(hidden, hidden, 1), _HiddenActNorm(hidden), nn.ReLU(),
+                                 EdgePaddedConv2d(hidden, 2 * c_out, 3, zeros=True))
+
+    def _params(self, x1: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.net(x1)
+        return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x1, x2 = x[:, :self.split], x[:, self.split:]
+        shift, scale = self._params(x1)
+        return torch.cat([x1, (x2 + shift) * scale], dim=1), sum_per_example(torch.log(scale))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        z1, z2 = z[:, :self.split], z[:, self.split:]
+        shift, scale = self._params(z1)
+        return torch.cat([z1, z2 / scale - shift], dim=1), -sum_per_example(torch.log(scale))
+
+
+class GlowStep(nf.flows.Flow):
+    """One step of Glow, data -> latent: ActNorm, invertible 1x1 convolution (plain weight, the
+    official default, or LU-parameterised with ``lu``), affine coupling."""
+
+    def __init__(self, channels: int, hidden: int, lu: bool = False):
+        super().__init__()
+        self.actnorm = GlowActNorm(channels)
+        self.conv = nf.flows.Invertible1x1Conv(channels, use_lu=lu)
+        self.coupling = GlowAffineCoupling(channels, hidden)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = x.new_zeros(x.shape[0])
+        for flow in (self.actnorm, self.conv, self.coupling):
+            x, ld = flow.inverse(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = z.new_zeros(z.shape[0])
+        for flow in (self.coupling, self.conv, self.actnorm):
+            z, ld = flow.forward(z)
+            log_det = log_det + ld
+        return z, log_det
 
 
 # -- priors and the multi-scale container ---------------------------------------------------
@@ -167,7 +439,7 @@ class StandardNormalPrior(nn.Module):
 
 
 class GaussianPrior(nn.Module):
-    """A diagonal Gaussian with a learned mean and log-scale per element (Glow's learned top)."""
+    """A diagonal Gaussian with a learned mean and log-scale per element (i-ResNet's learned prior)."""
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()
@@ -182,15 +454,36 @@ class GaussianPrior(nn.Module):
         return eps * torch.exp(self.log_scale) + self.mean
 
 
+class LearnedTopPrior(nn.Module):
+    """Glow's learned top prior (``--learntop``): mean and log-scale from Glow's zero-initialised
+    edge-padded convolution applied to zeros, i.e. a learned value per channel plus learned
+    offsets near the border (through the padding indicator channel)."""
+
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.conv = EdgePaddedConv2d(2 * shape[0], 2 * shape[0], 3, zeros=True)
+
+    def _params(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.conv(like.new_zeros(1, 2 * self.shape[0], *self.shape[1:]))
+        return h[:, 0::2], h[:, 1::2]
+
+    def whiten(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean, log_scale = self._params(z)
+        return (z - mean) * torch.exp(-log_scale), -log_scale.sum().expand(z.shape[0])
+
+    def color(self, eps: Tensor, cond: Tensor | None) -> Tensor:
+        mean, log_scale = self._params(eps)
+        return eps * torch.exp(log_scale) + mean
+
+
 class ConditionalGaussianPrior(nn.Module):
-    """Glow's split prior: mean and log-scale of the factored-out half from a zero-initialised
-    3x3 convolution of the half that goes on."""
+    """Glow's split prior: mean and log-scale of the factored-out half from Glow's zero-initialised
+    edge-padded 3x3 convolution (``conv2d_zeros``) of the half that goes on."""
 
     def __init__(self, cond_channels: int, out_channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(cond_channels, 2 * out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        self.conv = EdgePaddedConv2d(cond_channels, 2 * out_channels, 3, zeros=True)
 
     def _params(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         h = self.conv(cond)
@@ -401,16 +694,20 @@ def lipschitz_mlp(dim: int, hidden: int, n_hidden: int, coeff: float, n_power_it
     return nn.Sequential(*layers)
 
 
-def lipschitz_cnn(shape: Sequence[int], hidden: int, coeff: float, n_power_iter: int) -> nn.Sequential:
-    """g for images (i-ResNet's block): 3x3, 1x1, 3x3 spectrally normalised convolutions with ELU."""
+def lipschitz_cnn(shape: Sequence[int], hidden: int, coeff: float, n_power_iter: int, input_elu: bool = False,
+                  zero_last: bool = False) -> nn.Sequential:
+    """g for images (i-ResNet's block): [ELU,] 3x3, ELU, 1x1, ELU, 3x3 spectrally normalised
+    convolutions. The official code puts an ELU on the input of every block but the first
+    (``input_elu``) and initialises all three convolutions with PyTorch's default (``zero_last``
+    false); ELU is 1-Lipschitz, so Lip(g) stays below ``coeff``."""
     channels = shape[0]
     spec = [(channels, hidden, 3), (hidden, hidden, 1), (hidden, channels, 3)]
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [nn.ELU()] if input_elu else []
     for i, (cin, cout, k) in enumerate(spec):
         if i:
             layers.append(nn.ELU())
         layers.append(nf.nets.InducedNormConv2d(cin, cout, k, stride=1, padding=k // 2, coeff=coeff, domain=2,
-                                                codomain=2, n_iterations=n_power_iter, zero_init=i == 2))
+                                                codomain=2, n_iterations=n_power_iter, zero_init=zero_last and i == 2))
     net = nn.Sequential(*layers)
     with torch.no_grad():
         net(torch.zeros(1, *shape))  # fixes the spatial size the convolutions' norms are taken at

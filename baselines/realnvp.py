@@ -1,12 +1,17 @@
-"""RealNVP (Dinh et al. 2017) for vectors and images, built on normflows' affine couplings.
+"""RealNVP (Dinh et al. 2017) for vectors and images.
 
-Vectors (toy, tabular): couplings with MLP conditioners whose halves swap between layers
-(alternating masks), with batch normalisation between couplings as the MAF and FFJORD tables
-ran it (``RunningBatchNorm``: running statistics in eval mode).
+Vectors (toy, tabular): normflows' affine couplings with MLP conditioners whose halves swap
+between layers (alternating masks), with batch normalisation between couplings as the MAF and
+FFJORD tables ran it (``RunningBatchNorm``: running statistics in eval mode).
 
-Images: the multi-scale architecture. Each scale but the last: ``n_checker`` checkerboard
-couplings, a squeeze, ``n_channel`` channel couplings, then half the channels are factored out;
-the last scale: ``n_checker + 1`` checkerboard couplings. Conditioners are residual conv nets.
+Images: the multi-scale architecture of the paper (section 3.6) built as the authors' TensorFlow
+code builds it. Each scale but the last: ``n_checker`` checkerboard couplings, a squeeze,
+``n_channel`` channel couplings, then half the channels are factored out; the last scale:
+``n_checker + 1`` checkerboard couplings. Couplings use ``s = scale * tanh(h)`` with a learned
+scale, weight-normalised residual conditioners with batch norm, and batch normalisation of their
+output (``baselines.layers.RealNVPCoupling``); with ``double_width`` the conditioner width doubles
+at every scale and channel couplings use twice the checkerboard width, as that code does.
+``weight_decay_params()`` names the parameters the paper's L2 penalty acts on.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import normflows as nf
 from torch import nn
 
 from baselines.base import FlowModel, SoftClampScale
-from baselines.layers import (ConvResNet, MaskedAffineCoupling, MultiScaleFlow, MultiScaleModel, RunningBatchNorm,
-                              StandardNormalPrior, VectorFlowModel, channel_coupling, squeezable, squeezed)
+from baselines.layers import (MultiScaleFlow, MultiScaleModel, RealNVPCoupling, RunningBatchNorm, StandardNormalPrior,
+                              VectorFlowModel, WNConv2d, checkerboard, squeezable, squeezed)
 
 
 class RealNVP(VectorFlowModel):
@@ -42,26 +47,43 @@ class RealNVP(VectorFlowModel):
         self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
 
 
-def realnvp_image(shape: tuple[int, int, int], n_scales: int = 3, n_checker: int = 3, n_channel: int = 3,
-                  hidden: int = 64, n_blocks: int = 2, scale_bound: float = 3.0) -> MultiScaleModel:
-    """RealNVP's multi-scale image model; a scale whose size is odd keeps its resolution (no squeeze)."""
+class RealNVPImage(MultiScaleModel):
+    """The multi-scale RealNVP; ``weight_decay_params`` returns its "weight scale" parameters."""
+
+    def weight_decay_params(self) -> list[nn.Parameter]:
+        """The parameters the official code's L2 term (coefficient 5e-5) acts on: every
+        weight-norm magnitude and the learned tanh scale of every checkerboard coupling."""
+        params = [m.magnitude for m in self.modules() if isinstance(m, WNConv2d) and m.magnitude is not None]
+        params += [m.scale for m in self.modules() if isinstance(m, RealNVPCoupling) and m.checker]
+        return params
+
+
+def realnvp_image(shape: tuple[int, int, int], n_scales: int = 2, n_checker: int = 3, n_channel: int = 3,
+                  hidden: int = 64, n_blocks: int = 8, batch_norm: bool = True, weight_norm: bool = True,
+                  double_width: bool = True) -> RealNVPImage:
+    """RealNVP's multi-scale image model; a scale whose size is odd keeps its resolution (no squeeze).
+
+    Checkerboard couplings start with the tanh scale at 0, channel couplings at 1 (the official
+    initial values); checkerboard parity and channel halves alternate.
+    """
     levels, priors, shapes = [], [], []
     cur = tuple(shape)
     for s in range(n_scales):
         last = s == n_scales - 1
+        width = hidden * 2 ** s if double_width else hidden
         level: list[nf.flows.Flow] = []
-        n_cb = n_checker + 1 if last else n_checker
-        for i in range(n_cb):
-            level.append(MaskedAffineCoupling(cur, parity=i % 2, hidden=hidden, n_blocks=n_blocks,
-                                              scale_bound=scale_bound))
+        for i in range(n_checker + 1 if last else n_checker):
+            level.append(RealNVPCoupling(cur[0], width, n_blocks, mask=checkerboard(cur[1], cur[2], (i + 1) % 2),
+                                         batch_norm=batch_norm, weight_norm=weight_norm, scale_init=0.0))
         if not last:
             if squeezable(cur):
                 level.append(nf.flows.Squeeze())
                 cur = squeezed(cur)
             if cur[0] >= 2:
                 for i in range(n_channel):
-                    level.append(channel_coupling(cur[0], i % 2, lambda a, b: ConvResNet(a, b, hidden, n_blocks),
-                                                  scale_bound))
+                    level.append(RealNVPCoupling(cur[0], 2 * width if double_width else width, n_blocks,
+                                                 cond_first=i % 2 == 0, batch_norm=batch_norm,
+                                                 weight_norm=weight_norm, scale_init=1.0))
         levels.append(level)
         priors.append(StandardNormalPrior())
         shapes.append(cur)
@@ -69,18 +91,20 @@ def realnvp_image(shape: tuple[int, int, int], n_scales: int = 3, n_checker: int
             cur = (cur[0] // 2, cur[1], cur[2])
             if cur[0] < 1:
                 raise ValueError(f"realnvp: {n_scales} scales factor out more channels than {shape} has")
-    return MultiScaleModel(MultiScaleFlow(levels, priors, shapes), shape)
+    return RealNVPImage(MultiScaleFlow(levels, priors, shapes), shape)
 
 
 def build(data, n_layers: int = 8, hidden: int = 64, n_hidden: int = 2, scale_bound: float = 3.0,
-          batch_norm: bool = True, n_scales: int = 3, n_checker: int = 3, n_channel: int = 3,
-          n_blocks: int = 2) -> FlowModel:
-    """RealNVP: couplings with MLP conditioners for vectors (n_layers, hidden, n_hidden, batch_norm),
-    the multi-scale architecture for images (n_scales, n_checker, n_channel, hidden channels, n_blocks)."""
+          batch_norm: bool = True, n_scales: int = 2, n_checker: int = 3, n_channel: int = 3,
+          n_blocks: int = 8, weight_norm: bool = True, double_width: bool = True) -> FlowModel:
+    """RealNVP: couplings with MLP conditioners for vectors (n_layers, hidden, n_hidden, scale_bound,
+    batch_norm between couplings); the multi-scale architecture for images (n_scales, n_checker,
+    n_channel, hidden channels, n_blocks, batch_norm and weight_norm in the couplings, double_width)."""
     if len(data.shape) == 1:
         return RealNVP(data.shape[0], n_layers=n_layers, hidden=hidden, n_hidden=n_hidden, scale_bound=scale_bound,
                        batch_norm=batch_norm)
     if len(data.shape) == 3:
         return realnvp_image(tuple(data.shape), n_scales=n_scales, n_checker=n_checker, n_channel=n_channel,
-                             hidden=hidden, n_blocks=n_blocks, scale_bound=scale_bound)
+                             hidden=hidden, n_blocks=n_blocks, batch_norm=batch_norm, weight_norm=weight_norm,
+                             double_width=double_width)
     raise ValueError(f"realnvp needs flat (D,) or image (C, H, W) data, got shape {data.shape} for {data.name}")

@@ -1,9 +1,11 @@
 """The one training and evaluation loop every model goes through.
 
-Adam-family optimiser with warm-up and schedule, budgets (steps, epochs, minutes), periodic
-validation, early stopping on the headline metric, best-checkpoint restore, final test
+Adam-family optimiser (betas, weight decay on all or on model-marked parameters) with warm-up
+and schedule, gradient accumulation over micro-batches, an optional Polyak average of the weights
+for evaluation and the saved model, budgets (steps, epochs, minutes), periodic validation, early
+stopping on the headline metric, best-checkpoint restore (or the final weights), final test
 evaluation, NaN/inf and solver-failure detection, periodic checkpoints with exact resume
-(model, optimiser, RNG states, data order, metric history), NFE accounting for CNFs.
+(model, optimiser, Polyak average, RNG states, data order, metric history), NFE accounting for CNFs.
 
 Model contract (see baselines.base.FlowModel): ``training_loss(x, y) -> (loss, stats)``,
 ``evaluate(x, y) -> {term: per-example tensor}``; CNFs add ``read_nfe() -> (forward, backward)``,
@@ -12,13 +14,14 @@ which returns the function evaluations since the last call and resets the counte
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import random
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -141,8 +144,80 @@ def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser of the run: ``betas`` when given; ``weight_decay`` on every trainable parameter,
+    or (``weight_decay_on: marked``) only on those ``model.weight_decay_params()`` returns, as
+    RealNVP's L2 term acts only on its weight scales."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[train["optimizer"]]
-    return cls([p for p in model.parameters() if p.requires_grad], lr=train["lr"], weight_decay=train["weight_decay"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    options: dict[str, Any] = {"lr": train["lr"]}
+    if train.get("betas") is not None:
+        options["betas"] = tuple(train["betas"])
+    if train.get("weight_decay_on", "all") == "all":
+        return cls(params, weight_decay=train["weight_decay"], **options)
+    marker = getattr(model, "weight_decay_params", None)
+    if marker is None:
+        raise FlowbenchError(f"train.weight_decay_on: marked needs a model with weight_decay_params(); "
+                             f"{type(model).__name__} has none (use weight_decay_on: all)")
+    marked = {id(p) for p in marker()}
+    groups = [{"params": [p for p in params if id(p) in marked], "weight_decay": train["weight_decay"]},
+              {"params": [p for p in params if id(p) not in marked], "weight_decay": 0.0}]
+    return cls([g for g in groups if g["params"]], **options)
+
+
+class Polyak:
+    """A Polyak (exponential moving) average of the trainable parameters, debiased as TensorFlow's
+    ``ExponentialMovingAverage(zero_debias=True)`` that openai/glow uses: ``a <- d a + (1 - d) p``
+    from ``a = 0``, read as ``a / (1 - d^t)`` after t updates. Buffers (batch-norm statistics) are
+    the live model's."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [torch.zeros_like(p) for p in self.params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        for a, p in zip(self.shadow, self.params):
+            a.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def averaged(self) -> list[torch.Tensor]:
+        """The debiased averages, one per parameter (the live values before the first update)."""
+        if not self.updates:
+            return [p.detach().clone() for p in self.params]
+        scale = 1.0 - self.decay ** self.updates
+        return [a / scale for a in self.shadow]
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, a in zip(self.params, self.averaged()):
+            p.copy_(a)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged weights in the model for the duration of the block, then the live ones again."""
+        live = [p.detach().clone() for p in self.params]
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self.params, live):
+                    p.copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": [a.detach().clone() for a in self.shadow]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["shadow"]) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(state["shadow"],
+                                                                                               self.shadow)):
+            raise ValueError("the Polyak average does not match the model's parameters")
+        with torch.no_grad():
+            for a, b in zip(self.shadow, state["shadow"]):
+                a.copy_(b)
+        self.updates = int(state["updates"])
 
 
 def read_nfe(model: torch.nn.Module) -> tuple[int, int]:
@@ -228,6 +303,8 @@ class Trainer:
         seed_everything(spec.seed)
         self.model = get_builder(spec.model)(self.data.info, **spec.model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, self.train)
+        polyak = self.train.get("polyak")
+        self.polyak = Polyak(self.model, polyak) if polyak is not None else None
         self.order = torch.Generator().manual_seed(spec.seed)
         self.state = LoopState(epoch_order_state=self.order.get_state())
         self.best_model_state: dict[str, Any] | None = None
@@ -258,7 +335,9 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
+            if self.polyak is not None:
+                self.polyak.load_state_dict(ckpt["polyak"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} does not match "
                                      f"the model ({first}); delete it or re-run with --force") from None
@@ -276,7 +355,8 @@ class Trainer:
             return
         atomic_torch_save(self.record.checkpoint_path, {
             "run_id": self.spec.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states()})
+            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states(),
+            "polyak": None if self.polyak is None else self.polyak.state_dict()})
 
     # -- the loop -------------------------------------------------------------------------
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -313,23 +393,38 @@ class Trainer:
             lr = lr_at(self.state.step, self.train, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        loss, stats = self.model.training_loss(x, y)
-        for key, stat in stats.items():  # regularisers, classification terms: logged per evaluation
-            self.state.window_stats[key] = self.state.window_stats.get(key, 0.0) + float(stat)
-        value = float(loss.detach())
+        parts = self.train.get("accumulate", 1)
+        if parts == 1:
+            chunks = [(x, y)]
+        else:  # micro-batches: the mean loss over the batch, its gradient summed chunk by chunk
+            xs = x.tensor_split(parts)
+            chunks = [(xc, None if y is None else yc) for xc, yc in zip(xs, xs if y is None else y.tensor_split(parts))
+                      if len(xc)]
+        self.optimizer.zero_grad(set_to_none=True)
+        value = 0.0
+        for xc, yc in chunks:
+            weight = len(xc) / len(x)
+            loss, stats = self.model.training_loss(xc, yc)
+            for key, stat in stats.items():  # regularisers, classification terms: logged per evaluation
+                self.state.window_stats[key] = self.state.window_stats.get(key, 0.0) + float(stat) * weight
+            part = float(loss.detach())
+            value += part * weight
+            if self.dist.world == 1 and not math.isfinite(part):
+                break
+            (loss if parts == 1 else loss * weight).backward()
         if self.dist.world > 1:  # one view of the loss (and of a stop request) on every process
             value, stops = self.dist.all_sum([value, float(_stop.is_set())])
             value /= self.dist.world
             self._stop_agreed = bool(stops)
         if not math.isfinite(value):
             raise Diverged(f"non-finite training loss ({value}) at step {self.state.step + 1}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if self.dist.world > 1:
             self._average_gradients()
         if self.train["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
         self.optimizer.step()
+        if self.polyak is not None:
+            self.polyak.update()
         return value
 
     def _average_gradients(self) -> None:
@@ -348,8 +443,13 @@ class Trainer:
         """Evaluate on val, log a metrics line; returns True when early stopping says stop."""
         s, t = self.state, self.train
         start = time.perf_counter()
-        val = evaluate(self.model, self.data, self.data.val, self.device, t["eval_batch_size"],
-                       t["eval_max_examples"], seed=self.spec.seed, dist=self.dist)
+        snapshot = None
+        with self._evaluated_weights():
+            val = evaluate(self.model, self.data, self.data.val, self.device, t["eval_batch_size"],
+                           t["eval_max_examples"], seed=self.spec.seed, dist=self.dist)
+            metric = val.get(self.spec.metric)
+            if metric is not None and metric < s.best_metric:  # the weights evaluated, averaged or live
+                snapshot = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         s.eval_seconds += time.perf_counter() - start
         steps = max(1, s.window_steps)
         row = {"step": s.step, "epoch": s.step / self.steps_per_epoch, "seconds": round(s.train_seconds, 4),
@@ -363,17 +463,20 @@ class Trainer:
         s.window_stats = {}
         if self.dist.main:
             self.record.write_metrics(s.history)
-        metric = val.get(self.spec.metric)
         if metric is None:
             raise FlowbenchError(f"run {self.spec.label}: the headline metric \"{self.spec.metric}\" is not among "
                                  f"the evaluation terms {sorted(val)}; set the suite's metric:")
         if metric < s.best_metric:
             s.best_metric, s.best_step, s.bad_evals = metric, s.step, 0
-            self.best_model_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            self.best_model_state = snapshot
         else:
             s.bad_evals += 1
         pbar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{self.spec.metric}": f"{metric:.4f}"}, refresh=False)
         return bool(t["patience"] and s.bad_evals >= t["patience"])
+
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluations see: the Polyak average when it is on, else the live ones."""
+        return self.polyak.swapped_in() if self.polyak is not None else contextlib.nullcontext()
 
     def fit(self) -> None:
         from tqdm.auto import tqdm
@@ -413,8 +516,11 @@ class Trainer:
                                       "env": environment(self.device)})
         self.model.train()
         self.fit()
-        if self.best_model_state is not None:
+        restore = self.train.get("restore_best", True) and self.best_model_state is not None
+        if restore:
             self.model.load_state_dict(self.best_model_state)
+        elif self.polyak is not None:
+            self.polyak.copy_to_model()
         start = time.perf_counter()
         test = evaluate(self.model, self.data, self.data.test, self.device, self.train["eval_batch_size"],
                         seed=10_000, dist=self.dist)
@@ -422,11 +528,14 @@ class Trainer:
         s = self.state
         if self.dist.main:
             atomic_torch_save(self.record.model_path, {"run_id": self.spec.run_id, "model": self.model.state_dict(),
-                                                       "step": s.best_step, "model_config": self.spec.model_config})
+                                                       "step": s.best_step if restore else s.step,
+                                                       "polyak": self.polyak is not None,
+                                                       "model_config": self.spec.model_config})
         best_val = next((r for r in s.history if r["step"] == s.best_step), s.history[-1] if s.history else {})
         return {
             "status": "completed", "error": None, "stop_reason": s.stop_reason,
             "steps": s.step, "epochs": s.step / self.steps_per_epoch, "best_step": s.best_step,
+            "test_step": s.best_step if restore else s.step,
             "test": test, "val": {k[4:]: v for k, v in best_val.items() if k.startswith("val_")},
             "train_loss": s.history[-1]["train_loss"] if s.history else None,
             "nfe": {"train_forward": s.nfe_forward / max(1, s.step), "train_backward": s.nfe_backward / max(1, s.step),

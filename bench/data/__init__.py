@@ -48,6 +48,8 @@ REGISTRY: dict[str, DatasetEntry] = {
 
 
 _IMAGE_OPTIONS = {"logit": True, "alpha": 1e-6, "dequantize": "uniform"}
+# training-time augmentation of the full-size image sets (bench/data/images.py: make_preprocess)
+_AUGMENT_OPTIONS = {"crop": 0, "crop_padding": "symmetric", "shift": 0.0}
 _SKLEARN_OPTIONS = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
 
 REGISTRY.update({
@@ -72,10 +74,13 @@ REGISTRY.update({
     "digits64": DatasetEntry("bench.data.sklearn_sets:load", "tabular",
                              "scikit-learn 8x8 digits as 64-D vectors, 10 classes", dict(_SKLEARN_OPTIONS)),
     # images (bits/dim)
-    "mnist": DatasetEntry("bench.data.images:load_mnist", "image", "MNIST 1x28x28 from the IDX files, 10 classes",
-                          {"n_val": 5000, **_IMAGE_OPTIONS, "verify": True}, metric="bpd"),
+    "mnist": DatasetEntry("bench.data.images:load_mnist", "image",
+                          "MNIST 1x28x28 from the IDX files (pad 2, channels 3: Glow/i-ResNet's 3x32x32), 10 classes",
+                          {"n_val": 5000, "pad": 0, "channels": 1, **_IMAGE_OPTIONS, "flip": False,
+                           **_AUGMENT_OPTIONS, "verify": True}, metric="bpd"),
     "cifar10": DatasetEntry("bench.data.images:load_cifar10", "image", "CIFAR10 3x32x32 from the pickled batches",
-                            {"n_val": 5000, "flip": True, **_IMAGE_OPTIONS, "verify": True}, metric="bpd"),
+                            {"n_val": 5000, "flip": True, **_IMAGE_OPTIONS, **_AUGMENT_OPTIONS, "verify": True},
+                            metric="bpd"),
     "mnist10k": DatasetEntry("bench.data.images:load_mnist10k", "image",
                              "8,000/1,000/1,000 split of the real MNIST TEST set (small runs, not the benchmark)",
                              {"n_train": 8000, "n_val": 1000, "seed": 0, **_IMAGE_OPTIONS, "verify": True},

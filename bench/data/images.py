@@ -1,7 +1,8 @@
 """Image datasets: MNIST, CIFAR10, scikit-learn's 8x8 digits, and mnist10k (a split of the real MNIST test set).
 
 Splits hold the raw integer images (uint8, N x C x H x W) and int64 labels; ``Dataset.preprocess``
-dequantises, optionally flips (CIFAR10, training only) and applies the logit transform, returning
+optionally augments (training only: random crops, Glow's random shifts, flips), dequantises and
+applies the logit transform (or centres, ``u - 0.5``), returning
 the exact log-determinant so the harness reports bits/dim of the integer data
 (``bench.metrics.bits_per_dim``). MNIST's gz files and CIFAR10's batches are verified by the MD5s
 torchvision uses; nothing downloads.
@@ -147,33 +148,103 @@ def cifar_batches(root: Path | None, verify: bool = True) -> dict[str, tuple[np.
 
 # -- preprocessing -------------------------------------------------------------------------------
 DEQUANTIZE = ("uniform", "center")
+CROP_PADDING = ("symmetric", "reflect", "zero")
 
 
-def check_image_options(logit: bool, alpha: float, dequantize: str) -> None:
-    """Reject an alpha outside [0, 0.5) or an unknown test-time dequantisation."""
+def check_image_options(logit: bool, alpha: float, dequantize: str, crop: int = 0, crop_padding: str = "symmetric",
+                        shift: float = 0.0, size: int | None = None) -> None:
+    """Reject an alpha outside [0, 0.5), an unknown test-time dequantisation or an impossible augmentation."""
     if not 0.0 <= alpha < 0.5:
         raise FlowbenchError(f"alpha {alpha}: expected 0 <= alpha < 0.5 (logit(alpha + (1 - 2 alpha) x))")
     if dequantize not in DEQUANTIZE:
         raise FlowbenchError(f'dequantize "{dequantize}": expected one of {", ".join(DEQUANTIZE)} '
                              "(uniform: FFJORD's x + U(0,1) on the test set too; center: RNODE's x + 0.5 at test)")
+    if crop_padding not in CROP_PADDING:
+        raise FlowbenchError(f'crop_padding "{crop_padding}": expected one of {", ".join(CROP_PADDING)}')
+    if crop < 0 or (size is not None and crop >= size):
+        raise FlowbenchError(f"crop {crop}: expected a padding of 0 (off) up to {size - 1 if size else 'the size - 1'} "
+                             "pixels (pad, then crop back to the image size at a random offset)")
+    if not 0.0 <= shift < 0.5:
+        raise FlowbenchError(f"shift {shift}: expected 0 <= shift < 0.5 (a fraction of the image size; 0 is off)")
+
+
+def _source_index(index, size: int, mode: str):
+    """Map positions in [-size, 2 size) back into [0, size): symmetric repeats the edge pixel
+    (-1 -> 0), reflect does not (-1 -> 1); zero clamps and also returns which were inside."""
+    if mode == "symmetric":
+        index = index.where(index >= 0, -index - 1)
+        return index.where(index < size, 2 * size - 1 - index), None
+    if mode == "reflect":
+        index = index.abs()
+        return index.where(index < size, 2 * size - 2 - index), None
+    return index.clamp(0, size - 1), (index >= 0) & (index < size)
+
+
+def random_crop(x, pad: int, mode: str):
+    """Pad every image by ``pad`` pixels (``mode``) and crop it back to its size at a random offset
+    (torchvision's Pad + RandomCrop), per example; x is N x C x H x W."""
+    import torch
+
+    n, _, h, w = x.shape
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    rows, row_ok = _source_index(dy + torch.arange(h, device=x.device) - pad, h, mode)
+    cols, col_ok = _source_index(dx + torch.arange(w, device=x.device) - pad, w, mode)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if row_ok is not None:
+        out = out * (row_ok[:, :, None] & col_ok[:, None, :])[:, None].to(out.dtype)
+    return out
+
+
+def random_shift(x, fraction: float):
+    """openai/glow's augmentation (Keras' width/height_shift_range): translate every image by a
+    uniform offset in (-fraction, fraction) of its height and width, with bilinear interpolation
+    and the nearest edge pixel outside, then floor back to integers."""
+    import torch
+
+    n, _, h, w = x.shape
+
+    def along(x, size: int, dim: int):
+        offset = (torch.rand(n, 1, device=x.device) * 2 - 1) * fraction * size
+        src = torch.arange(size, device=x.device, dtype=x.dtype) + offset.to(x.dtype)  # N x size
+        lo = src.floor()
+        shape = [n, 1, 1, 1]
+        shape[dim] = size
+        frac = (src - lo).view(shape)
+        lo = lo.long()
+
+        def take(index):
+            return x.gather(dim, index.clamp(0, size - 1).view(shape).expand_as(x))
+
+        a = take(lo)
+        return a + frac * (take(lo + 1) - a)  # exactly a where both neighbours are equal
+
+    return along(along(x, h, 2), w, 3).floor()
 
 
 def make_preprocess(levels: int, logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform",
-                    flip: bool = False):
+                    flip: bool = False, crop: int = 0, crop_padding: str = "symmetric", shift: float = 0.0):
     """``preprocess(x, train) -> (model input, log|det d input / d u|)`` with u = (x + U(0,1)) / levels.
 
     At test time ``dequantize="center"`` uses u = (x + 0.5) / levels (RNODE) instead of noise (FFJORD).
-    ``flip`` mirrors half the training images left-right. With ``logit`` the input is
+    Training only, on the integer images and in this order: ``crop`` pads by that many pixels
+    (``crop_padding``) and crops back at a random offset, ``shift`` translates by up to that fraction
+    of the size (Glow's), ``flip`` mirrors half the images left-right. With ``logit`` the input is
     logit(alpha + (1 - 2 alpha) u), else u - 0.5 (log-determinant 0). The log-determinant is per
     example, relative to the [0, 1)-scaled data; ``bits_per_dim`` adds the ``levels`` scaling.
     """
     import torch
 
-    check_image_options(logit, alpha, dequantize)
+    check_image_options(logit, alpha, dequantize, crop, crop_padding, shift)
     log_scale = float(np.log1p(-2 * alpha))
 
     def preprocess(x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(torch.float32)
+        if train and crop:
+            x = random_crop(x, crop, crop_padding)
+        if train and shift:
+            x = random_shift(x, shift)
         if train and flip:
             mirror = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(mirror.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
@@ -195,18 +266,44 @@ def _conventions(logit: bool, alpha: float, dequantize: str, levels: int) -> str
     return f"dequantised (x + U(0,1))/{levels} in training, ({test})/{levels} at test; {space}"
 
 
-def _dataset(name: str, splits, levels: int, shape, logit, alpha, dequantize, flip, notes):
+def _augmentation(flip: bool, crop: int, crop_padding: str, shift: float) -> str:
+    parts = []
+    if crop:
+        parts.append(f"random crops after {crop}-pixel {crop_padding} padding")
+    if shift:
+        parts.append(f"random shifts up to {shift:g} of the size")
+    if flip:
+        parts.append("random horizontal flips")
+    return "; " + ", ".join(parts) + " in training" if parts else ""
+
+
+def _dataset(name: str, splits, levels: int, shape, logit, alpha, dequantize, flip, notes, crop: int = 0,
+             crop_padding: str = "symmetric", shift: float = 0.0):
     import torch
 
     from bench.data.base import DataInfo, Dataset, Split
 
     made = [Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)) for x, y in splits]
     sizes = "/".join(f"{len(s):,}" for s in made)
+    augment = {"flip": flip} if not (crop or shift) else {"flip": flip, "crop": crop, "crop_padding": crop_padding,
+                                                          "shift": shift}
     info = DataInfo(name=name, kind="image", shape=tuple(shape), num_classes=10, metric="bpd", levels=levels,
                     notes=f"{notes}; {sizes}; {_conventions(logit, alpha, dequantize, levels)}"
-                          + ("; random horizontal flips in training" if flip else ""),
-                    extra={"dequantize": dequantize, "logit": logit, "alpha": alpha, "flip": flip})
-    return Dataset(info, *made, preprocess=make_preprocess(levels, logit, alpha, dequantize, flip))
+                          + _augmentation(flip, crop, crop_padding, shift),
+                    extra={"dequantize": dequantize, "logit": logit, "alpha": alpha, **augment})
+    return Dataset(info, *made, preprocess=make_preprocess(levels, logit, alpha, dequantize, flip, crop, crop_padding,
+                                                           shift))
+
+
+def pad_and_replicate(x: np.ndarray, pad: int, channels: int) -> np.ndarray:
+    """N x C x H x W images zero-padded by ``pad`` pixels on every side and, for ``channels`` 3, a
+    one-channel image replicated three times (how the official Glow and i-ResNet code feed MNIST:
+    28x28 -> 3x32x32 with ``pad`` 2)."""
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    if channels != x.shape[1]:
+        x = np.repeat(x, channels, axis=1)
+    return x
 
 
 def _hold_out(x: np.ndarray, y: np.ndarray, n_val: int, test, what: str):
@@ -217,25 +314,38 @@ def _hold_out(x: np.ndarray, y: np.ndarray, n_val: int, test, what: str):
     return [(x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:]), test], f"{what}; validation = last {n_val:,} training images"
 
 
-def load_mnist(name: str, root: Path | None = None, *, n_val: int = 5000, logit: bool = True, alpha: float = 1e-6,
-               dequantize: str = "uniform", verify: bool = True):
-    """MNIST from its four IDX files: 60,000 training (the last ``n_val`` held out) and 10,000 test images."""
-    check_image_options(logit, alpha, dequantize)
-    train = mnist_arrays(root, True, verify, name)
-    test = mnist_arrays(root, False, verify, name)
-    splits, notes = _hold_out(*train, n_val, test, "MNIST")
-    return _dataset(name, splits, 256, (1, 28, 28), logit, alpha, dequantize, False, notes)
+def load_mnist(name: str, root: Path | None = None, *, n_val: int = 5000, pad: int = 0, channels: int = 1,
+               logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform", flip: bool = False, crop: int = 0,
+               crop_padding: str = "symmetric", shift: float = 0.0, verify: bool = True):
+    """MNIST from its four IDX files: 60,000 training (the last ``n_val`` held out) and 10,000 test
+    images; ``pad``/``channels`` give the official Glow / i-ResNet 3x32x32 version (pad 2, channels 3)."""
+    if pad < 0 or pad > 16:
+        raise FlowbenchError(f"pad {pad}: expected 0 to 16 pixels of zero padding per side (2 gives 32x32)")
+    if channels not in (1, 3):
+        raise FlowbenchError(f"channels {channels}: expected 1 (MNIST as it is) or 3 (replicated, as Glow and "
+                             "i-ResNet's code feed it)")
+    size = 28 + 2 * pad
+    check_image_options(logit, alpha, dequantize, crop, crop_padding, shift, size)
+    train_x, train_y = mnist_arrays(root, True, verify, name)
+    test_x, test_y = mnist_arrays(root, False, verify, name)
+    train_x, test_x = (pad_and_replicate(a, pad, channels) for a in (train_x, test_x))
+    what = "MNIST" + (f", zero-padded to {size}x{size}" if pad else "") + (", replicated to 3 channels"
+                                                                          if channels == 3 else "")
+    splits, notes = _hold_out(train_x, train_y, n_val, (test_x, test_y), what)
+    return _dataset(name, splits, 256, (channels, size, size), logit, alpha, dequantize, flip, notes, crop,
+                    crop_padding, shift)
 
 
 def load_cifar10(name: str, root: Path | None = None, *, n_val: int = 5000, flip: bool = True, logit: bool = True,
-                 alpha: float = 1e-6, dequantize: str = "uniform", verify: bool = True):
+                 alpha: float = 1e-6, dequantize: str = "uniform", crop: int = 0, crop_padding: str = "symmetric",
+                 shift: float = 0.0, verify: bool = True):
     """CIFAR10 from its pickled batches: 50,000 training (the last ``n_val`` held out) and 10,000 test images."""
-    check_image_options(logit, alpha, dequantize)
+    check_image_options(logit, alpha, dequantize, crop, crop_padding, shift, 32)
     batches = cifar_batches(root, verify)
     x = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
     y = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
     splits, notes = _hold_out(x, y, n_val, batches["test_batch"], "CIFAR10")
-    return _dataset(name, splits, 256, (3, 32, 32), logit, alpha, dequantize, flip, notes)
+    return _dataset(name, splits, 256, (3, 32, 32), logit, alpha, dequantize, flip, notes, crop, crop_padding, shift)
 
 
 def load_mnist10k(name: str, root: Path | None = None, *, n_train: int = 8000, n_val: int = 1000, seed: int = 0,

@@ -1,21 +1,23 @@
-"""Glow: exact change of variables, ActNorm's data-dependent init, LU 1x1 conv, split priors, a short run."""
+"""Glow: exact change of variables, ActNorm's data-dependent init, the plain (default) and LU 1x1
+convolutions, split and top priors, the official 3x32x32 MNIST shapes, short runs."""
 
 from __future__ import annotations
 
-import math
 
 import normflows as nf
 import pytest
 import torch
 
 from baselines.glow import GlowVector, build
-from baselines.layers import ConditionalGaussianPrior, GaussianPrior
+from baselines.layers import (ConditionalGaussianPrior, GlowActNorm, GlowStep, LearnedTopPrior, StandardNormalPrior)
 
 CASES = [
     ((2,), dict(n_steps=4, hidden=16)),
     ((5,), dict(n_steps=4, hidden=16)),
     ((1, 4, 4), dict(n_levels=2, n_steps=2, hidden=8)),
     ((3, 4, 4), dict(n_levels=2, n_steps=2, hidden=8)),
+    ((3, 4, 4), dict(n_levels=2, n_steps=2, hidden=8, lu=True)),
+    ((5,), dict(n_steps=3, hidden=16, lu=True)),
 ]
 
 
@@ -37,24 +39,55 @@ def test_actnorm_initialises_from_the_first_batch(flowcheck):
     x = 3.0 + 2.0 * torch.rand(256, 4, 8, 8)
     model.log_prob(x)
     squeeze, step = model.flow.levels[0]
-    actnorm = next(f for f in step.flows if isinstance(f, nf.flows.ActNorm))
-    h, _ = actnorm.inverse(squeeze.inverse(x)[0])
+    assert isinstance(step, GlowStep) and isinstance(step.actnorm, GlowActNorm)
+    h, _ = step.actnorm.inverse(squeeze.inverse(x)[0])
     torch.testing.assert_close(h.mean(dim=(0, 2, 3)), torch.zeros(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(h.std(dim=(0, 2, 3)), torch.ones(16), atol=1e-3, rtol=0)
 
 
-def test_steps_use_lu_1x1_convs_and_levels_use_split_priors(flowcheck):
-    model = build(flowcheck.info((1, 8, 8)), n_levels=3, n_steps=2, hidden=8)
+@pytest.mark.parametrize("lu", [False, True])
+def test_1x1_convolution_is_plain_by_default_lu_as_an_option(flowcheck, lu):
+    """The official default is a plain weight matrix (use_lu false); either way its log-det is
+    H * W * log|det W| by brute force and its inverse returns the input."""
+    hp = {} if not lu else {"lu": True}
+    model = build(flowcheck.info((1, 8, 8)), n_levels=3, n_steps=2, hidden=8, **hp).double()
     convs = [m for m in model.modules() if isinstance(m, nf.flows.Invertible1x1Conv)]
-    assert len(convs) == 6 and all(c.use_lu for c in convs)
+    assert len(convs) == 6 and all(c.use_lu == lu for c in convs)
+    assert all(hasattr(c, "W") != lu for c in convs)
+    conv = convs[0]
+    flowcheck.perturb(conv, scale=0.3)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    z, log_det = conv.inverse(x)
+    jac = torch.autograd.functional.jacobian(lambda a: conv.inverse(a.view(1, 4, 3, 3))[0].reshape(-1),
+                                             x[0].reshape(-1))
+    brute = torch.linalg.slogdet(jac)[1]
+    torch.testing.assert_close(torch.as_tensor(log_det).expand(2), brute.expand(2))  # one value for every example
+    weight = conv._assemble_W() if lu else conv.W
+    torch.testing.assert_close(brute, 9 * torch.linalg.slogdet(weight)[1])
+    back, _ = conv.forward(z)
+    torch.testing.assert_close(back, x)
+
+
+def test_levels_use_split_priors_and_a_learned_top(flowcheck):
+    model = build(flowcheck.info((1, 8, 8)), n_levels=3, n_steps=2, hidden=8)
     priors = list(model.flow.priors)
-    assert [type(p) for p in priors] == [ConditionalGaussianPrior, ConditionalGaussianPrior, GaussianPrior]
+    assert [type(p) for p in priors] == [ConditionalGaussianPrior, ConditionalGaussianPrior, LearnedTopPrior]
     assert model.flow.latent_shapes == [(2, 4, 4), (4, 2, 2), (16, 1, 1)]  # 32 + 16 + 16 = 64 dims
+    fixed = build(flowcheck.info((1, 8, 8)), n_levels=3, n_steps=2, hidden=8, learn_top=False)
+    assert isinstance(fixed.flow.priors[-1], StandardNormalPrior)
+
+
+def test_official_mnist_and_cifar10_shapes(flowcheck):
+    """openai/glow feeds MNIST as 3x32x32 (pad 2, replicated): the same levels as CIFAR10."""
+    model = build(flowcheck.info((3, 32, 32)), n_levels=3, n_steps=1, hidden=8)
+    assert model.flow.level_shapes == [(12, 16, 16), (24, 8, 8), (48, 4, 4)]
+    assert model.flow.latent_shapes == [(6, 16, 16), (12, 8, 8), (48, 4, 4)]
+    assert torch.isfinite(model.log_prob(torch.rand(2, 3, 32, 32))).all()
 
 
 def test_split_prior_conditions_on_the_kept_half(flowcheck):
     prior = ConditionalGaussianPrior(2, 2)
-    torch.nn.init.normal_(prior.conv.weight)
+    torch.nn.init.normal_(prior.conv.conv.weight)
     z = torch.randn(4, 2, 3, 3)
     eps_a, _ = prior.whiten(z, torch.zeros(4, 2, 3, 3))
     eps_b, _ = prior.whiten(z, torch.ones(4, 2, 3, 3))
@@ -73,6 +106,9 @@ def test_vector_variant_is_glow_steps():
     model = GlowVector(6, n_steps=3)
     kinds = [type(f) for f in model.flow.flows]
     assert kinds == [nf.flows.AffineCouplingBlock, nf.flows.InvertibleAffine, nf.flows.ActNorm] * 3
+    assert not any(f.use_lu for f in model.flow.flows if isinstance(f, nf.flows.InvertibleAffine))
+    lu = GlowVector(6, n_steps=2, lu=True)
+    assert all(f.use_lu for f in lu.flow.flows if isinstance(f, nf.flows.InvertibleAffine))
 
 
 def test_short_run_on_8gaussians_lowers_test_nll(short_run):

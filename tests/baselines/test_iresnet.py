@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from baselines.iresnet import build
-from baselines.layers import InvertibleResidualBlock, refresh_spectral_norms
+from baselines.layers import GaussianPrior, InvertibleResidualBlock, StandardNormalPrior, refresh_spectral_norms
 
 COEFF = 0.8
 CASES = [
@@ -128,6 +128,39 @@ def test_spectral_norms_stay_below_the_coefficient_while_training(flowcheck):
     raw = max(float(torch.linalg.matrix_norm(m.weight.detach(), ord=2)) for m in layers)
     effective = [float(torch.linalg.matrix_norm(m.compute_weight(update=False).detach(), ord=2)) for m in layers]
     assert raw > 0.7 and max(effective) <= 0.7 * 1.01, (raw, effective)
+
+
+def test_learned_prior_is_a_per_dimension_gaussian(flowcheck):
+    """The official model's prior: a learned mean and log-std for every latent dimension (on by
+    default); its log-density is the diagonal Gaussian's."""
+    model = flowcheck.prepared(build, (3, 8, 8), n_stages=2, n_blocks=1, hidden=8)
+    priors = list(model.flow.priors)
+    assert all(isinstance(p, GaussianPrior) for p in priors)
+    assert [tuple(p.mean.shape[1:]) for p in priors] == model.flow.latent_shapes == [(6, 4, 4), (24, 2, 2)]
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(3)  # the same Hutchinson probes for both evaluations
+        z, log_det = model.to_latent(x)
+        prior_free = build(flowcheck.info((3, 8, 8)), n_stages=2, n_blocks=1, hidden=8, learn_prior=False).double()
+    assert all(isinstance(p, StandardNormalPrior) for p in prior_free.flow.priors)
+    # whitening by the learned Gaussian: z = (h - mean) / std, log|det| includes -sum(log std)
+    mean = torch.cat([p.mean.flatten() for p in priors])
+    log_std = torch.cat([p.log_scale.flatten() for p in priors])
+    assert log_std.abs().max() > 0  # perturbed: a non-trivial prior
+    h = z * torch.exp(log_std) + mean
+    log_p = torch.distributions.Normal(mean, torch.exp(log_std)).log_prob(h).sum(1)
+    torch.manual_seed(3)
+    torch.testing.assert_close(model.log_prob(x), log_p + log_det + log_std.sum(), rtol=1e-9, atol=1e-9)
+
+
+def test_image_blocks_are_the_official_ones(flowcheck):
+    """An ELU on g's input in every block but the very first; g default-initialised (not zero)."""
+    model = build(flowcheck.info((3, 8, 8)), n_stages=2, n_blocks=2, hidden=8)
+    blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
+    assert [isinstance(b.g[0], torch.nn.ELU) for b in blocks] == [False, True, True, True]
+    assert [sum(isinstance(m, nf.nets.InducedNormConv2d) for m in b.g) for b in blocks] == [3] * 4
+    x = torch.rand(2, 12, 4, 4)
+    assert blocks[0].g(x).abs().max() > 1e-3  # the residual branch is active from the start
 
 
 def test_short_run_on_8gaussians_lowers_test_nll(short_run):

@@ -1,12 +1,22 @@
-"""Shared layers: running-statistics batch norm, checkerboard coupling, multi-scale container."""
+"""Shared layers: running-statistics batch norm, RealNVP's coupling and its output batch norm, Glow's
+ActNorm, edge-padded convolution and priors, the multi-scale container."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from baselines.layers import (ConditionalGaussianPrior, MaskedAffineCoupling, MultiScaleFlow, RunningBatchNorm,
-                              StandardNormalPrior, checkerboard, std_normal_log_prob)
+from baselines.layers import (ConditionalGaussianPrior, EdgePaddedConv2d, GlowActNorm, LearnedTopPrior, MultiScaleFlow,
+                              OutputBatchNorm, RealNVPCoupling, RunningBatchNorm, StandardNormalPrior, WNConv2d,
+                              checkerboard, std_normal_log_prob)
+
+
+def jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
+    """log|det| of the full autograd Jacobian of ``fn`` at the single example ``x`` (float64)."""
+    jac = torch.autograd.functional.jacobian(lambda a: fn(a.view(1, *x.shape)).reshape(-1), x.reshape(-1))
+    return torch.linalg.slogdet(jac)[1]
 
 
 @pytest.mark.parametrize("shape", [(5,), (3, 4, 4)])
@@ -35,25 +45,133 @@ def test_batch_norm_uses_running_statistics_in_eval_mode(shape):
     torch.testing.assert_close(ld_back, -ld_one)
 
 
-def test_checkerboard_coupling_keeps_the_masked_pixels():
+def _trained_coupling(**kw) -> RealNVPCoupling:
     torch.manual_seed(0)
-    layer = MaskedAffineCoupling((2, 4, 4), parity=1, hidden=8, n_blocks=1).double()
-    for p in layer.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    layer = RealNVPCoupling(2, 8, 1, **kw).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    layer.train()
+    layer.inverse(torch.rand(64, 2, 4, 4, dtype=torch.float64))  # batch-norm running statistics
+    return layer.eval()
+
+
+@pytest.mark.parametrize("kw", [dict(mask=checkerboard(4, 4, 1)), dict(cond_first=True), dict(cond_first=False)],
+                         ids=["checkerboard", "channel-first", "channel-second"])
+def test_realnvp_coupling_keeps_its_conditioning_part_and_logdet_is_exact(kw):
+    layer = _trained_coupling(**kw)
     x = torch.rand(3, 2, 4, 4, dtype=torch.float64)
     z, log_det = layer.inverse(x)
-    mask = checkerboard(4, 4, 1).bool().expand_as(x)
-    assert torch.equal(z[mask], x[mask]) and not torch.allclose(z[~mask], x[~mask])
+    if "mask" in kw:
+        keep = checkerboard(4, 4, 1).bool().expand_as(x)
+    else:
+        keep = torch.zeros_like(x, dtype=torch.bool)
+        keep[:, 0 if kw["cond_first"] else 1] = True
+    assert torch.equal(z[keep], x[keep]) and not torch.allclose(z[~keep], x[~keep])
+    for i in range(3):
+        torch.testing.assert_close(log_det[i], jacobian_logdet(lambda a: layer.inverse(a)[0], x[i]))
     back, ld_back = layer.forward(z)
     torch.testing.assert_close(back, x)
     torch.testing.assert_close(ld_back, -log_det)
-    assert checkerboard(2, 2, 0).flatten().tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_realnvp_scale_is_a_learned_multiple_of_tanh():
+    """s = scale * tanh(h): with scale 0 the affine part is volume preserving (only the output
+    batch norm changes volume); with scale c every log-scale lies in [-c, c]."""
+    layer = _trained_coupling(mask=checkerboard(4, 4, 0), batch_norm=False)
+    x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        layer.scale.fill_(0.0)
+        assert torch.equal(layer.inverse(x)[1], torch.zeros(5, dtype=torch.float64))
+        layer.scale.fill_(0.25)
+        for net_out in layer.net.out[-1].parameters():
+            net_out.mul_(50.0)  # a conditioner output far beyond the tanh's linear range
+        _, log_scale = layer._params(x * layer.mask)
+    assert log_scale.abs().max() <= 0.25 and log_scale.abs().max() > 0.2
+    assert layer.inverse(x)[1].abs().max() <= 0.25 * 16 / 2  # 8 transformed elements per channel
+
+
+def test_output_batch_norm_standardises_the_transformed_elements():
+    torch.manual_seed(0)
+    norm = OutputBatchNorm(2).double().train()
+    x = 3.0 + 2.0 * torch.randn(256, 2, 4, 4, dtype=torch.float64)
+    free = 1 - checkerboard(4, 4, 0).double()
+    y, log_scale = norm.inverse(x, free)
+    kept = free.bool().logical_not().expand_as(x)
+    assert torch.equal(y[kept], x[kept])
+    mean, var = (x * free).mean((0, 2, 3)), (x * free).var((0, 2, 3), unbiased=False)  # the official statistics
+    expected = (x - mean.view(1, 2, 1, 1)) / torch.sqrt(var.view(1, 2, 1, 1) + 1e-4)
+    torch.testing.assert_close(y[~kept], expected[~kept])
+    torch.testing.assert_close(log_scale[0, :, 0, 1], -0.5 * torch.log(var + 1e-4))
+    torch.testing.assert_close(norm.running_mean.flatten(), 0.1 * mean)  # momentum 0.1 from 0
+    norm.eval()
+    back, _ = norm.forward(*norm.inverse(x[:2], free)[:1], free)
+    torch.testing.assert_close(back, x[:2])
+
+
+def test_weight_norm_conv_has_unit_directions_times_magnitude():
+    conv = WNConv2d(3, 4, 3).double()
+    w = conv.weight()
+    torch.testing.assert_close(w.flatten(1).norm(dim=1), conv.magnitude)
+    plain = WNConv2d(3, 4, 3, magnitude=False)
+    assert plain.magnitude is None and torch.allclose(plain.weight().flatten(1).norm(dim=1), torch.ones(4))
+    std = math.sqrt(2 / 3)
+    torch.testing.assert_close(conv.magnitude, torch.full((4,), std * math.sqrt(27 / 12), dtype=torch.float64))
+
+
+def test_glow_actnorm_initialises_from_its_first_batch_with_log_scale_factor_3():
+    torch.manual_seed(0)
+    an = GlowActNorm(3).double()
+    x = 3.0 + 2.0 * torch.randn(128, 3, 4, 4, dtype=torch.float64)
+    z, log_det = an.inverse(x)
+    torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(z.std((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    std = x.std((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(3 * an.p.flatten(), -torch.log(std + 1e-6))  # the stored parameter is log-scale / 3
+    assert bool(an.initialised)
+    z2, _ = an.inverse(x + 5)  # initialised once: a later batch does not re-initialise
+    torch.testing.assert_close(z2 - z, 5 * torch.exp(3 * an.p).expand_as(z))
+    torch.testing.assert_close(log_det[0], jacobian_logdet(lambda a: an.inverse(a)[0], x[0]))
+    back, ld = an.forward(z)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(ld, -log_det)
+
+
+def test_edge_padded_conv_marks_the_padded_border():
+    conv = EdgePaddedConv2d(1, 1, 3).double()
+    with torch.no_grad():
+        conv.conv.weight.zero_()
+        conv.conv.weight[0, 1, 0, 0] = 1.0  # the top-left tap of the indicator channel
+    out = conv(torch.zeros(1, 1, 4, 5, dtype=torch.float64))[0, 0]
+    expected = torch.zeros(4, 5, dtype=torch.float64)
+    expected[0, :], expected[:, 0] = 1.0, 1.0  # only outputs whose top-left neighbour is padding
+    torch.testing.assert_close(out, expected)
+    zeros = EdgePaddedConv2d(2, 4, 3, zeros=True)
+    assert torch.equal(zeros(torch.randn(2, 2, 3, 3)), torch.zeros(2, 4, 3, 3))  # Glow's conv2d_zeros
+    with torch.no_grad():
+        zeros.conv.bias.fill_(1.0)
+        zeros.logs.fill_(0.5)
+    torch.testing.assert_close(zeros(torch.zeros(1, 2, 3, 3)), torch.full((1, 4, 3, 3), math.exp(1.5)))
+
+
+def test_learned_top_prior_is_per_channel_inside_and_inverts():
+    prior = LearnedTopPrior((2, 4, 4)).double()
+    with torch.no_grad():
+        prior.conv.conv.bias.copy_(torch.tensor([0.5, -0.2, 1.0, 0.3]))
+        prior.conv.conv.weight[:, -1].normal_()  # learned border offsets through the padding indicator
+    mean, log_scale = prior._params(torch.zeros(1, dtype=torch.float64))
+    torch.testing.assert_close(mean[0, :, 1:3, 1:3], torch.tensor([0.5, 1.0]).double().view(2, 1, 1).expand(2, 2, 2))
+    assert not torch.allclose(mean[0, :, 0, 0], mean[0, :, 1, 1])
+    z = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    eps, log_det = prior.whiten(z, None)
+    torch.testing.assert_close(prior.color(eps, None), z)
+    torch.testing.assert_close(log_det, -log_scale.sum().expand(3))
 
 
 def test_multiscale_container_whitens_and_inverts():
     torch.manual_seed(0)
     prior = ConditionalGaussianPrior(2, 2).double()
-    torch.nn.init.normal_(prior.conv.weight, std=0.2)
+    torch.nn.init.normal_(prior.conv.conv.weight, std=0.2)
     flow = MultiScaleFlow([[], []], [prior, StandardNormalPrior()], [(4, 2, 2), (2, 2, 2)])
     x = torch.randn(3, 4, 2, 2, dtype=torch.float64)
     z, log_det = flow.to_latent(x)

@@ -160,3 +160,160 @@ def test_evaluate_counts_exactly_max_examples_across_partial_batches():
         out = evaluate(_Identity(), data, data.test, torch.device("cpu"), batch, limit)
         n = 10 if limit is None else limit
         assert out["nll"] == pytest.approx(sum(range(n)) / n)
+
+
+# -- optimiser options, gradient accumulation, Polyak averaging, final-weights testing ---------
+def _spec(write_suite, train: str, models: str = "realnvp: {n_layers: 2, hidden: 16, batch_norm: false}"):
+    text = TINY.replace("realnvp: {n_layers: 2, hidden: 16}", models).replace(
+        "train: {max_steps: 400, batch_size: 64, lr: 5e-3, eval_every: 20, checkpoint_every: 20}", f"train: {train}")
+    return load_suite(write_suite(text)).runs()[0]
+
+
+def test_betas_and_weight_decay_on_marked_parameters_only():
+    from bench.data.base import DataInfo
+    from bench.errors import FlowbenchError
+    from bench.train import make_optimizer
+
+    model = get_builder("realnvp")(DataInfo("x", "image", (2, 4, 4), levels=256), n_scales=2, n_checker=1,
+                                   n_channel=1, hidden=4, n_blocks=1)
+    train = {"optimizer": "adam", "lr": 0.01, "betas": [0.5, 0.9], "weight_decay": 0.1, "weight_decay_on": "marked"}
+    opt = make_optimizer(model, train)
+    assert {g["betas"] for g in opt.param_groups} == {(0.5, 0.9)}
+    marked = {id(p) for p in model.weight_decay_params()}
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no loss gradient: only the decay can move a parameter
+    opt.step()
+    moved = {id(p) for p in model.parameters() if not torch.equal(p.detach(), before[id(p)]) and p.abs().sum() > 0}
+    nonzero_marked = {id(p) for p in model.weight_decay_params() if p.abs().sum() > 0}
+    assert moved == nonzero_marked and nonzero_marked and moved <= marked
+    every = make_optimizer(model, {**train, "weight_decay_on": "all"})
+    assert [g["weight_decay"] for g in every.param_groups] == [0.1]
+    vector = get_builder("realnvp")(DataInfo("x", "toy", (2,)), n_layers=2)
+    with pytest.raises(FlowbenchError, match=r"train.weight_decay_on: marked needs a model with weight_decay_para"):
+        make_optimizer(vector, train)
+
+
+def test_accumulated_micro_batches_make_the_same_step(write_suite, tmp_path):
+    """For a model without batch statistics, 4 accumulated micro-batches give the full batch's step."""
+    from bench.train import Trainer
+
+    params = []
+    for parts in (1, 4):
+        spec = _spec(write_suite, f"{{max_steps: 1, batch_size: 64, lr: 1e-2, accumulate: {parts}}}")
+        trainer = Trainer(spec, RunRecord(tmp_path / str(parts), spec.suite, spec.run_id), device="cpu", progress=False)
+        sizes, forward = [], trainer.model.training_loss
+        trainer.model.training_loss = lambda x, y: (sizes.append(len(x)), forward(x, y))[1]
+        loss = trainer._step()
+        assert sizes == [64 // parts] * parts
+        params.append((loss, [p.detach().clone() for p in trainer.model.parameters()]))
+    (loss_one, one), (loss_four, four) = params
+    assert loss_one == pytest.approx(loss_four, rel=1e-6)
+    for a, b in zip(one, four):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_polyak_average_is_the_debiased_moving_average():
+    from bench.train import Polyak
+
+    layer = torch.nn.Linear(2, 1)
+    polyak = Polyak(layer, 0.9)
+    torch.testing.assert_close(polyak.averaged()[0], layer.weight)  # before any update: the live weights
+    history = []
+    for step in range(5):
+        with torch.no_grad():
+            layer.weight.add_(1.0 + step)
+        history.append(layer.weight.detach().clone())
+        polyak.update()
+    weights = torch.tensor([0.9 ** (4 - i) * 0.1 for i in range(5)])
+    expected = sum(w * h for w, h in zip(weights, history)) / weights.sum()  # TF's zero_debias
+    torch.testing.assert_close(polyak.averaged()[0], expected)
+    live = layer.weight.detach().clone()
+    with polyak.swapped_in():
+        torch.testing.assert_close(layer.weight, expected)
+    assert torch.equal(layer.weight, live)
+
+
+def test_polyak_evaluation_and_final_weights_survive_resume_exactly(write_suite, tmp_path, monkeypatch):
+    """Polyak average (evaluated, saved), final-weight testing, betas and accumulation: a run stopped
+    at step 50 and resumed gives exactly the uninterrupted run's history, test numbers and weights."""
+    from bench.train import Trainer, request_stop, run_one
+
+    spec = _spec(write_suite, "{max_steps: 100, batch_size: 64, lr: 5e-3, eval_every: 20, checkpoint_every: 20, "
+                              "polyak: 0.9, restore_best: false, betas: [0.8, 0.99], accumulate: 2}")
+    straight = RunRecord(tmp_path / "straight", spec.suite, spec.run_id)
+    assert run_one(spec, straight, device="cpu", progress=False)["status"] == "completed"
+
+    original = Trainer._step
+
+    def stopping_step(self):
+        value = original(self)
+        if self.state.step + 1 == 50:
+            request_stop()
+        return value
+
+    stopped = RunRecord(tmp_path / "stopped", spec.suite, spec.run_id)
+    monkeypatch.setattr(Trainer, "_step", stopping_step)
+    assert run_one(spec, stopped, device="cpu", progress=False)["status"] == "preempted"
+    assert torch.load(stopped.checkpoint_path, weights_only=False)["polyak"]["updates"] == 50
+    monkeypatch.setattr(Trainer, "_step", original)
+    resumed = run_one(spec, stopped, device="cpu", progress=False)
+    reference = straight.read_result()
+    assert resumed["status"] == "completed" and resumed["resumes"] == 1
+    assert resumed["test"] == reference["test"] and resumed["test_step"] == 100 == reference["test_step"]
+    drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in stopped.read_metrics()]
+    assert drop_time == [{k: v for k, v in row.items() if k != "seconds"} for row in straight.read_metrics()]
+    assert [row["step"] for row in stopped.read_metrics()] == [20, 40, 60, 80, 100]
+    a, b = (torch.load(r.model_path, weights_only=False) for r in (stopped, straight))
+    assert a["step"] == 100 and a["polyak"] is True
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+def test_polyak_weights_are_what_is_evaluated_and_saved(write_suite, tmp_path):
+    from bench.train import Trainer
+
+    spec = _spec(write_suite, "{max_steps: 40, batch_size: 64, lr: 5e-3, eval_every: 20, checkpoint_every: 100, "
+                              "polyak: 0.95, restore_best: false}")
+    record = RunRecord(tmp_path, spec.suite, spec.run_id)
+    record.create(spec.to_dict())
+    trainer = Trainer(spec, record, device="cpu", progress=False)
+    trainer.fit()
+    live = [p.detach().clone() for p in trainer.polyak.params]
+    averaged = trainer.polyak.averaged()
+    assert any(not torch.equal(a, b) for a, b in zip(live, averaged))
+    result = trainer.run()  # the budget is spent: no more steps, then the test evaluation
+    assert all(torch.equal(p, a) for p, a in zip(trainer.polyak.params, averaged))  # tested: the average
+    saved = torch.load(record.model_path, weights_only=False)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
+    val = evaluate(trainer.model, trainer.data, trainer.data.val, torch.device("cpu"), spec.train["eval_batch_size"],
+                   seed=spec.seed)
+    assert record.read_metrics()[-1]["val_nll"] == val["nll"]  # the last validation saw the averaged weights
+    assert result["test_step"] == 40
+
+
+@pytest.mark.parametrize("suite,n_train", [("mnist", 60_000), ("cifar10", 50_000)])
+def test_paper_scale_suites_count_steps_for_the_full_training_set(suite, n_train):
+    """The paper-scale suites train on every training image, and their warm-ups, Adamax beta2 and
+    step budgets are the official codes' formulas evaluated for that set."""
+    import math
+
+    import yaml
+
+    suite_obj = load_suite(suite)
+    runs = {r.model: r for r in suite_obj.runs(seeds=[0])}
+    assert all(r.data_config["n_val"] == 0 for r in runs.values())
+    glow = runs["glow"].train
+    assert glow["batch_size"] == 512 == 8 * 64 and glow["accumulate"] == 8 and glow["optimizer"] == "adamax"
+    assert glow["warmup_steps"] == math.ceil(10 * n_train / 512)  # openai/glow: epochs_warmup 10
+    assert glow["betas"][1] == pytest.approx(1 - 1 / math.ceil(n_train / 512), abs=1e-6)  # 1 - 1/train_its
+    assert glow["eval_every"] == 50 * (n_train // 512) and glow["polyak"] is None and glow["restore_best"]
+    assert runs["glow"].data_config["logit"] is False and runs["glow"].data_config["shift"] == 0.1
+    iresnet, its = runs["iresnet"].train, math.ceil(n_train / 128)
+    assert iresnet["warmup_steps"] == 2 * its and iresnet["max_steps"] == 200 * its
+    assert iresnet["lr"] == pytest.approx(3e-3 * (2 * its - 1) / its, rel=1e-4)  # the rate the official code uses
+    assert runs["iresnet"].model_config["eval_series_terms"] == 5 and not iresnet["restore_best"]
+    realnvp = runs["realnvp"].train
+    assert (realnvp["weight_decay"], realnvp["weight_decay_on"], realnvp["grad_clip"]) == (1e-4, "marked", 100.0)
+    assert runs["realnvp"].data_config["alpha"] == 0.05 and runs["realnvp"].model_config["n_scales"] == 2
+    raw = yaml.safe_load(suite_obj.path.read_text())
+    assert {"realnvp", "glow", "iresnet", "split"} <= set(raw["sources"]) and len(suite_obj.differences) >= 5

@@ -18,7 +18,7 @@ from bench.data import images, load_dataset
 from bench.data.sklearn_sets import raw
 from bench.errors import FlowbenchError
 
-SHARED = Path(os.environ.get("FLOWBENCH_SHARED_DATA", Path(__file__).parents[3] / ".." / "shared" / "data"))
+SHARED = Path(os.environ.get("FLOWBENCH_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
 REAL_MNIST = SHARED / "mnist"
 
 
@@ -110,7 +110,7 @@ def test_missing_mnist_names_the_path_and_torchvision(tmp_path):
 
 # -- the real MNIST test set --------------------------------------------------------------------
 needs_real_mnist = pytest.mark.skipif(not (REAL_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-                                      reason=f"real MNIST test files not found in {REAL_MNIST} (../shared/data is optional)")
+                                      reason=f"real MNIST test files not found in {REAL_MNIST} (the shared data folder is optional)")
 
 
 @needs_real_mnist
@@ -246,3 +246,78 @@ def test_bad_image_options_are_refused():
         images.make_preprocess(256, alpha=0.5)
     with pytest.raises(FlowbenchError, match=r'dequantize "middle": expected one of uniform, center'):
         load_dataset("digits", {"dequantize": "middle"})
+
+
+# -- the official Glow / i-ResNet MNIST and the augmentations -----------------------------------
+def test_mnist_pad_and_channels_give_the_official_3x32x32(tmp_path):
+    sets = write_mnist(tmp_path)
+    data = images.load_mnist("mnist", tmp_path, n_val=0, pad=2, channels=3, verify=False)
+    assert data.info.shape == (3, 32, 32) and data.train.x.shape == (60, 3, 32, 32)
+    x = data.train.x.numpy()
+    assert np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2])  # replicated channels
+    assert np.array_equal(x[:, 0, 2:30, 2:30], sets["train"][0]) and x[:, :, :2].max() == 0 == x[:, :, :, 30:].max()
+    assert "zero-padded to 32x32, replicated to 3 channels" in data.info.notes
+    with pytest.raises(FlowbenchError, match=r"channels 2: expected 1 \(MNIST as it is\) or 3"):
+        load_dataset("mnist", {"channels": 2})
+    with pytest.raises(FlowbenchError, match=r"pad -1: expected 0 to 16 pixels"):
+        load_dataset("mnist", {"pad": -1})
+
+
+@pytest.mark.parametrize("mode,numpy_mode", [("symmetric", "symmetric"), ("reflect", "reflect"), ("zero", "constant")])
+def test_random_crop_is_a_window_of_the_padded_image(mode, numpy_mode):
+    """torchvision's Pad(4, mode) + RandomCrop(32), per example, training only."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    pre = images.make_preprocess(256, logit=False, dequantize="center", crop=2, crop_padding=mode)
+    y, _ = pre(x, True)
+    bins = torch.floor((y + 0.5) * 256).numpy()
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode=numpy_mode)
+    offsets = []
+    for i in range(len(x)):
+        hits = [(a, b) for a in range(5) for b in range(5) if np.array_equal(bins[i], padded[i, :, a:a + 8, b:b + 8])]
+        assert hits, i
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 5  # random offsets, not one fixed window
+    test, _ = pre(x, False)
+    assert torch.equal(torch.floor((test + 0.5) * 256), x.float())
+
+
+def test_random_shift_moves_content_by_at_most_the_fraction_and_fills_with_the_edge():
+    """openai/glow's Keras shift (range 0.1 of the size): bilinear, nearest edge outside, integer output."""
+    torch.manual_seed(0)
+    impulse = torch.zeros(200, 1, 32, 32, dtype=torch.uint8)
+    impulse[:, 0, 16, 16] = 255
+    pre = images.make_preprocess(256, logit=False, dequantize="center", shift=0.1)
+    y, _ = pre(impulse, True)
+    bins = torch.floor((y + 0.5) * 256)
+    assert torch.all(bins >= 0) and torch.all(bins <= 255)
+    where = bins[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 32 - 16, where % 32 - 16
+    assert rows.abs().max() <= 4 and cols.abs().max() <= 4  # 0.1 x 32 = 3.2 pixels, plus the interpolation
+    assert (rows != 0).float().mean() > 0.5 and (cols != 0).float().mean() > 0.5
+    flat = torch.full((5, 3, 32, 32), 77, dtype=torch.uint8)
+    flat_out, _ = pre(flat, True)
+    assert torch.equal(torch.floor((flat_out + 0.5) * 256), flat.float())  # nearest-edge fill, no zeros
+    ramp = torch.arange(32, dtype=torch.uint8).repeat(4, 1, 32, 1)
+    shifted = torch.floor((pre(ramp, True)[0] + 0.5) * 256)
+    offset = shifted - ramp.float()  # a column ramp shifted by t columns reads floor(c + t), clamped at the edges
+    assert offset.abs().max() <= 4 and not torch.equal(shifted, ramp.float())
+    assert torch.equal(offset[:, :, :, 8:24], offset[:, :, :1, 8:9].expand(-1, -1, 32, 16))  # one shift per image
+
+
+def test_bad_augmentation_options_are_refused():
+    with pytest.raises(FlowbenchError, match=r'crop_padding "wrap": expected one of symmetric, reflect, zero'):
+        load_dataset("cifar10", {"crop": 4, "crop_padding": "wrap"})
+    with pytest.raises(FlowbenchError, match=r"crop 32: expected a padding of 0 \(off\) up to 31 pixels"):
+        load_dataset("cifar10", {"crop": 32})
+    with pytest.raises(FlowbenchError, match=r"shift 0\.5: expected 0 <= shift < 0\.5"):
+        load_dataset("mnist", {"shift": 0.5})
+
+
+def test_cifar10_notes_and_extra_say_which_augmentation(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    data = images.load_cifar10("cifar10", tmp_path, n_val=0, crop=4, verify=False)
+    assert "random crops after 4-pixel symmetric padding, random horizontal flips in training" in data.info.notes
+    assert data.info.extra["crop"] == 4 and data.info.extra["crop_padding"] == "symmetric"
+    glow = images.load_cifar10("cifar10", tmp_path, n_val=0, flip=False, shift=0.1, verify=False)
+    assert "random shifts up to 0.1 of the size in training" in glow.info.notes and "flips" not in glow.info.notes
