@@ -130,17 +130,20 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
-    """Learning rate at ``step``: linear warm-up, then constant, cosine or step decay."""
+    """Learning rate at ``step``: a linear warm-up factor times the schedule (constant, step decay,
+    or cosine after the warm-up). A step milestone inside the warm-up takes effect at once, as the
+    official scripts' ``update_lr`` multiplies the warm-up factor into the current rate."""
     lr = train["lr"]
     warmup = train["warmup_steps"]
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
+    factor = (step + 1) / warmup if warmup and step < warmup else 1.0
     if train["schedule"] == "cosine" and total_steps:
+        if factor < 1.0:
+            return lr * factor
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return lr * 0.5 * (1 + math.cos(math.pi * progress))
     if train["schedule"] == "step":
-        return lr * train["gamma"] ** sum(step >= m for m in train["milestones"])
-    return lr
+        return lr * factor * train["gamma"] ** sum(step >= m for m in train["milestones"])
+    return lr * factor
 
 
 def make_optimizer(model: torch.nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:

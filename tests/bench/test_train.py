@@ -140,6 +140,10 @@ def test_learning_rate_schedule():
     t = {"lr": 1.0, "warmup_steps": 10, "schedule": "step", "milestones": [50, 80], "gamma": 0.1}
     assert [lr_at(s, t, 100) for s in (0, 9, 10, 49)] == [0.1, 1.0, 1.0, 1.0]
     assert lr_at(50, t, 100) == pytest.approx(0.1) and lr_at(99, t, 100) == pytest.approx(0.01)
+    # a milestone inside the warm-up takes effect at once (InfoCNF's batch-8,000 runs: decay at 720, warm-up 1,000)
+    w = {"lr": 1e-2, "warmup_steps": 1000, "schedule": "step", "milestones": [720], "gamma": 0.1}
+    assert lr_at(719, w, 2400) == pytest.approx(1e-2 * 0.72) and lr_at(720, w, 2400) == pytest.approx(1e-3 * 0.721)
+    assert lr_at(999, w, 2400) == pytest.approx(1e-3) and lr_at(1500, w, 2400) == pytest.approx(1e-3)
     c = {**t, "schedule": "cosine", "warmup_steps": 0}
     assert lr_at(0, c, 100) == 1.0 and lr_at(50, c, 100) == pytest.approx(0.5) and lr_at(100, c, 100) == pytest.approx(0)
 
