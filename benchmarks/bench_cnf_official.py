@@ -6,7 +6,7 @@ start from the same weights (ours copied into the official layers), see the same
 train interleaved step by step (the order alternates), so machine load hits both alike.
 
     python benchmarks/bench_cnf_official.py --official /path/to/ffjord [--steps 100] [--direct]
-        [--fixed-end-time] [--float64]
+        [--fixed-end-time] [--seminorm] [--float64]
 
 ``--official DIR`` is a checkout of rtqichen/ffjord; its model is imported from there (nothing of
 it is copied here). Without it, ours is measured alone. The official code cuts T's gradient
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--direct", action="store_true", help="our model with direct backpropagation (official: adjoint)")
     ap.add_argument("--fixed-end-time", action="store_true", help="do not train our T (the official T never trains)")
+    ap.add_argument("--seminorm", action="store_true", help="our adjoint with the seminorm (Kidger et al. 2021)")
     ap.add_argument("--float64", action="store_true", help="both in double precision (step sequences then agree exactly)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -82,7 +83,7 @@ def main() -> None:
     dtype = torch.float64 if args.float64 else torch.float32
 
     torch.manual_seed(0)
-    ours = build(DataInfo("8gaussians", "toy", (2,)), adjoint=not args.direct,
+    ours = build(DataInfo("8gaussians", "toy", (2,)), adjoint=not args.direct, adjoint_seminorm=args.seminorm,
                  train_end_time=not args.fixed_end_time).to(dtype)
     models = {"flowbench": ours}
     if args.official:
@@ -121,7 +122,8 @@ def main() -> None:
                 forward, backward = model.read_nfe()
             rows[name].append((time.process_time() - start, int(forward), int(backward)))
 
-    print(f"{args.steps} steps, batch 100, {'direct backprop' if args.direct else 'adjoint'} (ours), "
+    method = "direct backprop" if args.direct else ("adjoint, seminorm" if args.seminorm else "adjoint")
+    print(f"{args.steps} steps, batch 100, {method} (ours), "
           f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), {dtype}, {args.threads} thread(s), CPU s:")
     print(f"{'':10s} {'s/step':>8s} {'NFE fwd':>8s} {'NFE bwd':>8s} {'ms/eval':>8s}")
     summary = {}
