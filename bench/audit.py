@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import FlowbenchError
+from bench.variants import run_label
 
 DEFAULT_TOLERANCES = tuple(10.0 ** -k for k in range(8, 0, -1))  # 1e-8 ... 1e-1
 RIEMANN_POINTS = 4000
@@ -107,19 +108,20 @@ def audit_model(model: Any, data: Any, metric: str, tolerances: Sequence[float],
 
 
 def audit_suite(df: Any, suite: str, tolerances: Sequence[float] = DEFAULT_TOLERANCES,
-                max_examples: int | None = 2000, data_root: str | None = None, progress: bool = True):
-    """Audit every completed CNF run among ``suite``'s records (``bench.store.scan``'s frame):
-    (DataFrame of points, list of (run, why skipped))."""
+                max_examples: int | None = 2000, data_root: str | None = None, progress: bool = True,
+                labels: Any = None):
+    """Audit every completed CNF run among ``suite``'s records (``bench.store.scan``'s frame; ``labels``:
+    the suite's variant labels by run_id): (DataFrame of points, list of (run, why skipped))."""
     import pandas as pd
     from tqdm.auto import tqdm
 
     from bench.report import prepare
     from bench.store import load_model
 
-    done = prepare(df).completed
+    done = prepare(df, labels=labels).completed
     rows, skipped = [], []
     for run in tqdm(done.to_dict("records"), desc=f"audit {suite}", disable=not progress, leave=False):
-        label = f"{run['model']}/{run['dataset']}/seed {run['seed']}"
+        label = run_label(run["model"], run["variant"], run["dataset"], run["seed"])
         if not os.path.exists(os.path.join(run["path"], "model.pt")):
             skipped.append((label, "no model.pt"))
             continue
@@ -129,13 +131,14 @@ def audit_suite(df: Any, suite: str, tolerances: Sequence[float] = DEFAULT_TOLER
             continue
         metric = run.get("metric") or "nll"
         for p in audit_model(model, data, metric, tolerances, max_examples):
-            rows.append({"run_id": run["run_id"], "model": run["model"], "dataset": run["dataset"],
+            rows.append({"run_id": run["run_id"], "model": run["model"], "variant": run["variant"],
+                         "dataset": run["dataset"],
                          "seed": run["seed"], "metric": metric, "recorded": run.get(f"test.{metric}"),
                          **dataclasses.asdict(p)})
     return with_deltas(pd.DataFrame(rows, columns=AUDIT_COLUMNS[:-2])), skipped
 
 
-AUDIT_COLUMNS = ["run_id", "model", "dataset", "seed", "metric", "recorded", "tolerance", "value", "nfe", "mass",
+AUDIT_COLUMNS = ["run_id", "model", "variant", "dataset", "seed", "metric", "recorded", "tolerance", "value", "nfe", "mass",
                  "delta", "mass_error"]
 
 
@@ -154,7 +157,9 @@ def to_markdown(out, skipped: Sequence[tuple[str, str]] = ()) -> str:
     lines = []
     for run_id, g in out.groupby("run_id", sort=False):
         first = g.iloc[0]
-        lines += [f"### {first['model']} on {first['dataset']}, seed {first['seed']} ({run_id}): test {first['metric']}"
+        variant = f" ({first['variant']})" if first["variant"] else ""
+        lines += [f"### {first['model']}{variant} on {first['dataset']}, seed {first['seed']} ({run_id}): "
+                  f"test {first['metric']}"
                   f" (recorded {_fmt(first['recorded'], 4)})", "",
                   f"| tolerance | {first['metric']} | change vs {g['tolerance'].min():.0e} | NFE | abs(1 - mass) |",
                   "| ---: | ---: | ---: | ---: | ---: |"]

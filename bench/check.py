@@ -1,13 +1,19 @@
 """The regression gate: pin a suite's numbers, then check new records against them.
 
-``pin`` writes ``baselines/pinned/SUITE.csv``: per (model, dataset) and quantity (the headline
-metric, NFE forward/backward/test, training seconds) the mean over seeds with its spread (std,
-min, max, n). ``check`` aggregates the newest records the same way and compares each quantity
-with its pinned mean under a tolerance: absolute for NLL, bits/dim and test error, relative for
-NFE and time. Only a move in the bad direction (up: every quantity is lower-is-better) beyond
-the tolerance is a regression; a move the other way beyond it is reported as improved.
+``pin`` writes ``baselines/pinned/SUITE.csv``: per (model, variant, dataset) and quantity (the
+headline metric, a conditional model's conditional NLL, NFE forward/backward/test, training
+seconds) the mean over seeds with its spread (std, min, max, n) and the seeds. ``check``
+aggregates the newest records the same way and compares each quantity with its pinned mean under
+a tolerance (``bench.metrics``: absolute for NLL, bits/dim and test error, relative for MSE, NFE
+and time). A move in the bad direction beyond the tolerance is a regression only when it is also
+significant: with two or more seeds on both sides, Welch's t-test (one-sided, alpha 0.05 by
+default, the suite's ``check: {alpha: ...}`` or ``--alpha``); with one seed on either side the
+tolerance alone decides, and the output says so. Pinned and current quantities are matched by
+(model, variant, dataset, record column), so a file pinned before variants (no ``variant``
+column) still reads, and a pinned ``nll`` of ``test.nll`` meets the same column.
 
-Only ``bench.store`` is imported at module level (pandas and bench.report load on use).
+Only the light ``bench.errors``, ``bench.metrics`` and ``bench.stats`` are imported at module level;
+pandas and bench.report load on use.
 """
 
 from __future__ import annotations
@@ -19,73 +25,88 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.store import RunRecord
+from bench.errors import FlowbenchError, did_you_mean
+from bench.metrics import METRICS, TOLERANCE_FAMILIES
+from bench.stats import welch
 
 PINNED_DIR = Path(__file__).resolve().parent.parent / "baselines" / "pinned"
-
-# quantity -> record column (the headline metric is added per dataset as its own name, e.g. "nll")
-QUANTITIES = {"nfe_forward": "nfe.train_forward", "nfe_backward": "nfe.train_backward", "nfe_test": "nfe.test_forward",
-              "train_seconds": "train_seconds"}
-
-# tolerance families: (kind, default). "abs": |current - pinned| in the metric's unit; "rel": fraction of pinned
-DEFAULT_TOLERANCES: dict[str, tuple[str, float]] = {
-    "nll": ("abs", 0.05),  # nats
-    "bpd": ("abs", 0.01),  # bits/dim
-    "error": ("abs", 1.0),  # percentage points
-    "mse": ("rel", 0.10),
-    "nfe": ("rel", 0.10),
-    "time": ("rel", 1.0),  # wall-clock differs between machines: only a doubling fails by default
-}
-PIN_COLUMNS = ["model", "dataset", "quantity", "column", "mean", "std", "min", "max", "n", "seeds"]
+KEYS = ["model", "variant", "dataset"]
+# pinned besides the headline (named after its metric, e.g. "nll") and a conditional model's conditional NLL
+QUANTITIES = ("nfe_forward", "nfe_backward", "nfe_test", "train_seconds")
+PIN_COLUMNS = ["model", "variant", "dataset", "quantity", "column", "mean", "std", "min", "max", "n", "seeds"]
+DEFAULT_ALPHA = 0.05
+VERDICTS = ("regressed", "improved", "noise", "missing", "ok")
 
 
-def family(quantity: str) -> str:
-    """The tolerance family of a quantity: nll, bpd, error, mse, nfe or time."""
-    if quantity.startswith("nfe"):
-        return "nfe"
-    if quantity.endswith("seconds") or quantity in ("time", "wall_clock"):
-        return "time"
-    for fam in ("nll", "bpd", "error", "mse"):
-        if quantity.startswith(fam):
-            return fam
-    return "nll"
+def family(quantity: str, where: str = "check") -> str:
+    """The tolerance family of a quantity (``bench.metrics``): nll, bpd, error, mse, nfe or time."""
+    metric = METRICS.get(quantity)
+    if metric is None or metric.family is None:
+        checkable = [n for n, m in METRICS.items() if m.family]
+        raise FlowbenchError(f'{where}: "{quantity}" is not a quantity check compares{did_you_mean(quantity, checkable)}')
+    return metric.family
+
+
+def _number(key: str, value: Any, where: str, example: str) -> float:
+    text = str(value).strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        number = math.nan
+    if not key or number != number or number < 0:
+        raise FlowbenchError(f"{where} {key}={value}: expected {example}")
+    return number
 
 
 def parse_tolerances(items: Sequence[str] | Mapping[str, Any] | None, where: str = "--tolerance") -> dict[str, float]:
-    """``["nll=0.1", "nfe=20%"]`` or a mapping -> {name: value}; a percentage is a fraction."""
-    from bench.errors import FlowbenchError
-
+    """``["nll=0.1", "nfe=20%"]`` or a mapping -> {name: value}; a percentage is a fraction. A name is
+    a tolerance family (nll, bpd, error, mse, nfe, time) or a quantity (nfe_backward, train_seconds)."""
     if not items:
         return {}
     pairs = items.items() if isinstance(items, Mapping) else (str(i).partition("=")[::2] for i in items)
     out = {}
+    example = ("METRIC=NUMBER with a non-negative number, e.g. nll=0.05 (absolute) or nfe=0.1 / nfe=10% (relative)")
     for key, value in pairs:
         key = str(key).strip()
-        text = str(value).strip()
-        try:
-            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            number = math.nan
-        if not key or number != number or number < 0:
-            raise FlowbenchError(f"{where} {key}={value}: expected METRIC=NUMBER with a non-negative number, "
-                                 "e.g. nll=0.05 (absolute) or nfe=0.1 / nfe=10% (relative)")
+        number = _number(key, value, where, example)
+        if key not in TOLERANCE_FAMILIES:
+            family(key, f"{where} {key}={value}")  # an unknown name never silently gets NLL's tolerance
         out[key] = number
     return out
 
 
-def suite_tolerances(check: Mapping[str, Any] | None) -> dict[str, float]:
-    """Tolerances from a suite's ``check:`` mapping: flat (``nll: 0.1``) or under ``tolerances:``."""
+def parse_alpha(value: Any, where: str = "--alpha") -> float:
+    """A significance level in (0, 1)."""
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if not 0 < alpha < 1:
+        raise FlowbenchError(f"{where}: expected a significance level between 0 and 1 (e.g. 0.05), got {value!r}")
+    return alpha
+
+
+def suite_tolerances(check: Mapping[str, Any] | None, where: str = "suite check:") -> dict[str, float]:
+    """Tolerances from a suite's ``check:`` mapping: flat (``nll: 0.1``) or under ``tolerances:``
+    (``alpha:`` is the significance level, not a tolerance)."""
     if not check:
         return {}
     flat = dict(check.get("tolerances", {})) if isinstance(check.get("tolerances"), Mapping) else {}
-    flat.update({k: v for k, v in check.items() if k != "tolerances" and not isinstance(v, Mapping)})
-    return parse_tolerances(flat, "suite check:")
+    flat.update({k: v for k, v in check.items() if k not in ("tolerances", "alpha") and not isinstance(v, Mapping)})
+    return parse_tolerances(flat, where)
+
+
+def suite_alpha(check: Mapping[str, Any] | None, where: str = "suite check:") -> float | None:
+    """The suite's ``check: {alpha: ...}``, or None."""
+    if not check or check.get("alpha") is None:
+        return None
+    return parse_alpha(check["alpha"], f"{where} alpha")
 
 
 def tolerance_for(quantity: str, overrides: Mapping[str, float]) -> tuple[str, float]:
     """(kind, value) for a quantity: an exact override, then its family's override, then the default."""
     fam = family(quantity)
-    kind, value = DEFAULT_TOLERANCES[fam]
+    kind, value = TOLERANCE_FAMILIES[fam]
     for key in (fam, quantity):
         if key in overrides:
             value = overrides[key]
@@ -95,27 +116,33 @@ def tolerance_for(quantity: str, overrides: Mapping[str, float]) -> tuple[str, f
 
 
 # -- summarising records ------------------------------------------------------------------------
-def summarise(df, metric: str | None = None):
-    """Long table per (model, dataset, quantity): mean, std, min, max, n and seeds of the newest records."""
+def summarise(df, metric: str | None = None, labels: Mapping[str, Mapping[str, Any]] | None = None):
+    """Long table per (model, variant, dataset, quantity): mean, std, min, max, n and seeds of the
+    newest completed records; and the records (``bench.report.prepare``)."""
     import pandas as pd
 
     from bench.report import prepare
 
-    records = prepare(df, metric=metric)
+    records = prepare(df, metric=metric, labels=labels)
     done = records.completed
     if done.empty:
         return pd.DataFrame(columns=PIN_COLUMNS), records
-    frames = []
-    head = done[["model", "dataset", "seed", "headline_metric"]].assign(
-        value=done["headline"], column="test." + done["headline_metric"].astype(str)).rename(
-        columns={"headline_metric": "quantity"})
-    frames.append(head)
-    for quantity, column in QUANTITIES.items():
+    frames = [done[[*KEYS, "seed"]].assign(quantity=done["headline_metric"].astype(str),
+                                           column="test." + done["headline_field"].astype(str),
+                                           value=done["headline"])]
+    cond = done[done["headline_field"] != done["headline_metric"]]  # conditional models: their own -log p(x|y)
+    for name, group in cond.groupby("headline_metric"):
+        twin = METRICS.get(f"{name}_conditional")
+        if twin is not None and twin.source in group:
+            frames.append(group[[*KEYS, "seed"]].assign(quantity=twin.name, column=twin.source,
+                                                        value=pd.to_numeric(group[twin.source], errors="coerce")))
+    for quantity in QUANTITIES:
+        column = METRICS[quantity].source
         if column in done:
-            frames.append(done[["model", "dataset", "seed"]].assign(
-                quantity=quantity, column=column, value=pd.to_numeric(done[column], errors="coerce")))
+            frames.append(done[[*KEYS, "seed"]].assign(quantity=quantity, column=column,
+                                                       value=pd.to_numeric(done[column], errors="coerce")))
     long = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
-    g = long.groupby(["model", "dataset", "quantity", "column"], sort=False)
+    g = long.groupby([*KEYS, "quantity", "column"], sort=False)
     out = g["value"].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
     out["seeds"] = g["seed"].agg(lambda s: " ".join(str(int(x)) for x in sorted(s)))
     out = out.reset_index()
@@ -124,14 +151,14 @@ def summarise(df, metric: str | None = None):
 
 
 def pinned_path(suite: str, pinned_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of pinned files: ``pinned_dir`` or baselines/pinned."""
     return Path(pinned_dir) if pinned_dir else PINNED_DIR
 
 
-def pin(df, suite: str, pinned_dir: str | os.PathLike | None = None, metric: str | None = None):
+def pin(df, suite: str, pinned_dir: str | os.PathLike | None = None, metric: str | None = None,
+        labels: Mapping[str, Mapping[str, Any]] | None = None):
     """Write ``pinned_dir/SUITE.csv`` from the newest completed records; returns (path, table, records)."""
-    from bench.errors import FlowbenchError
-
-    table, records = summarise(df, metric)
+    table, records = summarise(df, metric, labels)
     if table.empty:
         raise FlowbenchError(f'suite "{suite}": no completed runs to pin; run `flowbench run {suite}` first')
     path = pinned_path(suite, pinned_dir) / f"{suite}.csv"
@@ -145,76 +172,120 @@ def pin(df, suite: str, pinned_dir: str | os.PathLike | None = None, metric: str
 class CheckResult:
     """The comparison of every pinned quantity, and the verdict."""
 
-    rows: Any  # DataFrame: model, dataset, quantity, pinned, pinned_std, current, current_std, delta, tolerance, verdict
-    missing: list[tuple[str, str]] = field(default_factory=list)  # pinned (model, dataset) without completed records
-    unpinned: list[tuple[str, str]] = field(default_factory=list)  # current (model, dataset) not in the pinned file
+    rows: Any  # DataFrame: KEYS, quantity, column, pinned(_std, _n), current(_std, _n), delta, moved, kind,
+    #            tolerance, test ("welch" or "tolerance"), p (one-sided, toward the verdict), verdict
+    missing: list[tuple[str, str, str]] = field(default_factory=list)  # pinned rows without completed records
+    unpinned: list[tuple[str, str, str]] = field(default_factory=list)  # current rows not in the pinned file
+    alpha: float = DEFAULT_ALPHA
+    git_sha: str | None = None  # the commit most of the checked records ran at
 
     @property
     def regressed(self) -> Any:
+        """The rows whose verdict is regressed."""
         return self.rows[self.rows["verdict"] == "regressed"]
 
     @property
     def exit_code(self) -> int:
-        """0 all within tolerance; 1 something regressed; 2 records missing (and nothing regressed)."""
+        """0 all within tolerance or noise; 1 something regressed; 2 records missing (and nothing regressed)."""
         if len(self.regressed):
             return 1
         return 2 if self.missing else 0
 
 
 def read_pinned(suite: str, pinned_dir: str | os.PathLike | None = None):
-    """The pinned table of a suite; a FlowbenchError when there is none."""
+    """The pinned table of a suite (a file from before variants reads with variant ""); a
+    FlowbenchError when there is none or it is not one."""
     import pandas as pd
-
-    from bench.errors import FlowbenchError
 
     path = pinned_path(suite, pinned_dir) / f"{suite}.csv"
     if not path.exists():
         raise FlowbenchError(f'no pinned numbers for suite "{suite}" ({path}); run the suite and `flowbench pin {suite}`')
     try:
-        table = pd.read_csv(path, dtype={"model": str, "dataset": str, "quantity": str, "seeds": str})
+        table = pd.read_csv(path, dtype={"model": str, "variant": str, "dataset": str, "quantity": str, "seeds": str},
+                            keep_default_na=False, na_values={c: [""] for c in ("mean", "std", "min", "max", "n")})
     except (OSError, ValueError) as err:
         raise FlowbenchError(f"cannot read pinned numbers {path}: {err}") from None
     missing_cols = {"model", "dataset", "quantity", "mean"} - set(table.columns)
     if missing_cols:
         raise FlowbenchError(f"{path}: not a pinned-numbers file (missing columns {', '.join(sorted(missing_cols))}); "
                              f"re-create it with `flowbench pin {suite}`")
+    if "variant" not in table:
+        table["variant"] = ""
+    for q in table["quantity"].unique():
+        family(q, f"{path}: quantity")
+    if "column" not in table:
+        table["column"] = [METRICS[q].source for q in table["quantity"]]
+    for col, default in (("std", math.nan), ("n", 1)):
+        if col not in table:
+            table[col] = default
     return table
 
 
-def compare(pinned, current, tolerances: Mapping[str, float] | None = None) -> CheckResult:
-    """Compare current summaries with pinned ones under per-quantity tolerances."""
-    import numpy as np
+def _judge(pinned: float, pinned_std: float, pinned_n: float, current: float, current_std: float,
+           current_n: float, quantity: str, kind: str, tol: float, alpha: float) -> tuple[float, str, float, str]:
+    """(moved in the tolerance's unit, positive = worse; test; p; verdict) of one quantity."""
+    if current != current:
+        return math.nan, "", math.nan, "missing"
+    scale = max(abs(pinned), 1e-12) if kind == "rel" else 1.0
+    moved = METRICS[quantity].sign * (current - pinned) / scale
+    beyond = moved > tol + 1e-12 or moved < -tol - 1e-12
+    seeds = min(int(pinned_n or 1), int(current_n or 1))
+    if seeds < 2 or pinned_std != pinned_std or current_std != current_std:
+        return moved, "tolerance", math.nan, ("regressed" if moved > tol + 1e-12 else
+                                              "improved" if moved < -tol - 1e-12 else "ok")
+    w = welch(pinned, pinned_std, int(pinned_n), current, current_std, int(current_n))
+    worse, better = (w.p_greater, w.p_less) if METRICS[quantity].sign > 0 else (w.p_less, w.p_greater)
+    p = worse if moved > 0 else better
+    if not beyond:
+        return moved, "welch", p, "ok"
+    if p >= alpha:
+        return moved, "welch", p, "noise"  # past the tolerance, but within the seeds' spread
+    return moved, "welch", p, "regressed" if moved > 0 else "improved"
+
+
+def compare(pinned, current, tolerances: Mapping[str, float] | None = None, alpha: float = DEFAULT_ALPHA) -> CheckResult:
+    """Compare current summaries with pinned ones: tolerance per quantity, and Welch's t-test where
+    both sides have two or more seeds."""
     import pandas as pd
 
     tolerances = dict(tolerances or {})
     cur = current.rename(columns={"mean": "current", "std": "current_std", "n": "current_n"})
     pin_ = pinned.rename(columns={"mean": "pinned", "std": "pinned_std", "n": "pinned_n"})
-    keys = ["model", "dataset", "quantity"]
-    merged = pin_[[*keys, "pinned", "pinned_std", "pinned_n"]].merge(
-        cur[[*keys, "current", "current_std", "current_n"]], on=keys, how="left")
-    kinds, tols = zip(*(tolerance_for(q, tolerances) for q in merged["quantity"])) if len(merged) else ((), ())
-    merged["kind"] = list(kinds)
-    merged["tolerance"] = list(tols)
-    merged["delta"] = merged["current"] - merged["pinned"]
-    scale = np.where(merged["kind"] == "rel", merged["pinned"].abs().clip(lower=1e-12), 1.0)
-    merged["moved"] = merged["delta"] / scale  # in the tolerance's unit
-    verdict = np.where(merged["current"].isna(), "missing",
-                       np.where(merged["moved"] > merged["tolerance"] + 1e-12, "regressed",
-                                np.where(merged["moved"] < -merged["tolerance"] - 1e-12, "improved", "ok")))
-    merged["verdict"] = verdict
-    done_pairs = set(zip(cur["model"], cur["dataset"]))
-    pinned_pairs = list(dict.fromkeys(zip(pin_["model"], pin_["dataset"])))
-    missing = [p for p in pinned_pairs if p not in done_pairs]
-    unpinned = [p for p in dict.fromkeys(zip(cur["model"], cur["dataset"])) if p not in set(pinned_pairs)]
-    return CheckResult(pd.DataFrame(merged), missing, unpinned)
+    on = [*KEYS, "column"]
+    merged = pin_[[*on, "quantity", "pinned", "pinned_std", "pinned_n"]].merge(
+        cur[[*on, "current", "current_std", "current_n"]], on=on, how="left")
+    kinds, tols, moved, tests, ps, verdicts = [], [], [], [], [], []
+    for r in merged.itertuples(index=False):
+        kind, tol = tolerance_for(r.quantity, tolerances)
+        m, test, p, verdict = _judge(r.pinned, r.pinned_std, r.pinned_n, r.current, r.current_std, r.current_n,
+                                     r.quantity, kind, tol, alpha)
+        kinds.append(kind), tols.append(tol), moved.append(m), tests.append(test), ps.append(p), verdicts.append(verdict)
+    merged = merged.assign(kind=kinds, tolerance=tols, delta=merged["current"] - merged["pinned"], moved=moved,
+                           test=tests, p=ps, verdict=verdicts)
+    done = set(zip(*(cur[k] for k in KEYS)))
+    pinned_keys = list(dict.fromkeys(zip(*(pin_[k] for k in KEYS))))
+    missing = [k for k in pinned_keys if k not in done]
+    unpinned = [k for k in dict.fromkeys(zip(*(cur[k] for k in KEYS))) if k not in set(pinned_keys)]
+    return CheckResult(pd.DataFrame(merged), missing, unpinned, alpha)
+
+
+def _records_sha(records) -> str | None:
+    done = records.completed
+    if done.empty or "env.git_sha" not in done:
+        return None
+    shas = done["env.git_sha"].dropna()
+    return str(shas.mode().iat[0]) if not shas.empty else None
 
 
 def check(df, suite: str, tolerances: Mapping[str, float] | None = None, pinned_dir: str | os.PathLike | None = None,
-          metric: str | None = None) -> CheckResult:
+          metric: str | None = None, alpha: float = DEFAULT_ALPHA,
+          labels: Mapping[str, Mapping[str, Any]] | None = None) -> CheckResult:
     """Summarise the newest records of ``suite`` and compare them with its pinned numbers."""
     pinned = read_pinned(suite, pinned_dir)
-    current, _ = summarise(df, metric)
-    return compare(pinned, current, tolerances)
+    current, records = summarise(df, metric, labels)
+    result = compare(pinned, current, tolerances, alpha)
+    result.git_sha = _records_sha(records)
+    return result
 
 
 def _fmt(x: float) -> str:
@@ -223,35 +294,52 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
+def _test_text(r: Any) -> str:
+    if r.verdict == "missing":
+        return ""
+    if r.test == "welch":
+        return f"Welch p={r.p:.3g}"
+    return f"n={int(min(r.pinned_n or 1, r.current_n or 1))}: tolerance only"
+
+
 def format_result(result: CheckResult, verbose: bool = False) -> str:
     """A table of what moved (every row with ``verbose``), then a one-line verdict."""
     rows = result.rows if verbose else result.rows[result.rows["verdict"] != "ok"]
     lines = []
+    variants = bool(len(result.rows)) and (result.rows["variant"] != "").any()
     if len(rows):
-        header = ("model", "dataset", "quantity", "pinned", "current", "change", "tolerance", "verdict")
+        header = ("model", *(("variant",) if variants else ()), "dataset", "quantity", "pinned", "current", "change",
+                  "tolerance", "test", "verdict")
         body = []
         for r in rows.itertuples(index=False):
             if r.kind == "rel":
-                change = f"{100 * r.moved:+.1f}%" if r.moved == r.moved else "–"
+                change = f"{100 * (r.delta / max(abs(r.pinned), 1e-12)):+.1f}%" if r.delta == r.delta else "–"
                 tol = f"±{100 * r.tolerance:g}%"
             else:
                 change = f"{r.delta:+.4g}" if r.delta == r.delta else "–"
                 tol = f"±{r.tolerance:g}"
             pinned = _fmt(r.pinned) + (f" ± {_fmt(r.pinned_std)}" if r.pinned_std == r.pinned_std else "")
             current = _fmt(r.current) + (f" ± {_fmt(r.current_std)}" if r.current_std == r.current_std else "")
-            body.append((r.model, r.dataset, r.quantity, pinned, current, change, tol, r.verdict.upper()
-                         if r.verdict == "regressed" else r.verdict))
+            body.append((r.model, *((r.variant,) if variants else ()), r.dataset, r.quantity, pinned, current, change,
+                         tol, _test_text(r), r.verdict.upper() if r.verdict == "regressed" else r.verdict))
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
         for row in (header, *body):
             lines.append("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
     n = len(result.rows)
     counts = result.rows["verdict"].value_counts().to_dict() if n else {}
-    summary = ", ".join(f"{counts[k]} {k}" for k in ("regressed", "improved", "missing", "ok") if counts.get(k))
+    summary = ", ".join(f"{counts[k]} {k}" for k in VERDICTS if counts.get(k))
+
+    def names(keys: list[tuple[str, str, str]]) -> str:
+        return ", ".join("/".join(x for x in k if x) for k in keys[:10]) + (" ..." if len(keys) > 10 else "")
+
     if result.missing:
-        lines.append(f"missing records for {len(result.missing)} pinned (model, dataset): "
-                     + ", ".join(f"{m}/{d}" for m, d in result.missing[:10]) + (" ..." if len(result.missing) > 10 else ""))
+        lines.append(f"missing records for {len(result.missing)} pinned (model, dataset): {names(result.missing)}")
     if result.unpinned:
-        lines.append(f"not pinned (ignored): " + ", ".join(f"{m}/{d}" for m, d in result.unpinned[:10]))
+        lines.append(f"not pinned (ignored): {names(result.unpinned)}")
+    if n:
+        single = int((result.rows["test"] == "tolerance").sum())
+        lines.append(f"significance: Welch's t-test (one-sided, alpha {result.alpha:g}) where both sides have 2+ "
+                     f"seeds; {single} of {n} quantities have one seed on a side: tolerance only")
     verdict = {0: "OK", 1: "REGRESSION", 2: "MISSING RECORDS"}[result.exit_code]
     lines.append(f"check: {verdict}: {n} pinned quantities: {summary or 'none'}")
     return "\n".join(lines) + "\n"

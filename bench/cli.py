@@ -1,4 +1,4 @@
-"""The `flowbench` command: list | run | status | cancel | report | check | pin | audit | data.
+"""The `flowbench` command: list | run | status | cancel | report | check | history | pin | audit | data.
 
 Heavy libraries (torch, pandas) load inside the commands that need them, so `flowbench --help`
 and `flowbench list` answer at once. Every user error is one line on stderr and exit code 2;
@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.errors import FlowbenchError
 
@@ -25,7 +27,8 @@ def _add_results(p: argparse.ArgumentParser) -> None:
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a suite file")
-    p.add_argument("--only", metavar="K=V,...", help='filter the grid, e.g. "model=realnvp,dataset=moons,8gaussians"')
+    p.add_argument("--only", metavar="K=V,...", help='filter the grid, e.g. "model=realnvp,dataset=moons,8gaussians" '
+                   'or "variant=large" (model=, dataset=, variant=, seed=)')
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help='override a setting for every run, e.g. "train.max_steps=200" (repeatable)')
     p.add_argument("--seeds", metavar="S,S,...", help='replace the suite\'s seeds, e.g. "0,1,2"')
@@ -79,7 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a tolerance, e.g. nll=0.1 (absolute) or nfe=0.2 / nfe=20%% (relative); repeatable")
     p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
+    p.add_argument("--alpha", default=None, metavar="A",
+                   help="significance level of Welch's t-test (2+ seeds on both sides; default: the suite's or 0.05)")
     p.add_argument("--verbose", "-v", action="store_true", help="show every pinned quantity, not only what moved")
+    _add_results(p)
+
+    p = sub.add_parser("history", help="a quantity over the recorded checks (results/SUITE/check_history.jsonl)")
+    p.add_argument("suite", help="suite name or file")
+    p.add_argument("--quantity", default=None, help="the quantity to show (default: the headline metrics)")
+    p.add_argument("--last", type=int, default=10, metavar="N", help="the last N checks in the table (default 10)")
+    p.add_argument("--out", default="reports", metavar="DIR", help="writes DIR/SUITE/history.{md,csv,png,pdf}")
+    p.add_argument("--no-figures", action="store_true", help="the table only")
     _add_results(p)
 
     p = sub.add_parser("pin", help="write baselines/pinned/SUITE.csv from the newest completed records")
@@ -216,6 +229,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def _status_of_suite(args: argparse.Namespace) -> int:
     """One line per run: the record's status joined with SLURM's view of its job, and counts."""
     from bench.launch import reconcile, slurm_view
+    from bench.metrics import headline_of
     from bench.store import RunRecord
 
     suite, specs = _specs(args)
@@ -225,7 +239,7 @@ def _status_of_suite(args: argparse.Namespace) -> int:
         info = view.get(spec.run_id, {})
         result = reconcile(spec, args.results, info) or RunRecord(args.results, spec.suite, spec.run_id).read_result() or {}
         status = result.get("status", "pending")
-        value = (result.get("test") or {}).get(spec.metric)
+        _, value = headline_of(spec.metric, result.get("test") or {})
         rows.append((spec.run_id, spec.label, status, info.get("state", ""), result.get("steps", ""),
                      f"{value:.4f}" if isinstance(value, float) else "", (result.get("error") or "")[:70]))
         if status not in ("completed", "pending", "running") and info.get("stderr"):
@@ -268,9 +282,31 @@ def _report_skipped(df) -> None:
         print(f"flowbench: warning: skipped unreadable record {path}: {reason}", file=sys.stderr)
 
 
-def _suite_context(name: str) -> tuple[str, list[tuple[str, str, int]] | None, dict, list[str]]:
-    """(suite name, its grid as (model, dataset, seed), its check: mapping, its differences: lines);
-    the grid is None when the suite file cannot be found (the records alone are reported)."""
+@dataclass
+class SuiteContext:
+    """What report, pin, check, history and audit take from a suite file (when it is found)."""
+
+    name: str
+    path: str = ""  # the suite file ("" when only records were found)
+    specs: list = field(default_factory=list)  # its grid as RunSpecs (empty without the file)
+    check: dict = field(default_factory=dict)  # its check: mapping
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def expected(self) -> list[tuple[str, str, str, int]] | None:
+        """The grid as (model, variant, dataset, seed); None without the suite file."""
+        return [(s.model, s.variant, s.dataset, s.seed) for s in self.specs] if self.path else None
+
+    @property
+    def labels(self) -> dict[str, dict]:
+        """run_id -> the suite's current variant label, sweep values and published setting."""
+        return {s.run_id: {"variant": s.variant, "sweep": s.sweep, "setting": s.setting,
+                           "published_model": s.published_model} for s in self.specs}
+
+
+def _suite_context(name: str) -> SuiteContext:
+    """The suite's grid, check: mapping and differences; only its name when the suite file cannot be
+    found (the records alone are reported)."""
     from bench.spec import load_suite
 
     try:
@@ -278,9 +314,8 @@ def _suite_context(name: str) -> tuple[str, list[tuple[str, str, int]] | None, d
     except FlowbenchError:
         if os.path.sep in name or name.endswith((".yaml", ".yml")):
             raise
-        return name, None, {}, []
-    grid = [(s.model, s.dataset, s.seed) for s in suite.runs(check_models=False)]
-    return suite.name, grid, suite.check, suite.differences
+        return SuiteContext(name)
+    return SuiteContext(suite.name, str(suite.path), suite.runs(check_models=False), suite.check, suite.differences)
 
 
 def _scan_suite(suite: str, results: str):
@@ -294,23 +329,25 @@ def _scan_suite(suite: str, results: str):
 
 
 def _print_report(suite: str, results: str, metric: str | None, out: str, figures: bool = True) -> None:
-    from bench.report import differences_text, missing_text, to_markdown, write_report
+    from bench.report import differences_text, headline_tables, missing_text, to_markdown, write_report
 
     from bench.plots import start_workers
 
     pool = start_workers() if figures else None  # they load matplotlib and seaborn while the records are read
     try:
-        name, grid, _, differences = _suite_context(suite)
-        df = _scan_suite(name, results)
-        report = write_report(df, name, out, metric, expected=grid, figures=figures, figure_pool=pool,
-                              differences=differences)
+        ctx = _suite_context(suite)
+        df = _scan_suite(ctx.name, results)
+        report = write_report(df, ctx.name, out, metric, expected=ctx.expected, figures=figures, figure_pool=pool,
+                              differences=ctx.differences, labels=ctx.labels)
     finally:
         if pool is not None:
             pool.terminate()  # every figure is written by now (or the report failed): nothing left to wait for
             pool.join()
-    print(to_markdown(report.tables[0], f"## {name}: {report.tables[0].title}"), end="")
-    print(missing_text(report.records), end="")
-    print(differences_text(differences), end="")
+    name, differences = ctx.name, ctx.differences
+    print("\n".join(to_markdown(t, f"## {name}: {t.title}") for t in headline_tables(report.tables)), end="")
+    for text in (missing_text(report.records), differences_text(differences)):
+        if text:
+            print(f"\n{text}", end="")
     print(f"(report: {report.files['markdown']}, {report.files['html']}; {len(report.figures)} figures)")
 
 
@@ -320,28 +357,62 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bench.check import check, format_result, parse_tolerances, suite_tolerances
-
-    name, _, check_cfg, _ = _suite_context(args.suite)
-    tolerances = {**suite_tolerances(check_cfg), **parse_tolerances(args.tolerance)}
+    """`flowbench check SUITE`: compare with the pinned numbers, print, and append to the check history."""
+    from bench import history
+    from bench.check import DEFAULT_ALPHA, check, format_result, parse_alpha, pinned_path, parse_tolerances
+    from bench.check import suite_alpha, suite_tolerances
     from bench.store import scan
 
-    df = scan(args.results, name)  # no records at all: check reports every pinned pair missing (exit 2)
+    ctx = _suite_context(args.suite)
+    where = f"{ctx.path}: check" if ctx.path else "suite check:"
+    tolerances = {**suite_tolerances(ctx.check, where), **parse_tolerances(args.tolerance)}
+    alpha = parse_alpha(args.alpha) if args.alpha is not None else (suite_alpha(ctx.check, where) or DEFAULT_ALPHA)
+    df = scan(args.results, ctx.name)  # no records at all: check reports every pinned pair missing (exit 2)
     _report_skipped(df)
-    result = check(df, name, tolerances, args.pinned, args.metric)
-    print(f"suite {name}: checking against {args.pinned or 'baselines/pinned'}/{name}.csv")
+    result = check(df, ctx.name, tolerances, args.pinned, args.metric, alpha, ctx.labels)
+    pinned = pinned_path(ctx.name, args.pinned) / f"{ctx.name}.csv"
+    print(f"suite {ctx.name}: checking against {pinned}")
     print(format_result(result, args.verbose), end="")
+    try:
+        print(f"(history: {history.append(args.results, ctx.name, result, pinned)})")
+    except FlowbenchError as err:  # a read-only results folder: the check itself still counts
+        print(f"flowbench: warning: {err}", file=sys.stderr)
     return result.exit_code
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """`flowbench history SUITE`: a quantity over the recorded checks, as a table and a figure."""
+    from bench import history
+
+    ctx = _suite_context(args.suite)
+    frame = history.read(args.results, ctx.name)
+    wide = history.table(frame, args.quantity, args.last)
+    text = history.to_markdown(wide)
+    print(f"suite {ctx.name}: {frame['entry'].nunique()} checks recorded; current means per check, pinned last")
+    print(text, end="")
+    out = os.path.join(args.out, ctx.name)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "history.md"), "w") as f:
+        f.write(f"# {ctx.name}: check history\n\n{text}")
+    wide.to_csv(os.path.join(out, "history.csv"))
+    written = ""
+    if not args.no_figures:
+        from bench.plots import save
+
+        written = f", {save(history.figure(frame, args.quantity), Path(out), 'history')}"
+    print(f"(history: {os.path.join(out, 'history.md')}, {os.path.join(out, 'history.csv')}{written})")
+    return EXIT_OK
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
     from bench.check import pin
 
-    name, *_ = _suite_context(args.suite)
-    df = _scan_suite(name, args.results)
-    path, table, records = pin(df, name, args.pinned, args.metric)
-    print(f"pinned {len(table)} quantities of {table[['model', 'dataset']].drop_duplicates().shape[0]} "
-          f"(model, dataset) pairs -> {path}")
+    ctx = _suite_context(args.suite)
+    df = _scan_suite(ctx.name, args.results)
+    path, table, records = pin(df, ctx.name, args.pinned, args.metric, ctx.labels)
+    seeds = " ".join(sorted(set(" ".join(table["seeds"]).split()), key=int))
+    print(f"pinned {len(table)} quantities of {table[['model', 'variant', 'dataset']].drop_duplicates().shape[0]} "
+          f"(model, variant, dataset) rows (seeds {seeds}) -> {path}")
     if records.missing or not records.failed.empty:
         print(f"  note: {len(records.missing)} missing and {len(records.failed)} failed runs are not pinned")
     return EXIT_OK
@@ -351,11 +422,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`flowbench audit SUITE`: the tolerance audit of every completed CNF run, printed and written."""
     from bench.audit import DEFAULT_TOLERANCES, audit_suite, parse_tolerances, to_markdown, write_audit
 
-    name, *_ = _suite_context(args.suite)
+    ctx = _suite_context(args.suite)
+    name = ctx.name
     tolerances = parse_tolerances(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
     records = _scan_suite(name, args.results)
     out, skipped = audit_suite(records, name, tolerances, args.max_examples or None, args.data_root,
-                               progress=not args.quiet)
+                               progress=not args.quiet, labels=ctx.labels)
     if out.empty:
         raise FlowbenchError(f'suite "{name}": no completed CNF run with model.pt to audit'
                              + (f" (skipped: {'; '.join(f'{a} ({b})' for a, b in skipped)})" if skipped else ""))
@@ -384,8 +456,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_RUNS_FAILED if counts.get("corrupt") else EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel, "check": cmd_check, "pin": cmd_pin,
-            "audit": cmd_audit, "data": cmd_data}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel,
+            "check": cmd_check, "history": cmd_history, "pin": cmd_pin, "audit": cmd_audit, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

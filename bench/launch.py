@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
+from bench.metrics import headline_of
 from bench.spec import RunSpec, parse_value
 from bench.store import RunRecord, atomic_write_json
 
@@ -78,8 +79,8 @@ def describe_result(spec: RunSpec, result: dict[str, Any]) -> str:
     status = result["status"]
     if status != "completed":
         return f"x {spec.label} [{spec.run_id}] {status}: {result.get('error')}"
-    value = result.get("test", {}).get(spec.metric)
-    shown = f"test {spec.metric} {value:.4f}" if isinstance(value, float) else ""
+    name, value = headline_of(spec.metric, result.get("test", {}))
+    shown = f"test {name} {value:.4f}" if isinstance(value, float) else ""
     return f"ok {spec.label} [{spec.run_id}] {shown} ({result['steps']} steps, {result['train_seconds']:.1f} s)"
 
 

@@ -1,10 +1,13 @@
 """seaborn figures of a suite's records, each written as PNG and PDF.
 
 - ``metric_vs_time`` / ``metric_vs_nfe``: the validation headline metric against training
-  wall-clock and against cumulative NFE (forward + backward), one line per run, colour per model;
+  wall-clock and against cumulative NFE (forward + backward), one line per run, colour per model
+  (and variant: a row of the tables);
 - ``nfe_over_training``: forward and backward NFE per step over training (CNFs);
 - ``tolerances``: learned solver tolerances over training (``train_tol_*`` columns of metrics.jsonl);
-- ``bars``: the test headline metric per model, mean with a ± std error bar over seeds, per dataset;
+- ``bars``: the test headline metric per model (and variant), mean with a ± std error bar over seeds, per dataset;
+- ``sweep_<key>``: for a swept setting (``grid:`` or ``--set``), the test headline metric against its
+  values, mean ± std over seeds, one line per model and the other swept values;
 - ``toy_density`` / ``toy_samples``: 2-D density heat maps and samples of each model (toy data);
 - ``samples_<model>_<dataset>``: image sample grids.
 
@@ -82,27 +85,28 @@ def _grid(n: int, size: tuple[float, float] = (3.6, 2.8)) -> tuple[Any, list[Any
 def load_histories(records: Any, per_group: int = MAX_RUNS_PER_GROUP) -> Any:
     """metrics.jsonl of up to ``per_group`` completed runs per (model, dataset), as one DataFrame.
 
-    Adds ``model``, ``dataset``, ``seed``, ``run_id``, ``val_headline`` (the validation value of
-    the run's headline metric) and ``nfe_total`` (cumulative forward + backward NFE).
+    Adds ``model`` (the table row: model and variant), ``dataset``, ``seed``, ``run_id``,
+    ``val_headline`` (the validation value of the run's headline: a conditional model's marginal)
+    and ``nfe_total`` (cumulative forward + backward NFE).
     """
     import pandas as pd
 
     done = records.completed
     if done.empty or "path" not in done:
         return pd.DataFrame()
-    chosen = done.sort_values("seed").groupby(["model", "dataset"], sort=False).head(per_group)
+    chosen = done.sort_values("seed").groupby(["model", "variant", "dataset"], sort=False).head(per_group)
     rows: list[dict[str, Any]] = []  # one frame built at the end: per-run frames and concat cost more
-    for row in chosen[["model", "dataset", "seed", "run_id", "path", "headline_metric"]].itertuples(index=False):
+    columns = ["row", "dataset", "seed", "run_id", "path", "headline_metric", "headline_field"]
+    for row in chosen[columns].itertuples(index=False):
         try:
             with open(os.path.join(row.path, "metrics.jsonl"), "rb") as f:
                 lines = [json.loads(line) for line in f if line.strip()]
         except (OSError, ValueError):
             continue
-        key = f"val_{row.headline_metric}"
+        keys = (f"val_{row.headline_field}", f"val_{row.headline_metric}")  # a conditional model's marginal first
         for line in lines:
-            value = line.get(key)
-            line.update(model=row.model, dataset=row.dataset, seed=row.seed, run_id=row.run_id,
-                        val_headline=value if isinstance(value, (int, float)) else math.nan)
+            value = next((line[k] for k in keys if isinstance(line.get(k), (int, float))), math.nan)
+            line.update(model=row.row, dataset=row.dataset, seed=row.seed, run_id=row.run_id, val_headline=value)
         rows.extend(lines)
     if not rows:
         return pd.DataFrame()
@@ -119,9 +123,9 @@ def _palette(models: Sequence[str]) -> dict[str, Any]:
 
 
 def _per_dataset(frame: Any, datasets: Sequence[str], draw: Callable[[Any, Any, str], None],
-                 ylabel_of: Callable[[str], str], xlabel: str) -> Any:
+                 ylabel_of: Callable[[str], str], xlabel: str | Callable[[str], str]) -> Any:
     """One panel per dataset; ``draw(ax, frame, dataset)`` fills it; one legend (in the first panel)."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
     names = [d for d in datasets if d in set(frame["dataset"])][:MAX_PANELS]
     fig, axes = _grid(len(names))
@@ -129,10 +133,11 @@ def _per_dataset(frame: Any, datasets: Sequence[str], draw: Callable[[Any, Any, 
     for ax, d in zip(axes, names):
         draw(ax, groups[d], d)
         ax.set_title(d, y=1.0)  # a fixed position: automatic title placement measures every tick label
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(xlabel(d) if callable(xlabel) else xlabel)
         ax.set_ylabel(ylabel_of(d))
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        if ax.get_yscale() == "linear":
+        if ax.get_xscale() == "linear" and not isinstance(ax.xaxis.get_major_locator(), FixedLocator):
+            ax.xaxis.set_major_locator(MaxNLocator(4))  # a log axis or categories keep their own ticks
+        if ax.get_yscale() == "linear" and not isinstance(ax.yaxis.get_major_locator(), FixedLocator):
             ax.yaxis.set_major_locator(MaxNLocator(5))
         if ax.get_legend() is not None:
             ax.get_legend().remove()
@@ -207,40 +212,127 @@ def tolerances(hist: Any, columns: Sequence[str], datasets: Sequence[str], model
     return _per_dataset(long, datasets, draw, lambda d: "tolerance", "training step")
 
 
+def _rows(records: Any) -> list[str]:
+    """The tables' rows (model and variant) as figure labels, in the tables' order."""
+    from bench.variants import row_label
+
+    return [row_label(m, v) for m, v in records.rows]
+
+
 def bars(records: Any) -> Any:
-    """Test headline metric per model: mean over seeds with ± std error bars, one panel per dataset."""
+    """Test headline metric per model (and variant): mean over seeds with ± std error bars, one panel per dataset."""
     done = records.completed.dropna(subset=["headline"])
     metrics = records.headline_metrics
-    agg = done.groupby(["dataset", "model"], sort=False)["headline"].agg(["mean", "std", "count"]).reset_index()
+    agg = done.groupby(["dataset", "row"], sort=False)["headline"].agg(["mean", "std", "count"]).reset_index()
+    agg = agg.rename(columns={"row": "model"})
     agg["std"] = agg["std"].fillna(0.0)
-    models = [m for m in records.models if m in set(agg["model"])]
+    models = [m for m in _rows(records) if m in set(agg["model"])]
     palette = _palette(models)
 
-    def draw(ax: Any, frame: Any, d: str) -> None:
+    def draw(ax: Any, frame: Any, d: str) -> None:  # horizontal bars: long (model, variant) labels stay legible
         frame = frame.set_index("model").loc[[m for m in models if m in set(frame["model"])]].reset_index()
-        x = range(len(frame))
-        ax.bar(x, frame["mean"], color=[palette[m] for m in frame["model"]], width=0.75)
-        ax.errorbar(x, frame["mean"], yerr=frame["std"], fmt="none", ecolor="0.2", capsize=3, linewidth=1)
-        ax.set_xticks(list(x), list(frame["model"]))
+        y = range(len(frame))
+        ax.barh(y, frame["mean"], color=[palette[m] for m in frame["model"]], height=0.75)
+        ax.errorbar(frame["mean"], y, xerr=frame["std"], fmt="none", ecolor="0.2", capsize=3, linewidth=1)
+        ax.set_yticks(list(y), list(frame["model"]), fontsize=7)
+        ax.invert_yaxis()  # the tables' order, top down
         lo, hi = (frame["mean"] - frame["std"]).min(), (frame["mean"] + frame["std"]).max()
         pad = 0.25 * (hi - lo) + 1e-3 * (abs(hi) + 1)
-        ax.set_ylim(lo - pad, hi + pad)  # metrics can be negative: no zero baseline
-        for label in ax.get_xticklabels():
-            label.set_rotation(30), label.set_horizontalalignment("right")
+        ax.set_xlim(lo - pad, hi + pad)  # metrics can be negative: no zero baseline
 
-    return _per_dataset(agg, records.datasets, draw, lambda d: f"test {metrics.get(d, '')} (mean ± std)", "")
+    per_panel = max((len(set(g["model"])) for _, g in agg.groupby("dataset")), default=1)
+    fig = _per_dataset(agg, records.datasets, draw, lambda d: "", lambda d: f"test {metrics.get(d, '')} (mean ± std)")
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w, max(h, 0.18 * per_panel * h / 2.8 + 1.2))
+    longest = max((len(m) for m in models), default=8)
+    label_in = 0.2 + 0.055 * longest  # inches the row labels take left of each panel
+    fig.subplots_adjust(left=min(0.45, label_in / w), bottom=0.75 / fig.get_size_inches()[1],
+                        wspace=min(1.5, (label_in + 0.3) / 2.4))
+    fig.text(0.01, 0.005, _SPREAD_NOTE, fontsize=7, color="0.35")
+    return fig
+
+
+_SPREAD_NOTE = "error bars: ± sample standard deviation over seeds (none with one seed)"
+
+
+def sweep_points(records: Any, key: str) -> Any:
+    """The test headline per (dataset, line, value of the swept ``key``): mean, std and n over seeds;
+    a line is a model with the other swept values (and named variant) of its rows."""
+    from bench.variants import fmt_value, row_label
+
+    done = records.completed.dropna(subset=["headline"])
+    col = f"sweep.{key}"
+    done = done[done[col].notna()] if col in done else done.iloc[:0]
+    values = [fmt_value(v) if isinstance(v, (list, tuple)) else v for v in done[col]]
+
+    def others(variant: str, value: Any) -> str:  # the label without this key's part (short or full name)
+        own = {f"{key.rpartition('.')[2]}={fmt_value(value)}", f"{key}={fmt_value(value)}"}
+        return " ".join(p for p in variant.split() if p not in own)
+
+    lines = [row_label(m, others(v, x)) for m, v, x in zip(done["model"], done["variant"], values)]
+    frame = done.assign(line=lines, value=values)
+    agg = frame.groupby(["dataset", "line", "value"], sort=False)["headline"].agg(["mean", "std", "count"])
+    return agg.rename(columns={"count": "n"}).reset_index()
+
+
+def sweep(records: Any, key: str) -> Any:
+    """The test headline against the values of a swept setting, mean ± std over seeds, one panel per
+    dataset, one line per model (and the other swept values); a log axis for positive values that
+    span a factor of ten or more, categories for values that are not numbers."""
+    import numpy as np
+    import pandas as pd
+
+    agg = sweep_points(records, key)
+    metrics = records.headline_metrics
+    numeric = pd.to_numeric(agg["value"], errors="coerce")
+    categorical = numeric.isna().any()
+    if categorical:
+        order = list(dict.fromkeys(agg["value"].astype(str)))
+        agg = agg.assign(x=[order.index(v) for v in agg["value"].astype(str)])
+    else:
+        agg = agg.assign(x=numeric)
+    log = not categorical and (agg["x"] > 0).all() and agg["x"].max() >= 10 * agg["x"].min()
+    colors = _palette(list(dict.fromkeys(agg["line"])))
+
+    def draw(ax: Any, frame: Any, d: str) -> None:
+        for line, g in frame.groupby("line", sort=False):
+            g = g.sort_values("x")
+            ax.errorbar(g["x"].to_numpy(), g["mean"].to_numpy(), yerr=np.nan_to_num(g["std"].to_numpy()),
+                        marker="o", markersize=3, capsize=3, linewidth=1.1, color=colors[line], label=line)
+        if log:
+            ax.set_xscale("log")
+        if categorical:
+            ax.set_xticks(range(len(order)), order)
+
+    fig = _per_dataset(agg, records.datasets, draw, lambda d: f"test {metrics.get(d, '')} (mean ± std)", key)
+    fig.text(0.01, 0.005, _SPREAD_NOTE, fontsize=7, color="0.35")
+    return fig
+
+
+def swept_keys(records: Any) -> list[str]:
+    """Settings the records sweep (``sweep.*`` columns) with two or more values among completed runs."""
+    done = records.completed
+    return [c[6:] for c in done.columns if c.startswith("sweep.") and done[c].dropna().astype(str).nunique() > 1]
+
+
+def _safe(name: str) -> str:
+    """A figure's file name from a label (model names, variants, dotted keys)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_")
 
 
 # -- trained models (torch) -------------------------------------------------------------------------
 def _first_runs(records: Any, kind: str) -> list[tuple[str, str, str]]:
-    """(model, dataset, run dir) of the lowest-seed completed run with model.pt per pair, for one data kind."""
+    """(row: model and variant, dataset, run dir) of the lowest-seed completed run with model.pt per
+    row and dataset, for one data kind."""
     from bench.data import REGISTRY
 
     done = records.completed
     if done.empty or "path" not in done:
         return []
     out = []
-    for (m, d), group in done.sort_values("seed").groupby(["model", "dataset"], sort=False):
+    for (m, d), group in done.sort_values("seed").groupby(["row", "dataset"], sort=False):
         entry = REGISTRY.get(d)
         if entry is None or entry.kind != kind:
             continue
@@ -260,7 +352,7 @@ def toy_figures(records: Any, resolution: int = 120, n_samples: int = 2000) -> d
     runs = _first_runs(records, "toy")
     if not runs:
         return {}
-    models = [m for m in records.models if any(r[0] == m for r in runs)][:MAX_TOY_MODELS]
+    models = [m for m in _rows(records) if any(r[0] == m for r in runs)][:MAX_TOY_MODELS]
     datasets = [d for d in records.datasets if any(r[1] == d for r in runs)][:MAX_PANELS]
     _setup()
     shape = (len(models), len(datasets))
@@ -353,7 +445,7 @@ def image_figures(records: Any, n: int = 32) -> dict[str, Any]:
         except Exception:
             continue
         if x.ndim == 4:
-            out[f"samples_{m}_{d}"] = sample_grid(x, f"{m} on {d}")
+            out[_safe(f"samples_{m}_{d}")] = sample_grid(x, f"{m} on {d}")
     return out
 
 
@@ -405,7 +497,8 @@ def _slim(records: Any) -> Any:
     """What the bar chart reads of the records, small enough to send to a worker process."""
     from dataclasses import replace
 
-    cols = [c for c in ("model", "dataset", "seed", "headline", "headline_metric") if c in records.completed]
+    cols = [c for c in records.completed.columns if c in ("model", "variant", "row", "dataset", "seed", "headline",
+                                                          "headline_metric") or c.startswith("sweep.")]
     return replace(records, df=records.df.iloc[:0], completed=records.completed[cols], failed=records.failed.iloc[:0])
 
 
@@ -421,10 +514,13 @@ def all_figures(records: Any, tables: Sequence[Any], out_dir: str | os.PathLike,
     if records.completed.empty:
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, datasets, order = records.headline_metrics, records.datasets, records.models
+    metrics, datasets, order = records.headline_metrics, records.datasets, _rows(records)
     jobs: dict[str, tuple[Callable[..., Any], tuple]] = {}
     if records.completed["headline"].notna().any():
-        jobs["bars"] = (bars, (_slim(records),))
+        slim = _slim(records)
+        jobs["bars"] = (bars, (slim,))
+        for key in swept_keys(records):
+            jobs[_safe(f"sweep_{key}")] = (sweep, (slim, key))
     hist = load_histories(records)
     if not hist.empty and hist["val_headline"].notna().any():
         jobs["metric_vs_time"] = (metric_vs, (hist, "seconds", "training seconds", metrics, datasets, order))

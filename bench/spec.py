@@ -1,9 +1,11 @@
 """Suites and runs: load a suite's YAML, validate every field, expand the grid into RunSpecs.
 
 A suite names datasets, models and seeds, the training defaults, per-model / per-dataset /
-per-(model, dataset) overrides, budgets and the headline metric. Each RunSpec is fully resolved
-(defaults filled in) and its ``run_id`` is a short hash of that content, so a finished run is
-recognised on a re-run and a changed hyperparameter is a new run.
+per-(model, dataset) overrides, budgets, the headline metric, and the variants it sweeps
+(``grid:``, ``variants:``; ``bench.variants``). Each RunSpec is fully resolved (defaults filled in)
+and its ``run_id`` is a short hash of that content, so a finished run is recognised on a re-run and
+a changed hyperparameter is a new run. A run's variant label and the published setting it
+reproduces travel with it (spec.json) but are not part of the hash.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Any
 
 import yaml
 
+from bench import variants as _variants
 from bench.errors import FlowbenchError, did_you_mean
+from bench.metrics import SUITE_METRICS
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-METRICS = ("auto", "nll", "bpd", "nll_marginal", "bpd_marginal", "error", "mse", "mse_extrapolation")
+METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defines each)
 
 
 # -- YAML: accept 1e-3 as a float (YAML 1.1 wants 1.0e-3) -------------------------------------
@@ -64,7 +68,19 @@ TRAIN_FIELDS: dict[str, Field] = {
     "eval_batch_size": Field((int,), 2048, minimum=1, help="batch size for val/test evaluation"),
     "optimizer": Field((str,), "adam", choices=("adam", "adamw", "adamax")),
     "lr": Field((float,), 1e-3, minimum=0.0),
+    "betas": Field((list,), None, nullable=True,
+                   help="the optimiser's [beta1, beta2] (null: its defaults, 0.9 and 0.999)"),
     "weight_decay": Field((float,), 0.0, minimum=0.0),
+    "weight_decay_on": Field((str,), "all", choices=("all", "marked"),
+                             help="all parameters, or only those the model's weight_decay_params() marks"),
+    "accumulate": Field((int,), 1, minimum=1,
+                        help="micro-batches per step: batch_size is split and the gradients summed (the same step "
+                             "for models without batch statistics, less memory)"),
+    "polyak": Field((float,), None, nullable=True, minimum=0.0,
+                    help="decay of a Polyak (exponential moving) average of the weights, used for evaluation "
+                         "and the saved model; null: off"),
+    "restore_best": Field((bool,), True,
+                          help="test the best-validation weights (false: the final weights)"),
     "schedule": Field((str,), "constant", choices=("constant", "cosine", "step"),
                       help="learning-rate schedule after warm-up"),
     "milestones": Field((list,), [], help="steps at which the 'step' schedule multiplies lr by gamma"),
@@ -91,7 +107,10 @@ SUITE_KEYS = {
     "models": "list of model names, or a mapping name -> hyperparameters",
     "seeds": "list of integer seeds",
     "train": "training defaults (see TRAIN_FIELDS)",
-    "overrides": "list of {match: {model, dataset}, model:, train:, data:, skip:}",
+    "overrides": "list of {match: {model, dataset}, model:, train:, data:, skip:, setting:, published_model:}",
+    "grid": "settings to sweep: dotted key -> list of values (every combination is a variant), optional match:",
+    "variants": "named variants: name -> {train:, model:, data: (or dotted keys), match:, setting:, published_model:}",
+    "setting": "the setting of the published rows the suite reproduces (baselines/published.csv's `setting`)",
     "data_root": "where loaders find real data files",
     "plugins": "modules to import that register extra models",
     "slurm": "SLURM resources for --executor slurm",
@@ -99,7 +118,7 @@ SUITE_KEYS = {
     "sources": "where the hyperparameters come from (free text or mapping)",
     "differences": "differences from the papers kept on purpose (a list of lines; shown under the report's table)",
 }
-OVERRIDE_KEYS = ("match", "model", "train", "data", "skip")
+OVERRIDE_KEYS = ("match", "model", "train", "data", "skip", "setting", "published_model")
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -136,6 +155,14 @@ def check_train(config: Mapping[str, Any], where: str) -> dict[str, Any]:
         out[key] = check_field(value, TRAIN_FIELDS[key], f"{where}.{key}")
     if "milestones" in out and not all(isinstance(m, int) and not isinstance(m, bool) for m in out["milestones"]):
         raise FlowbenchError(f"{where}.milestones: expected a list of integer steps, got {out['milestones']!r}")
+    betas = out.get("betas")
+    if betas is not None and not (len(betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                          and 0 <= b < 1 for b in betas)):
+        raise FlowbenchError(f"{where}.betas: expected [beta1, beta2], two numbers in [0, 1), got {betas!r}")
+    if betas is not None:
+        out["betas"] = [float(b) for b in betas]
+    if out.get("polyak") is not None and not out["polyak"] < 1:
+        raise FlowbenchError(f"{where}.polyak: {out['polyak']!r} is not below 1 (the average's decay, e.g. 0.999)")
     return out
 
 
@@ -156,9 +183,14 @@ class RunSpec:
     data_config: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     metric: str = "nll"
+    variant: str = ""  # the label of the suite's variant ("" for a plain run); not in the run id
+    sweep: dict[str, Any] = field(default_factory=dict)  # swept settings (dotted key -> value); not in the run id
+    setting: str = ""  # the published setting the run reproduces (published.csv); not in the run id
+    published_model: str = ""  # the published rows' model name when not the model's own; not in the run id
 
     def content(self) -> dict[str, Any]:
-        """Everything that determines the result (the suite's name does not)."""
+        """Everything that determines the result (the suite's name, the variant's label and the
+        published setting do not)."""
         return {"model": self.model, "dataset": self.dataset, "seed": self.seed,
                 "model_config": self.model_config, "data_config": self.data_config,
                 "train": self.train, "metric": self.metric}
@@ -169,16 +201,24 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.model}/{self.dataset}/seed{self.seed}"
+        return _variants.run_label(self.model, self.variant, self.dataset, self.seed)
+
+    def identity(self) -> dict[str, Any]:
+        """What names the run in its records: run id, suite, model, variant, dataset, seed."""
+        return {"run_id": self.run_id, "suite": self.suite, "model": self.model, "variant": self.variant,
+                "dataset": self.dataset, "seed": self.seed}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "suite": self.suite, **self.content()}
+        return {"run_id": self.run_id, "suite": self.suite, "variant": self.variant, "sweep": self.sweep,
+                "setting": self.setting, "published_model": self.published_model, **self.content()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
         return cls(suite=d["suite"], model=d["model"], dataset=d["dataset"], seed=d["seed"],
                    model_config=dict(d.get("model_config", {})), data_config=dict(d.get("data_config", {})),
-                   train=dict(d.get("train", {})), metric=d.get("metric", "nll"))
+                   train=dict(d.get("train", {})), metric=d.get("metric", "nll"), variant=d.get("variant") or "",
+                   sweep=dict(d.get("sweep") or {}), setting=d.get("setting") or "",
+                   published_model=d.get("published_model") or "")
 
 
 # -- suites -----------------------------------------------------------------------------------
@@ -190,6 +230,8 @@ class Override:
     train: dict[str, Any]
     data: dict[str, Any]
     skip: bool = False  # leave the matched (model, dataset) pairs out of the grid
+    setting: str | None = None  # the published setting of the matched pairs (None: unchanged)
+    published_model: str | None = None  # the published rows' model name for the matched pairs
 
     def applies(self, model: str, dataset: str) -> bool:
         return (self.models is None or model in self.models) and (self.datasets is None or dataset in self.datasets)
@@ -211,16 +253,18 @@ class Suite:
     slurm: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
+    setting: str = ""  # the published setting the suite reproduces
+    axes: _variants.Axes = field(default_factory=_variants.Axes)  # grid: and variants:
 
     def runs(self, only: Mapping[str, set[str]] | None = None, seeds: Iterable[int] | None = None,
              sets: Iterable[str] = (), check_models: bool = True) -> list[RunSpec]:
-        """Expand the grid (datasets x models x seeds), filtered by ``only``, with ``--set`` applied."""
+        """Expand the grid (datasets x models x variants x seeds), filtered by ``only``, with ``--set`` applied."""
         from bench.data import REGISTRY
 
         only = dict(only or {})
         for key in only:
-            if key not in ("model", "dataset", "seed"):
-                raise FlowbenchError(f'--only: unknown key "{key}"; use model=, dataset= or seed=')
+            if key not in ONLY_KEYS:
+                raise FlowbenchError(f'--only: unknown key "{key}"; use model=, dataset=, variant= or seed=')
         for key, names in (("model", self.models), ("dataset", self.datasets)):
             for value in only.get(key, ()):
                 if value not in names:
@@ -234,11 +278,14 @@ class Suite:
                 raise FlowbenchError(f"--only seed=: expected integers, got {sorted(only['seed'])}") from None
             seed_list = [s for s in seed_list if s in wanted]
         cli = parse_sets(sets)
+        cli_variant = _variants.from_sets(cli)
+        self.axes.check_sets(cli_variant)
         metric = cli.pop("metric", self.metric)
         if metric not in METRICS:
             raise FlowbenchError(f"--set metric={metric}: unknown metric{did_you_mean(str(metric), METRICS)}")
 
         specs: list[RunSpec] = []
+        labels: set[str] = set()
         for dataset, data_options in self.datasets.items():
             if "dataset" in only and dataset not in only["dataset"]:
                 continue
@@ -247,27 +294,57 @@ class Suite:
                     continue
                 if any(ov.skip and ov.applies(model, dataset) for ov in self.overrides):
                     continue  # a pair the suite leaves out (e.g. a time-series model on 2-D toy data)
-                model_cfg, train_cfg, data_cfg = dict(hparams), {**TRAIN_DEFAULTS, **self.train}, dict(data_options)
-                for ov in self.overrides:
-                    if ov.applies(model, dataset):
-                        model_cfg.update(ov.model), train_cfg.update(ov.train), data_cfg.update(ov.data)
-                model_cfg.update(cli.get("model", {}))
-                train_cfg.update(cli.get("train", {}))
-                data_cfg.update(cli.get("data", {}))
-                where = f"{self.path} ({model} on {dataset})"
-                train_cfg = {**TRAIN_DEFAULTS, **check_train(train_cfg, f"{where}: train")}
-                _check_budget(train_cfg, where)
-                data_cfg = resolve_data_options(dataset, data_cfg, f"{where}: data")
-                if check_models:
-                    model_cfg = resolve_model_config(model, model_cfg, f"{where}: models.{model}")
                 run_metric = REGISTRY[dataset].metric if metric == "auto" else metric
-                for seed in seed_list:
-                    specs.append(RunSpec(self.name, model, dataset, seed, copy.deepcopy(model_cfg),
-                                         dict(data_cfg), dict(train_cfg), run_metric))
+                pair = self._pair_variants(model, dataset, hparams, data_options, cli_variant, check_models)
+                labels.update(spec.variant for spec in pair)
+                pair = [s for s in pair if "variant" not in only or any(
+                    _variants.matches(s.variant, w) for w in only["variant"])]
+                for base in pair:
+                    for seed in seed_list:
+                        specs.append(RunSpec(self.name, model, dataset, seed, copy.deepcopy(base.model_config),
+                                             dict(base.data_config), dict(base.train), run_metric, base.variant,
+                                             dict(base.sweep), base.setting, base.published_model))
+        for wanted in only.get("variant", ()):
+            if not any(_variants.matches(label, wanted) for label in labels):
+                raise FlowbenchError(f'--only variant={wanted}: the suite "{self.name}" has no variant "{wanted}"'
+                                     f"{did_you_mean(wanted, sorted(labels - {''}))}")
         if not specs:
             raise FlowbenchError(f"{self.path}: the grid is empty after filters "
                                  f"(datasets {list(self.datasets)}, models {list(self.models)}, seeds {seed_list})")
         return specs
+
+
+    def _pair_variants(self, model: str, dataset: str, hparams: Mapping[str, Any], data_options: Mapping[str, Any],
+                       cli_variant: _variants.Variant, check_models: bool) -> list[RunSpec]:
+        """One resolved seedless RunSpec per variant of a (model, dataset) pair: suite defaults <
+        overrides < the variant (named, then grid point) < ``--set``; two variants that resolve to
+        the same settings are an error."""
+        model_base, train_base, data_base = dict(hparams), {**TRAIN_DEFAULTS, **self.train}, dict(data_options)
+        setting, published_model = self.setting, ""
+        for ov in self.overrides:
+            if ov.applies(model, dataset):
+                model_base.update(ov.model), train_base.update(ov.train), data_base.update(ov.data)
+                setting = ov.setting if ov.setting is not None else setting
+                published_model = ov.published_model if ov.published_model is not None else published_model
+        out: list[RunSpec] = []
+        seen: dict[str, str] = {}
+        for var in self.axes.for_pair(model, dataset, cli_variant):
+            where = f"{self.path} ({model} on {dataset}" + (f", variant {var.label})" if var.label else ")")
+            train_cfg = {**TRAIN_DEFAULTS, **check_train({**train_base, **var.section("train")}, f"{where}: train")}
+            _check_budget(train_cfg, where)
+            data_cfg = resolve_data_options(dataset, {**data_base, **var.section("data")}, f"{where}: data")
+            model_cfg = {**model_base, **var.section("model")}
+            if check_models:
+                model_cfg = resolve_model_config(model, model_cfg, f"{where}: models.{model}")
+            spec = RunSpec(self.name, model, dataset, 0, model_cfg, data_cfg, train_cfg, "-", var.label,
+                           dict(var.sweep), var.setting if var.setting is not None else setting,
+                           var.published_model if var.published_model is not None else published_model)
+            if spec.run_id in seen:
+                raise FlowbenchError(f'{self.path}: variants "{seen[spec.run_id]}" and "{var.label}" give identical '
+                                     f"runs of {model} on {dataset} (the same settings); make them differ or drop one")
+            seen[spec.run_id] = var.label
+            out.append(spec)
+        return out
 
 
 def _check_budget(train: Mapping[str, Any], where: str) -> None:
@@ -333,14 +410,21 @@ def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+ONLY_KEYS = ("model", "dataset", "variant", "seed")
+
+
 def parse_only(text: str | None) -> dict[str, set[str]]:
-    """``"model=realnvp,glow,dataset=moons"`` -> {"model": {realnvp, glow}, "dataset": {moons}}."""
+    """``"model=realnvp,glow,dataset=moons"`` -> {"model": {realnvp, glow}, "dataset": {moons}}.
+
+    After ``variant=`` a piece starts a new key only when it begins with one of ``ONLY_KEYS`` and "=",
+    so variant labels may hold "=": ``variant=lr=0.001,lr=0.0005`` is two labels.
+    """
     out: dict[str, set[str]] = {}
     key = None
     for piece in filter(None, (p.strip() for p in (text or "").split(","))):
-        if "=" in piece:
-            key, _, value = piece.partition("=")
-            key = key.strip()
+        head, eq, rest = piece.partition("=")
+        if eq and (key != "variant" or head.strip() in ONLY_KEYS):
+            key, value = head.strip(), rest
         elif key is None:
             raise FlowbenchError(f'--only {text}: expected KEY=VALUE pairs, e.g. "model=realnvp,dataset=moons"')
         else:
@@ -440,6 +524,12 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         raise FlowbenchError(f'{path}: metric: unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}')
     train = check_train(raw.get("train") or {}, f"{path}: train")
     overrides = [_override(o, i, path, models, datasets) for i, o in enumerate(raw.get("overrides") or [])]
+    axes = _variants.Axes(_variants.parse_variants(raw.get("variants"), f"{path}: variants", models, datasets),
+                          _variants.parse_grid(raw.get("grid"), f"{path}: grid", models, datasets))
+    axes.check(str(path))
+    setting = raw.get("setting") or ""
+    if not isinstance(setting, str):
+        raise FlowbenchError(f"{path}: setting: expected a line of text (published.csv's setting), got {setting!r}")
     for key in ("slurm", "check"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
             raise FlowbenchError(f"{path}: {key}: expected a mapping, got {raw[key]!r}")
@@ -453,7 +543,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
                  datasets=datasets, models=models, seeds=seeds, train=train, overrides=overrides,
                  data_root=raw.get("data_root"), plugins=list(raw.get("plugins") or []),
                  slurm=dict(raw.get("slurm") or {}), check=dict(raw.get("check") or {}),
-                 differences=[" ".join(d.split()) for d in differences])
+                 differences=[" ".join(d.split()) for d in differences], setting=" ".join(setting.split()), axes=axes)
 
 
 def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mapping) -> Override:
@@ -463,26 +553,17 @@ def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mappi
     for key in raw:
         if key not in OVERRIDE_KEYS:
             raise FlowbenchError(f'{where}: unknown key "{key}"{did_you_mean(str(key), OVERRIDE_KEYS)}')
-    match = raw.get("match")
-    if not isinstance(match, Mapping) or not match or set(match) - {"model", "dataset"}:
-        raise FlowbenchError(f"{where}.match: expected a mapping with model: and/or dataset:, got {match!r}")
-    sets = {}
-    for key, known in (("model", models), ("dataset", datasets)):
-        if key in match:
-            values = match[key] if isinstance(match[key], list) else [match[key]]
-            for v in values:
-                if v not in known:
-                    raise FlowbenchError(f'{where}.match.{key}: "{v}" is not in this suite{did_you_mean(str(v), known)}')
-            sets[key] = set(values)
+    match_models, match_datasets = _variants.parse_match(raw.get("match"), where, models, datasets)
     for key in ("model", "data"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
             raise FlowbenchError(f"{where}.{key}: expected a mapping, got {raw[key]!r}")
     skip = raw.get("skip", False)
     if not isinstance(skip, bool):
         raise FlowbenchError(f"{where}.skip: expected true/false, got {skip!r}")
-    return Override(models=sets.get("model"), datasets=sets.get("dataset"), model=dict(raw.get("model") or {}),
+    return Override(models=match_models, datasets=match_datasets, model=dict(raw.get("model") or {}),
                     train=check_train(raw.get("train") or {}, f"{where}.train"), data=dict(raw.get("data") or {}),
-                    skip=skip)
+                    skip=skip, setting=_variants.optional_text(raw, "setting", where),
+                    published_model=_variants.optional_text(raw, "published_model", where))
 
 
 def _import_plugin(module: str, path: Path) -> None:

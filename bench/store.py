@@ -156,6 +156,7 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 SCAN_CACHE = ".scan-cache.pkl"  # per suite folder: rows of unchanged records, keyed by file stats
+CACHE_VERSION = 4  # 4: rows carry variant, setting, published_model and sweep.*
 PARALLEL_READS = 2000  # uncached records from which scan reads in forked worker processes
 
 
@@ -188,6 +189,11 @@ def _stat_key(run_dir: str) -> tuple[int, ...]:
         return spec.st_mtime_ns, spec.st_size, 0, -1
 
 
+# spec.json fields a scanned row keeps as columns (besides the flattened model_config., data_config.,
+# train. and sweep. sections)
+SPEC_FIELDS = ("run_id", "suite", "model", "variant", "dataset", "seed", "metric", "setting", "published_model")
+
+
 def read_row(run_dir: str | os.PathLike, key: tuple[int, ...] | None = None) -> dict[str, Any]:
     """One run's record as a flat row (spec fields, then result fields); raises on unreadable files.
 
@@ -198,8 +204,9 @@ def read_row(run_dir: str | os.PathLike, key: tuple[int, ...] | None = None) -> 
     key = key or _stat_key(run_dir)
     with open(run_dir + "/spec.json", "rb") as f:
         spec = json.loads(f.read())
-    row: dict[str, Any] = {k: spec.get(k) for k in ("run_id", "suite", "model", "dataset", "seed", "metric")}
-    for section in ("model_config", "data_config", "train"):
+    row: dict[str, Any] = {k: spec.get(k) for k in SPEC_FIELDS}
+    row["variant"] = row["variant"] or ""  # records from before variants have none
+    for section in ("model_config", "data_config", "train", "sweep"):
         row.update(flatten(spec.get(section) or {}, section + "."))
     if key[3] >= 0:
         try:
@@ -265,7 +272,7 @@ def _load_cache(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             cache = pickle.load(f)
-        return cache if isinstance(cache, dict) and cache.get("version") == 3 else {}
+        return cache if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else {}
     except Exception:  # absent, foreign or from another version: rebuilt
         return {}
 
@@ -276,7 +283,7 @@ def _save_cache(path: str, df: Any, keys: list[tuple[int, ...]]) -> None:
 
     keys = {os.path.basename(p): (k, i) for i, (p, k) in enumerate(zip(df["path"], keys))}
     try:  # atomic but not fsynced: a cache lost in a crash is rebuilt from the records
-        atomic_write_bytes(Path(path), pickle.dumps({"version": 3, "keys": keys, "frame": df},
+        atomic_write_bytes(Path(path), pickle.dumps({"version": CACHE_VERSION, "keys": keys, "frame": df},
                                                     protocol=pickle.HIGHEST_PROTOCOL), fsync=False)
     except OSError:  # a read-only results folder: scanning still works, uncached
         pass

@@ -561,7 +561,7 @@ def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, devi
     """
     _stop.clear()
     record.create(spec.to_dict())
-    base = {"run_id": spec.run_id, "suite": spec.suite, "model": spec.model, "dataset": spec.dataset, "seed": spec.seed}
+    base = spec.identity()
     trainer = None
     try:
         trainer = Trainer(spec, record, data_root=data_root, device=device, progress=progress)

@@ -101,7 +101,8 @@ def test_infocnf_nfe_rows_are_per_training_iteration_forward_and_backward(rows):
         (r["model"], r["setting"]) for r in table1 if r["metric"] == "error"}
 
 
-def test_the_report_reads_the_reference_row_first_in_file_order():
+def test_the_report_reads_the_rows_of_the_default_setting():
+    """Without a suite setting, the report compares with the rows whose setting is empty: the paper's own."""
     from bench.report import load_published, reference_values
 
     refs = reference_values(load_published(), {"mnist": "bpd", "power": "nll"})

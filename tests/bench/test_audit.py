@@ -91,3 +91,15 @@ def test_audit_without_records_says_what_to_do(write_suite, results, capsys):
     path = write_suite(SUITE, name="audit-t")
     assert main(["audit", str(path), "--results", str(results)]) == 2
     assert 'no run records for suite "audit-t"' in capsys.readouterr().err
+
+
+def test_audit_rows_carry_the_variant():
+    from bench.audit import AUDIT_COLUMNS, to_markdown, with_deltas
+
+    rows = [{"run_id": f"r{k}", "model": "ffjord", "variant": variant, "dataset": "moons", "seed": 0, "metric": "nll",
+             "recorded": 1.0, "tolerance": tol, "value": 1.0 + tol, "nfe": 10.0, "mass": None}
+            for k, variant in enumerate(["atol=1e-05", "atol=0.001"]) for tol in (1e-8, 1e-3)]
+    out = with_deltas(pd.DataFrame(rows, columns=AUDIT_COLUMNS[:-2]))
+    assert list(out.columns[:4]) == ["run_id", "model", "variant", "dataset"]
+    md = to_markdown(out)
+    assert "### ffjord (atol=1e-05) on moons, seed 0 (r0)" in md and "### ffjord (atol=0.001) on moons" in md

@@ -3,7 +3,9 @@ beyond tolerance, reports missing runs (exit 2); tolerances from defaults, the s
 
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 import textwrap
 
 import pandas as pd
@@ -130,3 +132,115 @@ def test_smoke_suite_reproduces_its_pinned_numbers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "check: OK" in out
+
+
+def _spread(results, shift=0.0, spread=0.1, seeds=3, suite="n"):
+    """realnvp on moons: seeds at 1 + shift + spread x (-1, 0, 1, ...): sample std = spread."""
+    offsets = [-1.0, 0.0, 1.0, 0.0, -1.0, 1.0][:seeds] if seeds > 1 else [0.0]
+    for seed, off in enumerate(offsets):
+        write_run(results, suite, "realnvp", "moons", seed, 1.0 + shift + spread * off, seconds=60.0)
+
+
+def test_check_passes_noise_within_the_seeds_spread_and_fails_a_shift_beyond_it(tmp_path, capsys):
+    _spread(tmp_path / "base")
+    pinned = tmp_path / "pinned"
+    assert main(["pin", "n", "--results", str(tmp_path / "base"), "--pinned", str(pinned)]) == 0
+    noise = tmp_path / "noise"
+    _spread(noise, shift=0.08)  # past the 0.05 tolerance, but t = 0.98 on 4 df: p = 0.19
+    capsys.readouterr()
+    assert main(["check", "n", "--results", str(noise), "--pinned", str(pinned)]) == 0
+    out = capsys.readouterr().out
+    assert "noise" in out and "Welch p=0.19" in out and "check: OK" in out
+    assert main(["check", "n", "--results", str(noise), "--pinned", str(pinned), "--alpha", "0.25"]) == 1
+    shifted = tmp_path / "shifted"
+    _spread(shifted, shift=0.5)  # t = 6.1: p = 0.002
+    capsys.readouterr()
+    assert main(["check", "n", "--results", str(shifted), "--pinned", str(pinned)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSED" in out and "Welch p=0.00" in out and "alpha 0.05" in out
+
+
+def test_one_seed_falls_back_to_the_tolerance_and_says_so(tmp_path, capsys):
+    _spread(tmp_path / "base", seeds=1)
+    pinned = tmp_path / "pinned"
+    main(["pin", "n", "--results", str(tmp_path / "base"), "--pinned", str(pinned)])
+    _spread(tmp_path / "cur", shift=0.08, seeds=3)  # three seeds now, one pinned: no test possible
+    capsys.readouterr()
+    assert main(["check", "n", "--results", str(tmp_path / "cur"), "--pinned", str(pinned)]) == 1
+    out = capsys.readouterr().out
+    assert "n=1: tolerance only" in out and "have one seed on a side: tolerance only" in out
+
+
+def test_welch_p_values_against_scipy():
+    from bench.stats import standard_error, t_sf, welch
+
+    stats = pytest.importorskip("scipy.stats")
+    for t, df in ((0.5, 3.0), (2.1, 4.4), (-1.3, 10.0), (5.0, 2.2), (0.0, 7.0)):
+        assert t_sf(t, df) == pytest.approx(stats.t.sf(t, df), rel=1e-9)
+    a, b = [1.0, 1.1, 1.2], [1.3, 1.2, 1.5, 1.4]
+    ref = stats.ttest_ind(b, a, equal_var=False, alternative="greater")
+    w = welch(1.1, 0.1, 3, statistics.mean(b), statistics.stdev(b), 4)
+    assert w.t == pytest.approx(ref.statistic) and w.p_greater == pytest.approx(ref.pvalue)
+    assert w.p_less == pytest.approx(1 - ref.pvalue)
+    assert welch(16.0, 0.0, 3, 17.0, 0.0, 3).p_greater == 0.0  # no spread: any difference is certain
+    assert welch(16.0, 0.0, 3, 16.0, 0.0, 3).p_greater == 1.0
+    assert standard_error(0.3, 9) == pytest.approx(0.1) and standard_error(0.3, 1) != standard_error(0.3, 1)
+
+
+def test_every_check_appends_to_the_history_and_history_shows_it(pinned, results, tmp_path, capsys):
+    from bench.history import history_path
+
+    path = history_path(results, "c")
+    for k in range(3):
+        assert main(["check", "c", "--results", str(results), "--pinned", str(pinned)]) == 0
+        assert len(path.read_text().splitlines()) == k + 1  # one entry per check
+    entry = json.loads(path.read_text().splitlines()[-1])
+    assert entry["git_sha"] == "abc123" and entry["exit_code"] == 0 and entry["date"][:2] == "20"
+    row = next(r for r in entry["rows"] if (r["model"], r["dataset"], r["quantity"]) == ("realnvp", "rings", "nll"))
+    assert row["current"] == pytest.approx(2.01) and row["pinned"] == pytest.approx(2.01) and row["verdict"] == "ok"
+    capsys.readouterr()
+    assert main(["history", "c", "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "3 checks recorded" in out and "#0 abc123 20" in out and "#2 abc123" in out
+    assert "| realnvp | rings | nll | 2.01 | 2.01 | 2.01 | 2.01 |" in out  # three checks, then the pinned mean
+    for name in ("history.md", "history.csv", "history.png", "history.pdf"):
+        assert (tmp_path / "rep" / "c" / name).exists(), name
+    assert main(["history", "c", "--results", str(results), "--quantity", "nfe_forward", "--no-figures",
+                 "--out", str(tmp_path / "rep")]) == 0
+    assert "| ffjord | moons | nfe_forward |" in capsys.readouterr().out
+    assert main(["history", "c", "--results", str(tmp_path / "none")]) == 2
+    assert 'no check history for suite "c"' in capsys.readouterr().err
+
+
+def test_a_file_pinned_before_variants_still_checks(results, tmp_path, capsys):
+    """The old format (no variant column) reads; its `nll` of a conditional model is the record column
+    it names (test.nll, the conditional NLL), never the new marginal headline."""
+    write_run(results, "o", "ccnf", "moons", 0, 2.634, nfe=21.0, extra_test={"nll_marginal": 2.93})
+    folder = tmp_path / "pinned"
+    folder.mkdir()
+    (folder / "o.csv").write_text("model,dataset,quantity,column,mean,std,min,max,n,seeds\n"
+                                  "ccnf,moons,nll,test.nll,2.634,,2.634,2.634,1,0\n"
+                                  "ccnf,moons,nfe_forward,nfe.train_forward,21,,21,21,1,0\n")
+    assert main(["check", "o", "--results", str(results), "--pinned", str(folder), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "2 ok" in out and "2.634" in out
+    (folder / "o.csv").write_text("model,dataset,quantity,mean\nccnf,moons,nfe_forward,21\n")  # no column: its source
+    assert main(["check", "o", "--results", str(results), "--pinned", str(folder)]) == 0
+
+
+def test_unknown_names_are_errors_not_nll(results, tmp_path, capsys):
+    write_run(results, "u", "realnvp", "moons", 0, 1.0)
+    folder = tmp_path / "pinned"
+    folder.mkdir()
+    (folder / "u.csv").write_text("model,dataset,quantity,column,mean\nrealnvp,moons,likelihood,test.x,1.0\n")
+    assert main(["check", "u", "--results", str(results), "--pinned", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'u.csv'}: quantity: \"likelihood\" is not a quantity check compares" in err
+    with pytest.raises(FlowbenchError, match='--tolerance nlll=0.1: "nlll" is not a quantity check compares '
+                                             r'\(did you mean "nll"\?\)'):
+        check.parse_tolerances(["nlll=0.1"])
+    with pytest.raises(FlowbenchError, match="--alpha: expected a significance level between 0 and 1"):
+        check.parse_alpha("2")
+    assert check.suite_alpha({"alpha": 0.01, "nll": 0.1}) == 0.01 and check.suite_tolerances({"alpha": 0.01}) == {}
+    with pytest.raises(FlowbenchError, match="s.yaml: check alpha: expected a significance level"):
+        check.suite_alpha({"alpha": "often"}, "s.yaml: check")

@@ -68,3 +68,35 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_grid_sweep_runs_as_rows_of_status_report_and_pin(write_suite, results, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    path = write_suite("""
+        datasets: {moons: {n_train: 500, n_val: 100, n_test: 100}}
+        models: {realnvp: {n_layers: 2, hidden: 8}}
+        seeds: [0]
+        train: {max_steps: 4, batch_size: 50, eval_every: 2}
+        grid: {train.lr: [1e-3, 1e-2]}
+        """, "sw")
+    assert main(["run", str(path), "--dry-run", "--results", str(results), "--only", "variant=lr=0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs, 1 to run" in out and "realnvp/moons/seed0 (lr=0.01)" in out
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
+    specs = load_suite(path).runs()
+    for spec in specs:
+        record = json.loads((results / "sw" / spec.run_id / "spec.json").read_text())
+        assert record["variant"] == spec.variant and record["sweep"] == {"train.lr": spec.train["lr"]}
+    capsys.readouterr()
+    assert main(["status", str(path), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "realnvp/moons/seed0 (lr=0.001)" in out and "realnvp/moons/seed0 (lr=0.01)" in out and "2 completed" in out
+    assert main(["report", str(path), "--results", str(results), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "| model | variant | moons |" in out and "| realnvp | lr=0.001 |" in out and "| realnvp | lr=0.01 |" in out
+    assert main(["pin", str(path), "--results", str(results), "--pinned", str(tmp_path / "pinned")]) == 0
+    pinned = pd.read_csv(tmp_path / "pinned" / "sw.csv", keep_default_na=False)
+    assert sorted(pinned.loc[pinned["quantity"] == "nll", "variant"]) == ["lr=0.001", "lr=0.01"]

@@ -58,3 +58,33 @@ def test_uniform_model_through_digits_preprocessing_gives_log2_17_bits(logit):
 class _Uniform(torch.nn.Module):
     def evaluate(self, y, labels=None):  # y = u - 0.5 on [-0.5, 0.5)^D: density 1
         return {"nll": torch.zeros(y.shape[0], dtype=torch.float64)}
+
+
+def test_one_table_of_metric_definitions_read_by_spec_report_and_check():
+    import csv
+
+    from bench import check, metrics, spec
+    from bench.errors import FlowbenchError
+    from bench.published import PUBLISHED_CSV
+
+    assert spec.METRICS == ("auto", *metrics.SUITE_METRICS) and "mse" in metrics.SUITE_METRICS
+    with open(PUBLISHED_CSV, newline="") as f:
+        for row in csv.DictReader(f):  # every published metric is defined, in the unit the file uses
+            assert metrics.METRICS[row["metric"]].unit == row["unit"], row
+    nll, marginal = metrics.METRICS["nll"], metrics.METRICS["nll_marginal"]
+    assert nll.marginal == "nll_marginal" and nll.unit == marginal.unit == "nats" and nll.family == "nll"
+    assert metrics.METRICS["nll_conditional"].source == "test.nll" and metrics.METRICS["nll_conditional"].published_name == "nll"
+    assert metrics.METRICS["nfe_train"].source == "nfe.train_total" and metrics.METRICS["params"].family is None
+    assert metrics.METRICS["train_seconds"].published_name == "train_hours"
+    assert check.tolerance_for("mse_extrapolation", {}) == ("rel", 0.1)
+    with pytest.raises(FlowbenchError, match='"likelihood" is not a quantity check compares'):
+        check.tolerance_for("likelihood", {})
+    with pytest.raises(FlowbenchError, match='--metric: unknown metric "nlll" \\(did you mean "nll"\\?\\)'):
+        metrics.get_metric("nlll", "--metric")
+    with pytest.raises(FlowbenchError, match='unknown tolerance family "speed"'):
+        metrics.register_metric(metrics.Metric("fps", "frames/s", "frames per second", "speed"))
+    metrics.register_metric(metrics.Metric("kl", "nats", "test KL", "nll"))
+    try:
+        assert check.tolerance_for("kl", {"nll": 0.2}) == ("abs", 0.2)
+    finally:
+        del metrics.METRICS["kl"]

@@ -33,20 +33,23 @@ def sweep(results):
 
 
 def test_aggregation_means_stds_counts_and_newest_wins(sweep):
-    rec = report.prepare(scan(sweep, "s"), expected=[(m, d, s) for m in ("realnvp", "glow") for d in ("power", "gas")
+    rec = report.prepare(scan(sweep, "s"), expected=[(m, "", d, s) for m in ("realnvp", "glow") for d in ("power", "gas")
                                                       for s in (0, 1, 2)])
     agg = report.aggregate(rec).set_index(["model", "dataset"])
     r = agg.loc[("realnvp", "power")]
     assert r["mean"] == pytest.approx(-0.2) and r["std"] == pytest.approx(statistics.stdev([-0.2, -0.1, -0.3]))
     assert r["n"] == 3 and r["failed"] == 0  # the 5.0 of the older config is superseded
+    assert r["se"] == pytest.approx(r["std"] / 3 ** 0.5)  # the standard error over the 3 seeds
     g = agg.loc[("glow", "power")]
     assert g["mean"] == pytest.approx(-0.1) and g["n"] == 2 and g["failed"] == 1
     assert rec.superseded == 1
-    assert ("glow", "gas", 0) in rec.missing and ("realnvp", "gas", 2) in rec.missing
-    assert ("glow", "power", 2) not in rec.missing  # failed is not missing: it is listed as failed
-    counts = report.run_counts(rec).set_index(["model", "dataset"])
-    assert counts.loc[("glow", "power")].tolist() == [2, 1, 0]
-    assert counts.loc[("glow", "gas")].tolist() == [0, 0, 3]
+    assert ("glow", "", "gas", 0) in rec.missing and ("realnvp", "", "gas", 2) in rec.missing
+    assert ("glow", "", "power", 2) not in rec.missing  # failed is not missing: it is listed as failed
+    counts = report.run_counts(rec).set_index(["model", "variant", "dataset"])
+    assert counts.loc[("glow", "", "power")].tolist() == [2, 1, 0]
+    assert counts.loc[("glow", "", "gas")].tolist() == [0, 0, 3]
+    # the grid given without variants reads the same
+    assert report.prepare(scan(sweep, "s"), expected=[("glow", "gas", 0)]).missing[0] == ("glow", "", "gas", 0)
 
 
 def test_newest_record_per_run_id_wins(results, tmp_path):
@@ -69,17 +72,21 @@ def test_table_bold_best_published_value_and_gap(sweep):
     assert header == "| model | gas | gas pub. | gas Δ | power | power pub. | power Δ |"
     realnvp = next(line for line in md.splitlines() if line.startswith("| realnvp"))
     glow = next(line for line in md.splitlines() if line.startswith("| glow"))
-    sd = statistics.stdev([-0.2, -0.1, -0.3])
-    # realnvp is best on power (-0.200 < -0.100): bold; published -0.17 ± 0.01; gap -0.030
-    assert f"**-0.200 ± {sd:.3f}** | -0.170 ± 0.010 | -0.030 |" in realnvp
-    assert f"-0.100 ± {statistics.stdev([-0.05, -0.15]):.3f} (1 failed) | -0.170 ± 0.010 | +0.070 |" in glow
-    assert "| -8.000 | -8.330 ± 0.140 | +0.330 |" in realnvp  # single model on gas: nothing to beat, no bold
+    sd, sd2 = statistics.stdev([-0.2, -0.1, -0.3]), statistics.stdev([-0.05, -0.15])
+    # realnvp is best on power (-0.200 < -0.100): bold; published -0.17 ± 0.01; gap -0.030; cells differ in
+    # their number of seeds, so each says its n, and the standard error where n > 1
+    assert f"**-0.200 ± {sd:.3f} (se {sd / 3 ** 0.5:.3f}, n=3)** | -0.170 ± 0.010 | -0.030 |" in realnvp
+    assert f"-0.100 ± {sd2:.3f} (se {sd2 / 2 ** 0.5:.3f}, n=2) (1 failed) | -0.170 ± 0.010 | +0.070 |" in glow
+    assert "| -8.000 (n=1) | -8.330 ± 0.140 | +0.330 |" in realnvp  # single model on gas: nothing to beat, no bold
+    assert md.splitlines()[0].startswith("test NLL −log p(x), nats: mean ± std (se: standard error; n: seeds)")
+    assert "pub.: FFJORD (Grathwohl et al., ICLR 2019), Table 2" in md  # which rows the pub. columns hold
     assert "| – |" in glow  # glow on gas is pending
     tex = report.to_latex(head)
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"\textbf{-0.200 $\pm$ " in tex and r"$\Delta$" in tex
     html = report.to_html(head)
     assert "<b>-0.200 ± " in html and 'class="gap">+0.070<' in html
+    assert '<td class="pub" title="FFJORD (Grathwohl et al., ICLR 2019), Table 2">-0.170 ± 0.010</td>' in html
 
 
 def test_secondary_tables_and_every_output_file(results, tmp_path):
@@ -91,11 +98,12 @@ def test_secondary_tables_and_every_output_file(results, tmp_path):
     write_run(results, "s", "realnvp", "cifar10", 0, 3.6, metric="bpd", nfe=0.0, extra_test={"error": 30.0})
     rep = report.write_report(scan(results, "s"), "s", tmp_path / "reports", figures=False)
     keys = [t.key for t in rep.tables]
-    assert "realnvp" in rep.tables[0].models and all("realnvp" not in t.models for t in rep.tables[1:5])
-    assert keys == ["headline", "nfe_forward", "nfe_backward", "nfe_train", "nfe_test", "error", "wall_clock", "params"]
+    assert keys == ["headline", "error", "nfe_forward", "nfe_backward", "nfe_train", "nfe_test", "train_seconds",
+                    "params"]
+    assert "realnvp" in rep.tables[0].models and all("realnvp" not in t.models for t in rep.tables[2:6])
     head = rep.tables[0]
     assert head.cell("rnode", "cifar10")["published"] == 3.398 and head.cell("rnode", "cifar10")["best"]
-    wall = next(t for t in rep.tables if t.key == "wall_clock")
+    wall = next(t for t in rep.tables if t.key == "train_seconds")
     assert wall.unit == "hours" and wall.cell("ffjord", "cifar10")["mean"] == pytest.approx(8.0)
     assert wall.cell("rnode", "cifar10")["published"] == pytest.approx(31.84)
     for key in ("markdown", "table", "latex", "csv", "headline_csv", "runs_csv", "parquet", "records_parquet", "html"):
@@ -105,7 +113,8 @@ def test_secondary_tables_and_every_output_file(results, tmp_path):
     assert pd.read_parquet(rep.files["records_parquet"])["run_id"].nunique() == 5
     assert pd.read_csv(rep.files["csv"]).equals(pd.read_csv(rep.files["csv"]))  # plain CSV, readable
     md = rep.files["markdown"].read_text()
-    assert "## NFE per training step, forward solve" in md and "## parameters" in md and "1,000,000" in md
+    assert "## NFE per training step, forward solve" in md and "## trainable parameters" in md
+    assert "| ffjord | 1,000,000 |" in md  # a constant: no spread
 
 
 def test_partial_sweep_says_what_is_missing(sweep, tmp_path):
@@ -130,7 +139,7 @@ def test_cli_report_writes_everything_and_prints_the_table(sweep, tmp_path, caps
 
 
 def test_modules_import_only_the_store():
-    code = ("import sys; import bench.report, bench.plots, bench.check;"
+    code = ("import sys; import bench.report, bench.plots, bench.check, bench.history, bench.stats, bench.variants;"
             "print('HEAVY', sorted(m for m in ('torch', 'pandas', 'seaborn', 'matplotlib', 'baselines') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -162,12 +171,15 @@ def test_html_report_renders_in_headless_chromium(sweep, tmp_path):
 def test_published_nfe_is_compared_with_the_same_count(results, tmp_path):
     """InfoCNF's Table 1 NFE counts forward and backward evaluations of a training step together: it
     sits beside our forward + backward count, never beside the forward count alone."""
-    write_run(results, "s", "ccnf", "cifar10", 0, 3.6, metric="bpd", nfe=300.0)  # forward 300, backward 600
+    write_run(results, "s", "ccnf", "cifar10", 0, 3.6, metric="bpd", nfe=300.0,  # forward 300, backward 600
+              setting="small batch (900)")
     rep = report.write_report(scan(results, "s"), "s", tmp_path / "reports", figures=False)
     tables = {t.key: t for t in rep.tables}
     total = tables["nfe_train"].cell("ccnf", "cifar10")
     assert total["mean"] == pytest.approx(900.0) and total["published"] == pytest.approx(924.12)
     assert tables["nfe_forward"].cell("ccnf", "cifar10")["published"] != tables["nfe_forward"].cell("ccnf", "cifar10")["published"]
+    assert "per training step, forward + backward" in tables["nfe_train"].title
+    assert "per test batch" in tables["nfe_test"].title
 
 
 def test_report_shows_the_suites_differences_under_the_table(results, write_suite, tmp_path, capsys):
