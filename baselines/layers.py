@@ -28,7 +28,7 @@ What is here and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import normflows as nf
 import torch
@@ -413,18 +413,19 @@ class GlowStep(nf.flows.Flow):
         self.coupling = GlowAffineCoupling(channels, hidden)
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = x.new_zeros(x.shape[0])
-        for flow in (self.actnorm, self.conv, self.coupling):
-            x, ld = flow.inverse(x)
-            log_det = log_det + ld
-        return x, log_det
+        return _compose(x, [f.inverse for f in (self.actnorm, self.conv, self.coupling)])
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = z.new_zeros(z.shape[0])
-        for flow in (self.coupling, self.conv, self.actnorm):
-            z, ld = flow.forward(z)
-            log_det = log_det + ld
-        return z, log_det
+        return _compose(z, [f.forward for f in (self.coupling, self.conv, self.actnorm)])
+
+
+def _compose(x: Tensor, maps: Sequence[Callable[[Tensor], tuple[Tensor, Tensor]]]) -> tuple[Tensor, Tensor]:
+    """Apply ``(x -> (y, log_det))`` maps in order; the log-determinants summed per example."""
+    log_det = x.new_zeros(x.shape[0])
+    for step in maps:
+        x, ld = step(x)
+        log_det = log_det + ld
+    return x, log_det
 
 
 # -- priors and the multi-scale container ---------------------------------------------------

@@ -34,8 +34,24 @@ def _expected4(expected: Iterable[Sequence[Any]] | None) -> list[tuple[str, str,
 
 
 # -- records --------------------------------------------------------------------------------------
+class ModelRows:
+    """Rows of (model, variant) pairs in order: what records and tables share about their rows."""
+
+    rows: list[tuple[str, str]]
+
+    @property
+    def models(self) -> list[str]:
+        """The models of the rows, in order."""
+        return list(dict.fromkeys(m for m, _ in self.rows))
+
+    @property
+    def has_variants(self) -> bool:
+        """Whether any row has a variant label (a table then has a variant column)."""
+        return any(v for _, v in self.rows)
+
+
 @dataclass
-class Records:
+class Records(ModelRows):
     """The records a report is built from, and what is missing from the suite's grid."""
 
     df: Any  # newest record per (model, variant, dataset, seed), every status
@@ -45,16 +61,6 @@ class Records:
     superseded: int = 0  # older records of the same run or of the same (model, variant, dataset, seed)
     rows: list[tuple[str, str]] = field(default_factory=list)  # (model, variant), in the suite's order
     datasets: list[str] = field(default_factory=list)
-
-    @property
-    def models(self) -> list[str]:
-        """The models of the rows, in order."""
-        return list(dict.fromkeys(m for m, _ in self.rows))
-
-    @property
-    def has_variants(self) -> bool:
-        """Whether any row has a variant label."""
-        return any(v for _, v in self.rows)
 
     @property
     def headline_metrics(self) -> dict[str, str]:

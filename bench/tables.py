@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.metrics import METRICS, Metric, get_metric
 from bench.published import Reference, index as published_index, lookup
-from bench.records import Records, aggregate
+from bench.records import ModelRows, Records, aggregate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +42,7 @@ def reference_values(published, metric_of: dict[str, str] | str, setting: str = 
 
 # -- tables ---------------------------------------------------------------------------------------
 @dataclass
-class Table:
+class Table(ModelRows):
     """One table: a row per (model, variant), a column per dataset, one metric."""
 
     key: str
@@ -65,16 +65,6 @@ class Table:
     def cell(self, model: str, dataset: str, variant: str = "") -> dict[str, Any] | None:
         """The cell of (model, variant) on a dataset, or None when it has no completed run."""
         return self._index.get((model, variant, dataset))
-
-    @property
-    def models(self) -> list[str]:
-        """The models of the rows, in order."""
-        return list(dict.fromkeys(m for m, _ in self.rows))
-
-    @property
-    def has_variants(self) -> bool:
-        """Whether any row has a variant label (the table then has a variant column)."""
-        return any(v for _, v in self.rows)
 
     @property
     def same_n(self) -> int | None:
