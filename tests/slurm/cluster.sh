@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster on 127.0.0.1 for the integration tests.
 #   tests/slurm/cluster.sh start   # install (Debian packages) if missing, configure, start; prints SLURM_CONF
-#   tests/slurm/cluster.sh stop    # stop every daemon it started
+#   tests/slurm/cluster.sh stop    # stop the daemons this script started (and only those)
 # Needs root (apt-get, munge user). State lives in $FLOWBENCH_SLURM_DIR (default /tmp/flowbench-slurm).
 # Facts for this sandbox: proctrack/linuxproc and task/none work; munged runs as the munge user;
 # slurmdbd reads slurmdbd.conf next to SLURM_CONF and wants mode 600; sacct needs the cluster
@@ -14,6 +14,13 @@ CPUS=$(nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 
 log() { echo "cluster.sh: $*" >&2; }
+STARTED=$DIR/started   # "name pid" of every daemon this script started, for stop
+
+started() {  # started NAME: record the pid of the daemon just started under NAME
+  local pid
+  pid=$(pgrep -n -x "$1" || true)
+  [ -n "$pid" ] && echo "$1 $pid" >> "$STARTED"
+}
 
 install() {
   local need=()
@@ -91,20 +98,22 @@ start() {
   mkdir -p /run/munge && chown munge:munge /run/munge
   if ! pgrep -x munged >/dev/null; then
     runuser -u munge -- /usr/sbin/munged --force
+    wait_for 10 pgrep -x munged && started munged
   fi
   wait_for 10 munge -n || { log "munged did not start"; exit 1; }
   if ! pgrep -x mariadbd >/dev/null && ! pgrep -x mysqld >/dev/null; then
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
     (setsid /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 >"$DIR/log/mariadb.log" 2>&1 &)
+    wait_for 30 mysqladmin ping && started mariadbd
   fi
   wait_for 30 mysqladmin ping || { log "MariaDB did not start; see $DIR/log/mariadb.log"; exit 1; }
   mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'flowbench'; CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'flowbench'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;"
-  pgrep -x slurmdbd >/dev/null || /usr/sbin/slurmdbd
+  pgrep -x slurmdbd >/dev/null || { /usr/sbin/slurmdbd && started slurmdbd; }
   wait_for 30 sacctmgr -i list cluster || { log "slurmdbd did not answer; see $DIR/log/slurmdbd.log"; exit 1; }
   sacctmgr -i add cluster flowbench >/dev/null 2>&1 || true
-  pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
+  pgrep -x slurmctld >/dev/null || { /usr/sbin/slurmctld && started slurmctld; }
   wait_for 30 scontrol ping || { log "slurmctld did not answer; see $DIR/log/slurmctld.log"; exit 1; }
-  pgrep -x slurmd >/dev/null || /usr/sbin/slurmd -N "$NODE"
+  pgrep -x slurmd >/dev/null || { /usr/sbin/slurmd -N "$NODE" && started slurmd; }
   wait_for 30 bash -c "sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)'" || {
     scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
     wait_for 15 bash -c "sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)'" || { log "node not idle: $(sinfo -h -o %T)"; exit 1; }
@@ -112,11 +121,18 @@ start() {
   echo "SLURM_CONF=$CONF"
 }
 
-stop() {
-  for d in slurmd slurmctld slurmdbd; do pkill -x "$d" 2>/dev/null || true; done
-  sleep 1
-  mysqladmin shutdown >/dev/null 2>&1 || true
-  pkill -x munged 2>/dev/null || true
+stop() {  # the daemons start() started, newest first; a pid that is no longer that daemon is left alone
+  [ -f "$STARTED" ] || return 0
+  tac "$STARTED" | while read -r name pid; do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] || continue
+    if [ "$name" = mariadbd ]; then
+      mysqladmin shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    else
+      kill "$pid" 2>/dev/null || true
+    fi
+    for _ in $(seq 40); do [ -d "/proc/$pid" ] || break; sleep 0.25; done
+  done
+  rm -f "$STARTED"
 }
 
 case "${1:-start}" in

@@ -57,6 +57,8 @@ def slurm_cluster():
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+    # stop the daemons this session started (a cluster that was already up is left running)
+    subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, timeout=120)
 
 
 def _state(job_id: str) -> str:
