@@ -27,11 +27,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
+
+from baselines.constraints import Choice
 
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "swish": nn.SiLU}
 
@@ -53,6 +56,9 @@ def act_and_slope(name: str, pre: Tensor) -> tuple[Tensor, Tensor]:
         return pre * sig, sig * (1 + pre * (1 - sig))
     raise ValueError(f"no derivative for activation {name!r}")
 FIXED_STEP = ("rk4", "euler", "midpoint", "explicit_adams", "implicit_adams")
+ADAPTIVE_STEP = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+SOLVERS = (*ADAPTIVE_STEP, *FIXED_STEP)  # the torchdiffeq methods the solvers here drive
+SolverName = Annotated[str, Choice(*SOLVERS)]  # a builder's declared solver hyperparameter
 
 
 class SolverFailure(FloatingPointError):
@@ -250,6 +256,10 @@ class TimeNet(nn.Module):
 
 
 # -- the augmented ODE ---------------------------------------------------------------------------
+NOISES = ("gaussian", "rademacher")  # Hutchinson probes
+DIVERGENCES = ("hutchinson", "exact", "auto")
+
+
 def sample_probe(like: Tensor, noise: str) -> Tensor:
     """A Hutchinson probe with E[e e^T] = I: standard Gaussian or Rademacher (+-1)."""
     if noise == "gaussian":
@@ -410,7 +420,7 @@ class CNF(nn.Module):
                  steer: float = 0.0, regularize: bool = False, adjoint_seminorm: bool = False):
         super().__init__()
         for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
-            if value not in ("hutchinson", "exact", "auto"):
+            if value not in DIVERGENCES:
                 raise ValueError(f"{name} must be 'hutchinson', 'exact' or 'auto', got {value!r}")
         if not 0.0 <= steer < end_time:
             raise ValueError(f"steer must be in [0, end_time={end_time}), got {steer}")

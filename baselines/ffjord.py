@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
 from baselines.base import FlowModel
-from baselines.cnf import CNF, Solver, TimeNet, read_nfe, squeeze, unsqueeze
+from baselines.cnf import (ACTIVATIONS, CNF, DIVERGENCES, LAYER_TYPES, NOISES, Solver, SolverName, TimeNet, read_nfe,
+                           squeeze, unsqueeze)
+from baselines.constraints import Choice, Count, NonNegInt, NonNegative, Positive
 from baselines.layers import RunningBatchNorm, std_normal_log_prob
+
+
+# the declared values of the CNF builders' hyperparameters (ffjord, rnode, ccnf, infocnf)
+Widths = Count | Sequence[Count] | None  # hidden: one width or one per layer; None: the kind's default
+LayerType = Annotated[str, Choice("auto", *LAYER_TYPES)]
+Activation = Annotated[str, Choice("auto", *ACTIVATIONS)]
+Divergence = Annotated[str, Choice(*DIVERGENCES)]
+Noise = Annotated[str, Choice("auto", *NOISES)]
 
 
 class CNFFlowModel(FlowModel):
@@ -234,13 +244,14 @@ def make_cnf_model(data: Any, *, n_blocks: int | None, hidden: Sequence[int] | N
     return VectorCNF(shape[0], make_block, n_blocks=n_blocks or 1, batch_norm=batch_norm, **loss)
 
 
-def build(data, n_blocks: int | None = None, hidden: Sequence[int] | None = None, layer_type: str = "auto",
-          activation: str = "auto", end_time: float | None = None, train_end_time: bool = True,
-          divergence: str = "auto", eval_divergence: str = "auto", noise: str = "auto", solver: str = "dopri5",
-          atol: float | None = None, rtol: float | None = None, step_size: float | None = None,
-          eval_solver: str = "dopri5", eval_atol: float | None = None, eval_rtol: float | None = None,
-          adjoint: bool = True, steer: float = 0.0, batch_norm: bool = False, n_scales: int = 0,
-          zero_last: bool = False, adjoint_seminorm: bool = False, first_step: float | None = None) -> FlowModel:
+def build(data, n_blocks: Count | None = None, hidden: Widths = None, layer_type: LayerType = "auto",
+          activation: Activation = "auto", end_time: Positive | None = None, train_end_time: bool = True,
+          divergence: Divergence = "auto", eval_divergence: Divergence = "auto", noise: Noise = "auto",
+          solver: SolverName = "dopri5", atol: Positive | None = None, rtol: Positive | None = None,
+          step_size: Positive | None = None, eval_solver: SolverName = "dopri5", eval_atol: Positive | None = None,
+          eval_rtol: Positive | None = None, adjoint: bool = True, steer: NonNegative = 0.0, batch_norm: bool = False,
+          n_scales: NonNegInt = 0, zero_last: bool = False, adjoint_seminorm: bool = False,
+          first_step: Positive | None = None) -> FlowModel:
     """FFJORD. Defaults by data kind, as the official entry points have them (docs/cnf.md): toy 3x64
     concat-squash tanh, T = 0.5 trained, exact divergence; tabular one hidden layer of 10 D
     concat-squash softplus, atol/rtol 1e-8/1e-6, Gaussian Hutchinson, no batch norm; images

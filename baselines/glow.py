@@ -17,6 +17,7 @@ import warnings
 import normflows as nf
 
 from baselines.base import FlowModel
+from baselines.constraints import Count, NonNegInt
 from baselines.layers import (ConditionalGaussianPrior, GaussianPrior, GlowStep, LearnedTopPrior, MultiScaleFlow,
                               MultiScaleModel, StandardNormalPrior, VectorFlowModel, squeezable, squeezed)
 
@@ -64,7 +65,7 @@ def glow_image(shape: tuple[int, int, int], n_levels: int = 3, n_steps: int = 32
     return MultiScaleModel(MultiScaleFlow(levels, priors, shapes), shape)
 
 
-def build(data, n_levels: int = 3, n_steps: int = 32, hidden: int = 512, n_hidden: int = 2,
+def build(data, n_levels: Count = 3, n_steps: Count = 32, hidden: Count = 512, n_hidden: NonNegInt = 2,
           split_prior: bool = True, lu: bool = False, learn_top: bool = True) -> FlowModel:
     """Glow: L levels (n_levels) of K steps (n_steps) with conv hidden channels, split priors and a
     learned top prior (learn_top) for images; K steps with MLP conditioners (hidden, n_hidden) for

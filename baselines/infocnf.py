@@ -38,7 +38,7 @@ import functools
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -46,12 +46,15 @@ from torch.nn import functional as F
 
 from baselines.base import FlowModel, normal_log_prob, std_normal_log_prob
 from baselines.cnf import CNF, read_nfe
-from baselines.ffjord import CNFFlowModel, MultiScaleCNF, make_cnf_model
+from baselines.constraints import Choice, Count, NonNegInt, NonNegative, Positive, Range, UnitInterval
+from baselines.ffjord import (Activation, CNFFlowModel, Divergence, LayerType, MultiScaleCNF, Noise, SolverName, Widths,
+                              make_cnf_model)
 
 TOLERANCE_MODES = ("fixed", "learned", "manual")
 DISTRIBUTIONS = ("halfnormal", "log_gaussian")
 GATES = ("cnn1", "cnn2")
 REWARDS = ("eq6", "nfe_discounted")
+CLASS_PRIORS = ("uniform", "train")
 
 
 # -- latent layout -------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ class ConditionalCNF(FlowModel):
                  policy: TolerancePolicy | None = None, rl_weight: float = 0.01, alpha: float = 0.1,
                  gamma: float = 1.0, reward: str = "eq6", eval_learned_tolerance: bool = False):
         super().__init__()
-        if class_prior not in ("uniform", "train"):
+        if class_prior not in CLASS_PRIORS:
             raise ValueError(f"class_prior must be 'uniform' or 'train', got {class_prior!r}")
         if tolerance not in TOLERANCE_MODES:
             raise ValueError(f"tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
@@ -457,19 +460,23 @@ def _floats(*values: Any) -> tuple[float | None, ...]:
     return tuple(None if v is None else float(v) for v in values)
 
 
-def build_infocnf(data, condition_ratio: float = 0.5, weight_y: float = 0.5, dropout: float = 0.5,
-                  class_prior: str = "uniform", tolerance: str = "fixed",
-                  manual_tolerances: Sequence[float] | None = None, tol_min: float = 1e-5, tol_max: float = 1e-4,
-                  distribution: str = "halfnormal", gate: str = "cnn1", tol_std: float = 1e-4,
-                  tol_init_std: float = 0.2, gate_channels: int = 10, reward: str = "eq6", alpha: float = 0.1,
-                  rl_weight: float = 0.01, gamma: float = 1.0, eval_learned_tolerance: bool = False,
-                  n_blocks: int | None = None, hidden: Sequence[int] | None = None, layer_type: str = "auto",
-                  activation: str = "auto", end_time: float | None = None, train_end_time: bool = True,
-                  divergence: str = "auto", eval_divergence: str = "auto", noise: str = "auto",
-                  solver: str = "dopri5", atol: float | None = None, rtol: float | None = None,
-                  step_size: float | None = None, eval_solver: str = "dopri5", eval_atol: float | None = 1e-5,
-                  eval_rtol: float | None = 1e-5, adjoint: bool = True, steer: float = 0.0, batch_norm: bool = False,
-                  n_scales: int = 0, zero_last: bool = False, adjoint_seminorm: bool = False) -> FlowModel:
+def build_infocnf(data, condition_ratio: Annotated[float, Range(0, 1, min_open=True)] = 0.5,
+                  weight_y: NonNegative = 0.5, dropout: UnitInterval = 0.5,
+                  class_prior: Annotated[str, Choice(*CLASS_PRIORS)] = "uniform",
+                  tolerance: Annotated[str, Choice(*TOLERANCE_MODES)] = "fixed",
+                  manual_tolerances: Positive | Sequence[Positive] | None = None, tol_min: Positive = 1e-5,
+                  tol_max: Positive = 1e-4, distribution: Annotated[str, Choice(*DISTRIBUTIONS)] = "halfnormal",
+                  gate: Annotated[str, Choice(*GATES)] = "cnn1", tol_std: Positive = 1e-4, tol_init_std: Positive = 0.2,
+                  gate_channels: Count = 10, reward: Annotated[str, Choice(*REWARDS)] = "eq6", alpha: NonNegative = 0.1,
+                  rl_weight: NonNegative = 0.01, gamma: UnitInterval = 1.0, eval_learned_tolerance: bool = False,
+                  n_blocks: Count | None = None, hidden: Widths = None, layer_type: LayerType = "auto",
+                  activation: Activation = "auto", end_time: Positive | None = None, train_end_time: bool = True,
+                  divergence: Divergence = "auto", eval_divergence: Divergence = "auto", noise: Noise = "auto",
+                  solver: SolverName = "dopri5", atol: Positive | None = None, rtol: Positive | None = None,
+                  step_size: Positive | None = None, eval_solver: SolverName = "dopri5",
+                  eval_atol: Positive | None = 1e-5, eval_rtol: Positive | None = 1e-5, adjoint: bool = True,
+                  steer: NonNegative = 0.0, batch_norm: bool = False, n_scales: NonNegInt = 0, zero_last: bool = False,
+                  adjoint_seminorm: bool = False) -> FlowModel:
     """InfoCNF: the first ``condition_ratio`` of the latent is supervised (conditional prior and
     classifier, ``dropout`` before it), the rest N(0, I); loss NLL + s * weight_y * CE.
 

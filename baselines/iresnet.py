@@ -18,8 +18,11 @@ import normflows as nf
 import torch
 from torch import Tensor
 
+from typing import Annotated
+
 from baselines.base import FlowModel
-from baselines.layers import (GaussianPrior, InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel,
+from baselines.constraints import Choice, Count, NonNegInt, Positive, Range
+from baselines.layers import (PROBES, GaussianPrior, InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel,
                               StandardNormalPrior, VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms,
                               squeezable, squeezed)
 
@@ -93,10 +96,11 @@ def iresnet_image(shape: tuple[int, int, int], n_stages: int = 3, n_blocks: int 
     return IResNetImage(MultiScaleFlow(levels, priors, shapes), shape, n_power_iter)
 
 
-def build(data, n_blocks: int = 10, hidden: int = 128, n_hidden: int = 2, n_stages: int = 3, coeff: float = 0.9,
-          n_power_iter: int = 5, train_series_terms: int = 5, eval_series_terms: int = 20, train_probes: int = 1,
-          eval_probes: int = 1, probe: str = "gaussian", inverse_iters: int = 100,
-          inverse_tol: float = 1e-6, learn_prior: bool = True) -> FlowModel:
+def build(data, n_blocks: Count = 10, hidden: Count = 128, n_hidden: NonNegInt = 2, n_stages: Count = 3,
+          coeff: Annotated[float, Range(0, 1, min_open=True, max_open=True)] = 0.9, n_power_iter: Count = 5,
+          train_series_terms: Count = 5, eval_series_terms: Count = 20, train_probes: Count = 1,
+          eval_probes: Count = 1, probe: Annotated[str, Choice(*PROBES)] = "gaussian", inverse_iters: Count = 100,
+          inverse_tol: Positive = 1e-6, learn_prior: bool = True) -> FlowModel:
     """i-ResNet: n_blocks residual blocks (per stage for images, n_stages stages), Lipschitz coeff,
     power-series terms for training/evaluation, Hutchinson probes, fixed-point inverse iterations,
     a learned diagonal Gaussian prior for images (learn_prior; the official default) or N(0, I)."""

@@ -42,10 +42,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
 
+from typing import Annotated
+
 from baselines.base import FlowModel, normal_log_prob
-from baselines.cnf import FIXED_STEP, CountedDynamics, Solver, SolverFailure, forward_solve
+from baselines.cnf import SOLVERS, CountedDynamics, Solver, SolverFailure, SolverName, forward_solve
+from baselines.constraints import Choice, Count, NonNegative, Positive
 
 ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
+RNNS = ("gru", "rnn")
+Activation = Annotated[str, Choice(*ACTIVATIONS)]  # the builders' declared values
+RNN = Annotated[str, Choice(*RNNS)]
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor, prior_mean: Tensor | float = 0.0,
@@ -82,7 +88,7 @@ class LatentODE(FlowModel):
                  hidden: int = 20, rnn: str = "gru", activation: str = "elu", obs_std: float = 0.3,
                  solver: Solver | None = None, adjoint: bool = False):
         super().__init__()
-        if rnn not in ("gru", "rnn"):
+        if rnn not in RNNS:
             raise ValueError(f"rnn must be 'gru' or 'rnn', got {rnn!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -271,7 +277,7 @@ def _config(data, hp: dict) -> dict:
                          f"({data.kind})")
     method = str(hp["solver"])
     step = hp["step_size"]
-    if method not in FIXED_STEP and method not in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2"):
+    if method not in SOLVERS:
         raise ValueError(f"solver must be a torchdiffeq method (dopri5, rk4, ...), got {method!r}")
     solver = Solver(method, float(hp["atol"]), float(hp["rtol"]), float(step) if step is not None else None)
     return dict(times=data.extra["t"], n_observed=int(data.extra.get("n_observed", len(data.extra["t"]))),
@@ -280,16 +286,18 @@ def _config(data, hp: dict) -> dict:
                 obs_std=float(hp["obs_std"]), solver=solver, adjoint=bool(hp["adjoint"]))
 
 
-def build(data, latent_dim: int = 5, rnn_hidden: int = 25, hidden: int = 20, rnn: str = "gru",
-          activation: str = "elu", obs_std: float = 0.3, solver: str = "dopri5", atol: float = 1e-4,
-          rtol: float = 1e-3, step_size: float | None = None, adjoint: bool = False) -> LatentODE:
+def build(data, latent_dim: Count = 5, rnn_hidden: Count = 25, hidden: Count = 20, rnn: RNN = "gru",
+          activation: Activation = "elu", obs_std: Positive = 0.3, solver: SolverName = "dopri5",
+          atol: Positive = 1e-4, rtol: Positive = 1e-3, step_size: Positive | None = None,
+          adjoint: bool = False) -> LatentODE:
     """LatentODE on a timeseries dataset (defaults: InfoCNF appendix E's sizes, Rubanova et al.'s tolerances)."""
     return LatentODE(**_config(data, dict(locals())))
 
 
-def build_partitioned(data, latent_dim: int = 5, n_supervised: int = 3, beta: float = 1.0, rnn_hidden: int = 25,
-                      hidden: int = 20, rnn: str = "gru", activation: str = "elu", obs_std: float = 0.3,
-                      solver: str = "dopri5", atol: float = 1e-4, rtol: float = 1e-3, step_size: float | None = None,
+def build_partitioned(data, latent_dim: Count = 5, n_supervised: Count = 3, beta: NonNegative = 1.0,
+                      rnn_hidden: Count = 25, hidden: Count = 20, rnn: RNN = "gru", activation: Activation = "elu",
+                      obs_std: Positive = 0.3, solver: SolverName = "dopri5", atol: Positive = 1e-4,
+                      rtol: Positive = 1e-3, step_size: Positive | None = None,
                       adjoint: bool = False) -> PartitionedLatentODE:
     """InfoCNF's LatentODE with 3 supervised latent dims (direction, and (a, b) with targets='all')."""
     return PartitionedLatentODE(n_supervised=int(n_supervised), num_classes=max(2, int(data.num_classes)),

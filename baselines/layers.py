@@ -612,6 +612,9 @@ class MultiScaleModel(LatentFlowModel):
 
 
 # -- i-ResNet ---------------------------------------------------------------------------------
+PROBES = ("gaussian", "rademacher")  # Hutchinson probes of the i-ResNet log-det
+
+
 class InvertibleResidualBlock(nf.flows.Flow):
     """i-ResNet block (Behrmann et al. 2019): data -> latent ``z = x + g(x)`` with Lip(g) < 1.
 
@@ -625,7 +628,7 @@ class InvertibleResidualBlock(nf.flows.Flow):
     def __init__(self, g: nn.Module, train_terms: int = 5, eval_terms: int = 20, train_probes: int = 1,
                  eval_probes: int = 1, probe: str = "gaussian", inverse_iters: int = 100, inverse_tol: float = 1e-6):
         super().__init__()
-        if probe not in ("gaussian", "rademacher"):
+        if probe not in PROBES:
             raise ValueError(f"probe must be gaussian or rademacher, got {probe!r}")
         self.g = g
         self.train_terms, self.eval_terms = train_terms, eval_terms

@@ -20,6 +20,7 @@ import normflows as nf
 from torch import nn
 
 from baselines.base import FlowModel, SoftClampScale
+from baselines.constraints import Count, NonNegInt, Positive
 from baselines.layers import (MultiScaleFlow, MultiScaleModel, RealNVPCoupling, RunningBatchNorm, StandardNormalPrior,
                               VectorFlowModel, WNConv2d, checkerboard, squeezable, squeezed)
 
@@ -94,9 +95,9 @@ def realnvp_image(shape: tuple[int, int, int], n_scales: int = 2, n_checker: int
     return RealNVPImage(MultiScaleFlow(levels, priors, shapes), shape)
 
 
-def build(data, n_layers: int = 8, hidden: int = 64, n_hidden: int = 2, scale_bound: float = 3.0,
-          batch_norm: bool = True, n_scales: int = 2, n_checker: int = 3, n_channel: int = 3,
-          n_blocks: int = 8, weight_norm: bool = True, double_width: bool = True) -> FlowModel:
+def build(data, n_layers: Count = 8, hidden: Count = 64, n_hidden: NonNegInt = 2, scale_bound: Positive = 3.0,
+          batch_norm: bool = True, n_scales: Count = 2, n_checker: NonNegInt = 3, n_channel: NonNegInt = 3,
+          n_blocks: NonNegInt = 8, weight_norm: bool = True, double_width: bool = True) -> FlowModel:
     """RealNVP: couplings with MLP conditioners for vectors (n_layers, hidden, n_hidden, scale_bound,
     batch_norm between couplings); the multi-scale architecture for images (n_scales, n_checker,
     n_channel, hidden channels, n_blocks, batch_norm and weight_norm in the couplings, double_width)."""

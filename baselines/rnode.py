@@ -12,20 +12,19 @@ concat layers in the multi-scale image model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from baselines.base import FlowModel
-from baselines.ffjord import make_cnf_model
+from baselines.constraints import Count, NonNegInt, NonNegative, Positive
+from baselines.ffjord import Activation, Divergence, LayerType, Noise, SolverName, Widths, make_cnf_model
 
 
-def build(data, kinetic: float = 0.01, jacobian: float = 0.01, n_blocks: int | None = None,
-          hidden: Sequence[int] | None = None, layer_type: str = "auto", activation: str = "auto",
-          end_time: float = 1.0, train_end_time: bool = False, divergence: str = "auto",
-          eval_divergence: str = "auto", noise: str = "gaussian", solver: str = "dopri5", atol: float | None = None,
-          rtol: float | None = None, step_size: float | None = 0.25, eval_solver: str = "dopri5",
-          eval_atol: float | None = None, eval_rtol: float | None = None, adjoint: bool = True, steer: float = 0.0,
-          batch_norm: bool = False, n_scales: int = 0, zero_last: bool = True,
-          adjoint_seminorm: bool = False, first_step: float | None = None) -> FlowModel:
+def build(data, kinetic: NonNegative = 0.01, jacobian: NonNegative = 0.01, n_blocks: Count | None = None,
+          hidden: Widths = None, layer_type: LayerType = "auto", activation: Activation = "auto",
+          end_time: Positive = 1.0, train_end_time: bool = False, divergence: Divergence = "auto",
+          eval_divergence: Divergence = "auto", noise: Noise = "gaussian", solver: SolverName = "dopri5",
+          atol: Positive | None = None, rtol: Positive | None = None, step_size: Positive | None = 0.25,
+          eval_solver: SolverName = "dopri5", eval_atol: Positive | None = None, eval_rtol: Positive | None = None,
+          adjoint: bool = True, steer: NonNegative = 0.0, batch_norm: bool = False, n_scales: NonNegInt = 0,
+          zero_last: bool = True, adjoint_seminorm: bool = False, first_step: Positive | None = None) -> FlowModel:
     """RNODE: FFJORD's model (see baselines.ffjord.build for the kind defaults) plus kinetic-energy
     and Jacobian-norm regularisers with weights ``kinetic`` and ``jacobian``; ``solver: rk4`` uses
     ``step_size``; ``first_step`` fixes an adaptive solver's first step (RNODE's scripts use 0.166667

@@ -125,7 +125,11 @@ def audit_suite(df: Any, suite: str, tolerances: Sequence[float] = DEFAULT_TOLER
         if not os.path.exists(os.path.join(run["path"], "model.pt")):
             skipped.append((label, "no model.pt"))
             continue
-        model, data = load_model(run["path"], data_root)
+        try:
+            model, data = load_model(run["path"], data_root)
+        except FlowbenchError as err:  # random bytes or a planted pickle in model.pt: this run, not the audit
+            skipped.append((label, str(err)))
+            continue
         if set_eval_tolerance(model, tolerances[0]) == 0:
             skipped.append((label, "no adaptive ODE solver at evaluation (not a CNF)"))
             continue

@@ -178,6 +178,7 @@ class CheckResult:
     unpinned: list[tuple[str, str, str]] = field(default_factory=list)  # current rows not in the pinned file
     alpha: float = DEFAULT_ALPHA
     git_sha: str | None = None  # the commit most of the checked records ran at
+    failed_runs: list[tuple[str, str]] = field(default_factory=list)  # (pinned run or record, why it does not count)
 
     @property
     def regressed(self) -> Any:
@@ -186,8 +187,10 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        """0 all within tolerance or noise; 1 something regressed; 2 records missing (and nothing regressed)."""
-        if len(self.regressed):
+        """0 all within tolerance or noise; 1 something regressed, or a pinned seed failed, diverged, timed
+        out, is missing beside its pair's other seeds, lacks its test metric, or a record is unreadable;
+        2 records missing for whole pinned (model, variant, dataset) rows (and nothing else wrong)."""
+        if len(self.regressed) or self.failed_runs:
             return 1
         return 2 if self.missing else 0
 
@@ -269,6 +272,66 @@ def compare(pinned, current, tolerances: Mapping[str, float] | None = None, alph
     return CheckResult(pd.DataFrame(merged), missing, unpinned, alpha)
 
 
+def _pinned_seeds(group) -> list[int]:
+    """The seeds a pinned (model, variant, dataset) row was pinned from (its ``seeds`` column)."""
+    seeds: set[int] = set()
+    for word in " ".join(group["seeds"].dropna().astype(str)).split():
+        try:
+            seeds.add(int(float(word)))
+        except ValueError:  # a hand-edited file: the seeds that read are checked
+            pass
+    return sorted(seeds)
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A finite number as result.json holds one (a JSON number, not a string of digits), else None."""
+    if isinstance(value, (bool, str)) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def unusable_pinned_runs(pinned, records, skipped: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """(run, why) for each pinned seed whose newest record does not count: failed, diverged, timed out,
+    preempted, unfinished or absent while its row's other seeds have records, or completed without a
+    number for a pinned test metric; and (path, why) for each unreadable record of the suite. A pinned
+    row with no finished record at all is ``missing`` instead (the suite has not been run)."""
+    from bench.variants import run_label
+
+    problems = [(str(path), f"unreadable record ({reason})") for path, reason in skipped]
+    if "seeds" not in pinned or records.df.empty:
+        return problems
+    wanted = ["status", "error", *{c for c in pinned["column"].dropna() if str(c).startswith("test.")}]
+    df = records.df.reindex(columns=[*KEYS, "seed", *wanted])  # only what is judged: cheap on 10,000 rows
+    newest = {(m, v, d, int(seed)): row for m, v, d, seed, row in
+              zip(df["model"], df["variant"], df["dataset"], df["seed"], df[wanted].to_dict("records"))}
+    for (model, variant, dataset), group in pinned.groupby(KEYS, sort=False):
+        seeds = _pinned_seeds(group)
+        rows = {seed: newest.get((model, variant, dataset, seed)) for seed in seeds}
+        if not any(r is not None and r["status"] not in ("pending", "running") for r in rows.values()):
+            continue  # nothing finished for the whole row: reported as missing
+        columns = [c for c in dict.fromkeys(group["column"]) if str(c).startswith("test.")]
+        for seed, row in rows.items():
+            label = run_label(model, variant, dataset, seed)
+            if row is None:
+                problems.append((label, "no record (pinned)"))
+            elif row["status"] != "completed":  # failed, diverged, timeout, preempted, or still unfinished
+                error = row.get("error")
+                error = error if isinstance(error, str) and error else ""
+                problems.append((label, f"{row['status']}" + (f": {error[:120]}" if error else "")))
+            else:
+                for column in columns:
+                    if _number_or_none(row.get(column)) is None:
+                        value = row.get(column)
+                        shown = "absent" if value is None or (isinstance(value, float) and value != value) \
+                            else f"{value!r}, not a number"
+                        problems.append((label, f"completed, but its {column} is {shown}"))
+    return problems
+
+
 def _records_sha(records) -> str | None:
     done = records.completed
     if done.empty or "env.git_sha" not in done:
@@ -284,6 +347,7 @@ def check(df, suite: str, tolerances: Mapping[str, float] | None = None, pinned_
     pinned = read_pinned(suite, pinned_dir)
     current, records = summarise(df, metric, labels)
     result = compare(pinned, current, tolerances, alpha)
+    result.failed_runs = unusable_pinned_runs(pinned, records, df.attrs.get("skipped", []))
     result.git_sha = _records_sha(records)
     return result
 
@@ -332,6 +396,9 @@ def format_result(result: CheckResult, verbose: bool = False) -> str:
     def names(keys: list[tuple[str, str, str]]) -> str:
         return ", ".join("/".join(x for x in k if x) for k in keys[:10]) + (" ..." if len(keys) > 10 else "")
 
+    if result.failed_runs:
+        lines.append(f"pinned runs that do not count ({len(result.failed_runs)}):")
+        lines += [f"  {run}: {why}" for run, why in result.failed_runs]
     if result.missing:
         lines.append(f"missing records for {len(result.missing)} pinned (model, dataset): {names(result.missing)}")
     if result.unpinned:
@@ -340,6 +407,7 @@ def format_result(result: CheckResult, verbose: bool = False) -> str:
         single = int((result.rows["test"] == "tolerance").sum())
         lines.append(f"significance: Welch's t-test (one-sided, alpha {result.alpha:g}) where both sides have 2+ "
                      f"seeds; {single} of {n} quantities have one seed on a side: tolerance only")
-    verdict = {0: "OK", 1: "REGRESSION", 2: "MISSING RECORDS"}[result.exit_code]
+    verdict = ("FAILED RUNS" if result.failed_runs and not len(result.regressed) else
+               {0: "OK", 1: "REGRESSION", 2: "MISSING RECORDS"}[result.exit_code])
     lines.append(f"check: {verdict}: {n} pinned quantities: {summary or 'none'}")
     return "\n".join(lines) + "\n"

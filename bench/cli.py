@@ -10,14 +10,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from bench.errors import FlowbenchError
+from bench.paths import inside
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_USAGE = 0, 1, 2
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (an unknown option, a missing argument) are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def _add_results(p: argparse.ArgumentParser) -> None:
@@ -36,7 +47,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flowbench", description="Benchmark and reproduction harness for normalizing flows.",
         epilog="Start with `flowbench run smoke`; `flowbench COMMAND --help` tells more.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -140,37 +151,62 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` -> [0, 1, 2] (None when not given); ranges and repeats are checked with the suite's."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not all(re.fullmatch(r"[-+]?[0-9]+", p) for p in parts):
+        raise FlowbenchError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2")
+    return [int(p) for p in parts]
+
+
 def _specs(args: argparse.Namespace):
     from bench.spec import load_suite, parse_only
 
+    seeds = parse_seeds(args.seeds)
     suite = load_suite(args.suite)
-    seeds = None
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise FlowbenchError(f"--seeds {args.seeds}: expected integers separated by commas, e.g. 0,1,2") from None
     return suite, suite.runs(only=parse_only(args.only), seeds=seeds, sets=args.sets)
 
 
-def _check_writable(results: str) -> None:
-    from pathlib import Path
-
-    path = Path(results)
+def _check_writable(folder: str | os.PathLike, option: str = "--results", what: str = "results folder") -> None:
+    """Make ``folder`` (if need be) and write a probe file in it, before any work: a folder that
+    cannot be written is one line naming it and the option that chooses another."""
+    path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise FlowbenchError(f"results folder {path} is not writable ({err.strerror}); "
-                             "choose another with --results DIR") from None
+        raise FlowbenchError(f"{what} {path} is not writable ({err.strerror}); "
+                             f"choose another with {option} DIR") from None
+
+
+def check_device(device: str, here: bool) -> None:
+    """``--device``: auto, cpu, cuda or cuda:N; with ``here`` (runs on this machine) a CUDA device
+    must exist, checked before any record is written."""
+    if not DEVICE.fullmatch(device):
+        raise FlowbenchError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if here and device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if not count:
+            raise FlowbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+        if index >= count:
+            raise FlowbenchError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                                 f"cuda:{count - 1}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.launch import pending, run_inline
 
+    check_device(args.device, here=False)
     suite, specs = _specs(args)
+    check_device(args.device, here=args.executor != "slurm")  # SLURM's nodes have their own devices
+    inside(args.results, suite.name)
     todo, done = pending(specs, args.results, args.force)
     if args.dry_run:
         print(f"suite {suite.name} ({suite.path}): {len(specs)} runs, {len(todo)} to run, {done} already completed")
@@ -237,8 +273,9 @@ def _status_of_suite(args: argparse.Namespace) -> int:
     rows, logs = [], []
     for spec in specs:
         info = view.get(spec.run_id, {})
-        result = reconcile(spec, args.results, info) or RunRecord(args.results, spec.suite, spec.run_id).read_result() or {}
-        status = result.get("status", "pending")
+        record = RunRecord(args.results, spec.suite, spec.run_id)
+        result = reconcile(spec, args.results, info) or record.read_result() or {}
+        status = record.shown_status(result.get("status"))  # "stale": running, but its process is gone
         _, value = headline_of(spec.metric, result.get("test") or {})
         rows.append((spec.run_id, spec.label, status, info.get("state", ""), result.get("steps", ""),
                      f"{value:.4f}" if isinstance(value, float) else "", (result.get("error") or "")[:70]))
@@ -256,7 +293,7 @@ def _status_of_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.store import scan
+    from bench.store import RunRecord, scan
 
     if args.suite:
         return _status_of_suite(args)
@@ -265,6 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if df.empty:
         print(f"no run records under {args.results}")
         return EXIT_OK
+    df["status"] = [RunRecord.at(p).shown_status(s) if s == "running" else s for s, p in zip(df["status"], df["path"])]
     for suite_name, group in df.groupby("suite"):
         counts = group["status"].value_counts().to_dict()
         print(f"{suite_name}: {len(group)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
@@ -307,14 +345,14 @@ class SuiteContext:
 def _suite_context(name: str) -> SuiteContext:
     """The suite's grid, check: mapping and differences; only its name when the suite file cannot be
     found (the records alone are reported)."""
-    from bench.spec import load_suite
+    from bench.spec import check_suite_name, load_suite
 
     try:
         suite = load_suite(name)
     except FlowbenchError:
         if os.path.sep in name or name.endswith((".yaml", ".yml")):
             raise
-        return SuiteContext(name)
+        return SuiteContext(check_suite_name(name, "suite argument"))
     return SuiteContext(suite.name, str(suite.path), suite.runs(check_models=False), suite.check, suite.differences)
 
 
@@ -336,6 +374,8 @@ def _print_report(suite: str, results: str, metric: str | None, out: str, figure
     pool = start_workers() if figures else None  # they load matplotlib and seaborn while the records are read
     try:
         ctx = _suite_context(suite)
+        _check_writable(out, "--out", "report folder")
+        inside(out, ctx.name)
         df = _scan_suite(ctx.name, results)
         report = write_report(df, ctx.name, out, metric, expected=ctx.expected, figures=figures, figure_pool=pool,
                               differences=ctx.differences, labels=ctx.labels)
@@ -367,6 +407,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     where = f"{ctx.path}: check" if ctx.path else "suite check:"
     tolerances = {**suite_tolerances(ctx.check, where), **parse_tolerances(args.tolerance)}
     alpha = parse_alpha(args.alpha) if args.alpha is not None else (suite_alpha(ctx.check, where) or DEFAULT_ALPHA)
+    inside(args.results, ctx.name)  # the check history is appended there
     df = scan(args.results, ctx.name)  # no records at all: check reports every pinned pair missing (exit 2)
     _report_skipped(df)
     result = check(df, ctx.name, tolerances, args.pinned, args.metric, alpha, ctx.labels)
@@ -384,13 +425,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     """`flowbench history SUITE`: a quantity over the recorded checks, as a table and a figure."""
     from bench import history
 
+    if args.last < 1:
+        raise FlowbenchError(f"--last {args.last}: expected a positive number of checks")
     ctx = _suite_context(args.suite)
+    _check_writable(args.out, "--out", "history folder")
+    out = str(inside(args.out, ctx.name))
     frame = history.read(args.results, ctx.name)
     wide = history.table(frame, args.quantity, args.last)
     text = history.to_markdown(wide)
     print(f"suite {ctx.name}: {frame['entry'].nunique()} checks recorded; current means per check, pinned last")
     print(text, end="")
-    out = os.path.join(args.out, ctx.name)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "history.md"), "w") as f:
         f.write(f"# {ctx.name}: check history\n\n{text}")
@@ -405,9 +449,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from bench.check import pin
+    from bench.check import pin, pinned_path
 
     ctx = _suite_context(args.suite)
+    folder = pinned_path(ctx.name, args.pinned)
+    _check_writable(folder, "--pinned", "pinned folder")
+    inside(folder, f"{ctx.name}.csv")
     df = _scan_suite(ctx.name, args.results)
     path, table, records = pin(df, ctx.name, args.pinned, args.metric, ctx.labels)
     seeds = " ".join(sorted(set(" ".join(table["seeds"]).split()), key=int))
@@ -422,9 +469,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`flowbench audit SUITE`: the tolerance audit of every completed CNF run, printed and written."""
     from bench.audit import DEFAULT_TOLERANCES, audit_suite, parse_tolerances, to_markdown, write_audit
 
+    if args.max_examples < 0:
+        raise FlowbenchError(f"--max-examples {args.max_examples}: expected a positive number of test examples, "
+                             "or 0 for the whole test split")
     ctx = _suite_context(args.suite)
     name = ctx.name
     tolerances = parse_tolerances(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
+    _check_writable(args.out, "--out", "audit folder")
+    inside(args.out, name)
     records = _scan_suite(name, args.results)
     out, skipped = audit_suite(records, name, tolerances, args.max_examples or None, args.data_root,
                                progress=not args.quiet, labels=ctx.labels)

@@ -42,6 +42,7 @@ SLURM_DEFAULTS = {"timeout_min": 60, "cpus_per_task": 2, "array_parallelism": 64
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                  "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING"}
 FINAL_STATUSES = {"completed", "failed", "timeout", "preempted", "diverged"}
+NOT_FAILED = ("completed", "submitted", "queued", "claimed")  # claimed: another live process trains the run
 
 
 @dataclass
@@ -55,7 +56,7 @@ class SweepSummary:
 
     @property
     def failed(self) -> int:
-        return sum(n for s, n in self.statuses.items() if s not in ("completed", "submitted", "queued"))
+        return sum(n for s, n in self.statuses.items() if s not in NOT_FAILED)
 
     def line(self) -> str:
         parts = [f"{n} {s}" for s, n in sorted(self.statuses.items())]
@@ -77,6 +78,8 @@ def pending(specs: Sequence[RunSpec], results_dir: str | Path, force: bool = Fal
 def describe_result(spec: RunSpec, result: dict[str, Any]) -> str:
     """One line per finished run: status, headline test metric, time."""
     status = result["status"]
+    if status == "claimed":
+        return f"- {spec.label} [{spec.run_id}] {result.get('error')}"
     if status != "completed":
         return f"x {spec.label} [{spec.run_id}] {status}: {result.get('error')}"
     name, value = headline_of(spec.metric, result.get("test", {}))
@@ -97,18 +100,19 @@ def run_inline(specs: Sequence[RunSpec], results_dir: str | Path, data_root: str
     with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress or not todo, dynamic_ncols=True) as bar:
         for spec in todo:
             record = RunRecord(results_dir, spec.suite, spec.run_id)
-            if force:
-                record.clear()
             try:
-                result = run_one(spec, record, data_root=data_root, device=device, progress=progress)
+                result = run_one(spec, record, data_root=data_root, device=device, progress=progress, force=force)
             except FlowbenchError as err:  # e.g. a checkpoint that does not fit: the record stays as it was
                 summary.statuses["failed"] += 1
                 summary.errors.append((spec.label, str(err)))
                 bar.write(f"  x {spec.label}: {err}")
             else:
-                summary.statuses[result["status"]] += 1
-                bar.write("  " + describe_result(spec, result))
-                if result["status"] != "completed":
+                if result.get("skipped"):  # completed by another process since `pending` looked
+                    summary.skipped += 1
+                else:
+                    summary.statuses[result["status"]] += 1
+                    bar.write("  " + describe_result(spec, result))
+                if result["status"] not in NOT_FAILED:
                     summary.errors.append((spec.label, result.get("error") or result["status"]))
             bar.update(1)
             bar.set_postfix(done=summary.statuses["completed"], failed=summary.failed, refresh=False)
@@ -124,11 +128,12 @@ class RunJob:
     over to submitit, which calls ``checkpoint`` and requeues the job; the requeued job resumes.
     """
 
-    def __init__(self, results_dir: str, data_root: str | None, device: str | None):
+    def __init__(self, results_dir: str, data_root: str | None, device: str | None, concurrent: int = 1):
         self.results_dir, self.data_root, self.device = str(results_dir), data_root, device
+        self.concurrent = concurrent  # processes started at once on this machine (local executor): they share its cores
 
     def __call__(self, spec_dict: dict[str, Any]) -> dict[str, Any]:
-        from bench.train import request_stop, run_one
+        from bench.train import request_stop, run_one, run_threads
 
         spec = RunSpec.from_dict(spec_dict)
         _export_distributed_environment()
@@ -142,7 +147,8 @@ class RunJob:
         signal.signal(signal.SIGUSR2, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         record = RunRecord(self.results_dir, spec.suite, spec.run_id)
-        result = run_one(spec, record, data_root=self.data_root, device=self.device, progress=False)
+        result = run_one(spec, record, data_root=self.data_root, device=self.device, progress=False,
+                         threads=run_threads(getattr(self, "concurrent", 1)))
         if result["status"] == "preempted":
             why = "SLURM's end-of-allocation signal" if signal.SIGUSR2 in received else "SIGTERM (scancel or shutdown)"
             result["error"] = f"stopped by {why} at step {result.get('steps')}; checkpointed, resumes when run again"
@@ -258,6 +264,10 @@ def submit(specs: Sequence[RunSpec], results_dir: str | Path, executor: str, slu
         if active:
             summary.statuses["queued"] += len(active)
             todo = [s for s in todo if s.run_id not in active]
+    held = {s.run_id for s in todo if RunRecord(results_dir, s.suite, s.run_id).claim_state() == "live"}
+    if held:  # a live process trains them now: never submitted twice, never cleared under it
+        summary.statuses["claimed"] += len(held)
+        todo = [s for s in todo if s.run_id not in held]
     if not todo:
         return summary, [], []
     suite = todo[0].suite
@@ -274,7 +284,8 @@ def submit(specs: Sequence[RunSpec], results_dir: str | Path, executor: str, slu
         record.create(spec.to_dict())
         if force:
             record.clear()
-    job_fn = RunJob(str(Path(results_dir).resolve()), data_root, device)
+    concurrent = len(todo) * int(params.get("tasks_per_node") or 1) if executor == "local" else 1
+    job_fn = RunJob(str(Path(results_dir).resolve()), data_root, device, concurrent)
     try:
         jobs = ex.map_array(job_fn, [s.to_dict() for s in todo])
     except Exception as err:  # sbatch refused (bad partition, account, ...)

@@ -20,10 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional, Union
 
 import yaml
 
+from baselines.constraints import Choice, Invalid, Range, Seed, conform
 from bench import variants as _variants
 from bench.errors import FlowbenchError, did_you_mean
 from bench.metrics import SUITE_METRICS
@@ -32,9 +33,61 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defines each)
 
 
-# -- YAML: accept 1e-3 as a float (YAML 1.1 wants 1.0e-3) -------------------------------------
+# -- YAML: 1e-3 is a float (YAML 1.1 wants 1.0e-3); no duplicate keys; aliases bounded ----------
+MAX_NODES = 100_000  # values in a document with every alias expanded (a suite has a few hundred)
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    """SafeLoader that refuses a key given twice in one mapping (the last would silently win) and a
+    document whose aliases expand to more than MAX_NODES values or refer to themselves (an "alias
+    bomb" of nested anchors reads in a moment but is gigabytes once expanded)."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # merged keys may be overridden; non-scalar keys are refused by PyYAML itself
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f'duplicate key "{key}" (first at line {seen[key].start_mark.line + 1}); '
+                        "keep one", key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the document's values with every alias expanded (each shared node once, so the count
+    costs no more than the document); refuse more than MAX_NODES, or an alias inside its own anchor."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            open_nodes.discard(id(node))
+            size[id(node)] = min(MAX_NODES + 1, 1 + sum(size[id(c)] for c in children))
+            if size[id(node)] > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the document expands to more than {MAX_NODES:,} values through its aliases "
+                    "(*name); write the values out or use fewer aliases", node.start_mark)
+            continue
+        if id(node) in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "an alias (*name) refers to the anchor it is inside",
+                                              node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
 
 
 _Loader.add_implicit_resolver(
@@ -55,6 +108,8 @@ def parse_value(text: str) -> Any:
 # -- the training fields ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Field:
+    """A training setting: its type(s), default, choices, whether null is allowed, its minimum."""
+
     types: tuple[type, ...]
     default: Any
     choices: tuple[Any, ...] | None = None
@@ -89,7 +144,12 @@ TRAIN_FIELDS: dict[str, Field] = {
     "grad_clip": Field((float,), None, nullable=True, minimum=0.0, help="max gradient norm"),
     "max_steps": Field((int,), 1000, nullable=True, minimum=1),
     "max_epochs": Field((int,), None, nullable=True, minimum=1),
-    "max_minutes": Field((float,), None, nullable=True, minimum=0.0, help="training wall-clock budget"),
+    "max_minutes": Field((float,), None, nullable=True, minimum=0.0,
+                         help="training wall-clock budget; a solve still running when it is spent is stopped, "
+                              "and an evaluation may take as long again before it is stopped (status timeout)"),
+    "max_solver_evals": Field((int,), 20_000, nullable=True, minimum=1,
+                              help="function evaluations one ODE solve may take (forward, or the adjoint's backward) "
+                                   "before the run is stopped as diverged; null: unbounded"),
     "eval_every": Field((int,), 100, minimum=1, help="steps between validation evaluations"),
     "eval_max_examples": Field((int,), None, nullable=True, minimum=1,
                                help="cap on validation examples per evaluation during training"),
@@ -121,27 +181,28 @@ SUITE_KEYS = {
 OVERRIDE_KEYS = ("match", "model", "train", "data", "skip", "setting", "published_model")
 
 
-def _type_name(types: tuple[type, ...]) -> str:
-    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
-                        dict: "a mapping", bool: "true/false"}[t] for t in types)
+def declaration(spec: Field) -> Any:
+    """A training field as the declaration ``baselines.constraints.conform`` checks."""
+    base = Union[spec.types] if len(spec.types) > 1 else spec.types[0]
+    marks = ([Choice(*spec.choices)] if spec.choices is not None else []) + (
+        [Range(min=spec.minimum)] if spec.minimum is not None else [])
+    declared = Annotated[(base, *marks)] if marks else base
+    return Optional[declared] if spec.nullable else declared
+
+
+def checked(value: Any, declared: Any, where: str) -> Any:
+    """``value`` checked against a declaration (type, range, choices) and normalised (an integer
+    for a number becomes a float); nan/inf and integers beyond 64 bits are refused whatever the
+    declaration. Raises FlowbenchError naming ``where``, the value and what is allowed."""
+    try:
+        return conform(value, declared)
+    except Invalid as err:
+        raise FlowbenchError(f"{where}: {err}") from None
 
 
 def check_field(value: Any, spec: Field, where: str) -> Any:
-    """Validate (and normalise int -> float) one value; raises FlowbenchError naming ``where``."""
-    if value is None:
-        if spec.nullable:
-            return None
-        raise FlowbenchError(f"{where}: must not be empty; expected {_type_name(spec.types)}")
-    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
-    if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise FlowbenchError(f"{where}: expected {_type_name(spec.types)}, got {value!r}")
-    if spec.choices is not None and value not in spec.choices:
-        raise FlowbenchError(f"{where}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
-    if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
-        raise FlowbenchError(f"{where}: {value!r} is below the minimum {spec.minimum:g}")
-    return value
+    """Validate (and normalise int -> float) one training value; raises FlowbenchError naming ``where``."""
+    return checked(value, declaration(spec), where)
 
 
 def check_train(config: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -270,7 +331,7 @@ class Suite:
                 if value not in names:
                     raise FlowbenchError(f'--only {key}={value}: the suite "{self.name}" has no {key} '
                                          f'"{value}"{did_you_mean(value, names)}')
-        seed_list = list(seeds) if seeds is not None else list(self.seeds)
+        seed_list = check_seeds(list(seeds), "--seeds") if seeds is not None else list(self.seeds)
         if "seed" in only:
             try:
                 wanted = {int(s) for s in only["seed"]}
@@ -353,32 +414,41 @@ def _check_budget(train: Mapping[str, Any], where: str) -> None:
 
 
 def resolve_data_options(dataset: str, options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Dataset options with the loader's defaults filled in, each checked against its default's type."""
+    """Dataset options with the loader's defaults filled in, each checked against its declaration
+    (``bench.data.REGISTRY``: type and range; an undeclared option is only kept sane)."""
     from bench.data import REGISTRY
 
-    defaults = REGISTRY[dataset].options
-    out = dict(defaults)
+    entry = REGISTRY[dataset]
+    out = dict(entry.options)
     for key, value in options.items():
-        if key not in defaults:
-            raise FlowbenchError(f'{where}: dataset "{dataset}" has no option "{key}"{did_you_mean(str(key), defaults)}')
-        default = defaults[key]
-        if default is not None:
-            types = (float,) if isinstance(default, float) else (type(default),)
-            value = check_field(value, Field(types, default, nullable=True), f"{where}.{key}")
-        out[key] = value
+        if key not in entry.options:
+            raise FlowbenchError(f'{where}: dataset "{dataset}" has no option "{key}"'
+                                 f"{did_you_mean(str(key), entry.options)}")
+        out[key] = checked(value, entry.checks.get(key, Any), f"{where}.{key}")
     return out
 
 
 _signatures: dict[str, inspect.Signature] = {}
 
 
-def resolve_model_config(model: str, config: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Hyperparameters with the builder's defaults filled in; unknown names get a did-you-mean."""
+def _builder_signature(model: str) -> inspect.Signature:
+    """The builder's signature with its annotations evaluated (they declare types and ranges); a
+    plug-in whose annotations do not evaluate keeps them as text, and its values go unchecked."""
     from baselines.registry import get_builder
 
     if model not in _signatures:
-        _signatures[model] = inspect.signature(get_builder(model))
-    params = {n: p for n, p in list(_signatures[model].parameters.items())[1:]
+        builder = get_builder(model)
+        try:
+            _signatures[model] = inspect.signature(builder, eval_str=True)
+        except Exception:  # noqa: BLE001 - e.g. names imported only under TYPE_CHECKING
+            _signatures[model] = inspect.signature(builder)
+    return _signatures[model]
+
+
+def resolve_model_config(model: str, config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Hyperparameters with the builder's defaults filled in, each given value checked against the
+    builder's annotation (``baselines.constraints``); unknown names get a did-you-mean."""
+    params = {n: p for n, p in list(_builder_signature(model).parameters.items())[1:]
               if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     for key in config:
         if key not in params:
@@ -387,7 +457,7 @@ def resolve_model_config(model: str, config: Mapping[str, Any], where: str) -> d
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in config]
     if missing:
         raise FlowbenchError(f'{where}: model "{model}" needs hyperparameter(s) {", ".join(missing)}')
-    out.update(config)
+    out.update({key: checked(value, params[key].annotation, f"{where}.{key}") for key, value in config.items()})
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
@@ -456,15 +526,30 @@ def suite_names() -> list[str]:
 
 
 def read_yaml(path: Path) -> Any:
+    """A suite file's YAML: UTF-8 text, no duplicate keys, aliases bounded; every problem one line
+    naming the file and where in it."""
     try:
-        with open(path) as f:
-            return yaml.load(f, Loader=_Loader)
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise FlowbenchError(f"cannot read suite file {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise FlowbenchError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}, line "
+                             f"{line}); save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.reader.ReaderError as err:  # a control character
+        raise FlowbenchError(f"{path}: line {text.count(chr(10), 0, err.position) + 1} is not valid YAML: "
+                             f"character #x{err.character:04x} is not allowed; remove it") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise FlowbenchError(f"{path}:{at} is not valid YAML: {getattr(err, 'problem', err)}") from None
-    except OSError as err:
-        raise FlowbenchError(f"cannot read suite file {path}: {err.strerror}") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise FlowbenchError(f"{path}:{at} is not valid YAML: {problem}") from None
+    except RecursionError:
+        raise FlowbenchError(f"{path}: nested too deeply to read; flatten the document") from None
 
 
 def _names(value: Any, where: str, kind: str) -> dict[str, dict[str, Any]]:
@@ -486,6 +571,33 @@ def _names(value: Any, where: str, kind: str) -> dict[str, dict[str, Any]]:
     raise FlowbenchError(f"{where}: expected a list or mapping of {kind} names, got {value!r}")
 
 
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_suite_name(name: Any, where: str) -> str:
+    """A suite's name names its folders under --results, --out and --pinned, so it is an identifier:
+    letters, digits, '-', '_' and '.', starting with a letter or digit (never "." or "..", no separators)."""
+    if not isinstance(name, str) or not SUITE_NAME.fullmatch(name):
+        raise FlowbenchError(f"{where}: suite name {name!r} must be letters, digits, '-', '_' or '.' (at most 100), "
+                             "starting with a letter or digit; it names the suite's folders")
+    return name
+
+
+def check_seeds(seeds: Any, where: str) -> list[int]:
+    """A non-empty list of distinct seeds (one integer is a list of one), each in [0, 2^63 - 1]."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise FlowbenchError(f"{where}: expected a non-empty list of integer seeds, got {seeds!r}")
+    out = [checked(s, Seed, where) for s in seeds]
+    seen: set[int] = set()
+    for s in out:
+        if s in seen:
+            raise FlowbenchError(f"{where}: seed {s} is listed twice (its runs would be trained twice); list it once")
+        seen.add(s)
+    return out
+
+
 def load_suite(name_or_path: str | os.PathLike) -> Suite:
     """Read and validate a suite file; every problem is a FlowbenchError naming the file and field."""
     from baselines.registry import model_names
@@ -501,8 +613,12 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     for key in ("datasets", "models"):
         if not raw.get(key):
             raise FlowbenchError(f"{path}: {key}: missing or empty; name at least one")
-
-    for module in raw.get("plugins") or []:
+    suite_name = check_suite_name(raw.get("name", path.stem), f"{path}: name")
+    data_root = raw.get("data_root")
+    if data_root is not None and not (isinstance(data_root, str) and data_root.strip()):
+        raise FlowbenchError(f"{path}: data_root: expected a folder (text), got {data_root!r}")
+    plugins = _plugins(raw, path)
+    for module in plugins:
         _import_plugin(module, path)
     models = _names(raw["models"], f"{path}: models", "model")
     known_models = model_names()
@@ -514,11 +630,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         if name not in REGISTRY:
             raise FlowbenchError(f'{path}: datasets: unknown dataset "{name}"{did_you_mean(name, REGISTRY)}')
 
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise FlowbenchError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    seeds = check_seeds(raw.get("seeds", [0]), f"{path}: seeds")
     metric = raw.get("metric", "auto")
     if metric not in METRICS:
         raise FlowbenchError(f'{path}: metric: unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}')
@@ -536,12 +648,9 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     differences = raw.get("differences") or []
     if not isinstance(differences, list) or not all(isinstance(d, str) and d.strip() for d in differences):
         raise FlowbenchError(f"{path}: differences: expected a list of non-empty lines of text, got {differences!r}")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise FlowbenchError(f"{path}: name: {name!r} must be letters, digits, '-', '_' or '.'")
-    return Suite(name=name, path=path, description=str(raw.get("description", "")), metric=metric,
+    return Suite(name=suite_name, path=path, description=str(raw.get("description", "")), metric=metric,
                  datasets=datasets, models=models, seeds=seeds, train=train, overrides=overrides,
-                 data_root=raw.get("data_root"), plugins=list(raw.get("plugins") or []),
+                 data_root=data_root, plugins=list(plugins),
                  slurm=dict(raw.get("slurm") or {}), check=dict(raw.get("check") or {}),
                  differences=[" ".join(d.split()) for d in differences], setting=" ".join(setting.split()), axes=axes)
 
@@ -566,7 +675,31 @@ def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mappi
                     published_model=_variants.optional_text(raw, "published_model", where))
 
 
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _plugins(raw: Mapping, path: Path) -> list[str]:
+    """``plugins:``: a non-empty list of module names as ``import`` takes them (``my_flows``, ``pkg.flows``)."""
+    if "plugins" not in raw:
+        return []
+    value = raw["plugins"]
+    if not isinstance(value, list) or not value:
+        raise FlowbenchError(f"{path}: plugins: expected a non-empty list of module names, e.g. [my_flows], "
+                             f"got {value!r}")
+    for module in value:
+        if not isinstance(module, str) or not MODULE_NAME.fullmatch(module) or module.endswith(".py"):
+            raise FlowbenchError(f"{path}: plugins: {module!r} is not a module name; name it as `import` does "
+                                 "(my_flows, package.flows), not as a file, with its folder on PYTHONPATH")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
 def _import_plugin(module: str, path: Path) -> None:
+    """Import a plug-in module; whatever goes wrong is one line naming the module and the error."""
     import importlib
     import sys
 
@@ -574,5 +707,12 @@ def _import_plugin(module: str, path: Path) -> None:
         sys.path.insert(0, os.getcwd())
     try:
         importlib.import_module(module)
-    except ImportError as err:
-        raise FlowbenchError(f'{path}: plugins: cannot import "{module}" ({err}); is it on PYTHONPATH?') from None
+    except ModuleNotFoundError as err:
+        if err.name and (module == err.name or module.startswith(f"{err.name}.")):
+            raise FlowbenchError(f'{path}: plugins: cannot import "{module}" ({err}); is it on PYTHONPATH?') from None
+        raise FlowbenchError(f'{path}: plugins: importing "{module}" failed: {_first_line(err)}') from None
+    except SyntaxError as err:
+        raise FlowbenchError(f'{path}: plugins: "{module}" has a syntax error: {err.msg} ({err.filename}, line '
+                             f"{err.lineno})") from None
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - a plug-in may raise anything at import
+        raise FlowbenchError(f'{path}: plugins: importing "{module}" failed: {_first_line(err)}') from None

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,23 @@ from bench.errors import FlowbenchError
 
 log = logging.getLogger("flowbench")
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask now, read without widening it (Linux: /proc/self/status; elsewhere a brief
+    swap to 0o077 and back, under a lock)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 STATUSES = ("pending", "running", "completed", "failed", "timeout", "preempted", "diverged")
 
@@ -31,16 +48,18 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide records from the rest of a lab
+        os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it: the user's umask decides
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None and not err.filename:
+            raise type(err)(err.errno, err.strerror, str(path)) from None  # name the file (a full disk: EFBIG, ENOSPC)
         raise
 
 
@@ -58,6 +77,35 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class UnreadableFile(ValueError):
+    """A weights or checkpoint file that cannot be loaded safely; the message is one line."""
+
+
+def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, so a
+    file that would run code when unpickled (a planted pickle) is refused, never executed.
+    Raises FileNotFoundError when absent, ``UnreadableFile`` (one line) for anything else."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the file holds, the caller gets one line
+        text = str(err)
+        if "WeightsUnpickler error:" in text:
+            detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+            reason = f"not a plain weights file ({detail}); refused unread, as unpickling it could run code"
+        else:
+            first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            reason = f"{type(err).__name__}: {first}"
+        raise UnreadableFile(reason[:300]) from None
+
+
 class RunRecord:
     """The files of one run under ``results/<suite>/<run_id>/``."""
 
@@ -68,6 +116,13 @@ class RunRecord:
         self.result_path = self.dir / "result.json"
         self.checkpoint_path = self.dir / "checkpoint.pt"  # training state, while the run is unfinished
         self.model_path = self.dir / "model.pt"  # best-validation weights of a completed run
+        self.claim_path = self.dir / CLAIM_FILE  # who trains the run now (``claim``)
+
+    @classmethod
+    def at(cls, run_dir: str | os.PathLike) -> RunRecord:
+        """The record in the folder ``run_dir`` (``results/<suite>/<run_id>``)."""
+        run_dir = Path(run_dir)
+        return cls(run_dir.parent.parent, run_dir.parent.name, run_dir.name)
 
     def create(self, spec: dict[str, Any]) -> None:
         """Make the folder and write spec.json (idempotent); a clear error if it cannot be written."""
@@ -80,10 +135,24 @@ class RunRecord:
                                  "choose a writable folder with --results") from None
 
     def read_result(self) -> dict[str, Any] | None:
+        """result.json as a mapping, or None when it is absent or unreadable (``result_problem`` says why)."""
         try:
-            return json.loads(self.result_path.read_text())
+            result = json.loads(self.result_path.read_text())
         except (OSError, ValueError):
             return None
+        return result if isinstance(result, dict) else None
+
+    def result_problem(self) -> str | None:
+        """Why result.json is there but cannot be read (a folder, not JSON, not a mapping), else None."""
+        try:
+            result = json.loads(self.result_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            return f"{self.result_path} is unreadable ({err.strerror if isinstance(err, OSError) else err})"
+        if not isinstance(result, dict):
+            return f"{self.result_path} holds {type(result).__name__}, not a record"
+        return None
 
     @property
     def status(self) -> str:
@@ -110,28 +179,277 @@ class RunRecord:
         except OSError:
             return []
 
+    def claim(self) -> Claim:
+        """Claim the run for this process (raises ``RunClaimed`` when a live process holds it); a claim
+        whose owner is dead is taken over. Use the returned Claim as a context manager: it beats while
+        held and is released on exit."""
+        return acquire_claim(self.claim_path)
+
+    def claimed_here(self) -> int:
+        """How many other runs of this suite live processes on this host hold now (they share its cores)."""
+        import socket
+
+        host, count = socket.gethostname(), 0
+        try:
+            siblings = [e.path for e in os.scandir(self.dir.parent) if e.is_dir() and e.name != self.dir.name]
+        except OSError:
+            return 0
+        for sibling in siblings:
+            holder, raw, mtime = read_claim(Path(sibling) / CLAIM_FILE)
+            if raw is not None and holder and holder.get("host") == host and claim_alive(holder, mtime):
+                count += 1
+        return count
+
+    def shown_status(self, recorded: str | None = None) -> str:
+        """The status ``status`` shows: the recorded one (read here unless given), "stale" for a
+        ``running`` record that no live process holds (its process died), "unreadable" for a
+        result.json that is there but cannot be read."""
+        if recorded is None:
+            recorded = self.status if not self.result_problem() else "unreadable"
+        return "stale" if recorded == "running" and self.claim_state() != "live" else recorded
+
+    def claim_state(self) -> str:
+        """"live" (a process holds the run), "stale" (its holder is dead) or "" (no claim)."""
+        holder, raw, mtime = read_claim(self.claim_path)
+        if raw is None:
+            return ""
+        return "live" if claim_alive(holder, mtime) else "stale"
+
+
+# -- claims: one run, one owner -------------------------------------------------------------------
+CLAIM_FILE = "claim.json"
+
+
+def heartbeat_seconds() -> float:
+    """How often a claim's holder shows it is alive ($FLOWBENCH_HEARTBEAT_S, default 30 s)."""
+    return float(os.environ.get("FLOWBENCH_HEARTBEAT_S") or 30.0)
+
+
+def stale_seconds() -> float:
+    """A claim without a heartbeat for this long is dead ($FLOWBENCH_CLAIM_STALE_S, default 10 beats)."""
+    return float(os.environ.get("FLOWBENCH_CLAIM_STALE_S") or 10 * heartbeat_seconds())
+
+
+class RunClaimed(Exception):
+    """Another live process holds the run."""
+
+    def __init__(self, path: Path, holder: dict[str, Any] | None):
+        self.holder = holder or {}
+        who = (f"{self.holder.get('owner', '?')}@{self.holder.get('host', '?')} pid {self.holder.get('pid', '?')}"
+               if holder else "another process")
+        super().__init__(f"claimed by {who} ({path}); skipped")
+
+
+def _proc_start(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of a local process from /proc, or None where there is none."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: Any, start: Any) -> bool:
+    """Whether process ``pid`` of this host still runs (the same process: its start time matches)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    except (OverflowError, TypeError, ValueError, OSError):
+        return False
+    proc = _proc_start(int(pid))
+    if proc is None:
+        return True
+    state, started = proc
+    return state not in ("Z", "X") and (start is None or started == start)
+
+
+def _claim_info() -> dict[str, Any]:
+    import getpass
+    import socket
+    import uuid
+
+    try:
+        owner = getpass.getuser()
+    except (KeyError, OSError):
+        owner = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    now = time.time()
+    proc = _proc_start(os.getpid())
+    return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "pid_start": proc and proc[1],
+            "slurm_job": os.environ.get("SLURM_JOB_ID"), "token": uuid.uuid4().hex, "claimed": now, "heartbeat": now}
+
+
+def read_claim(path: Path) -> tuple[dict[str, Any] | None, bytes | None, float]:
+    """(the claim's content or None when unparsable, its raw bytes or None when absent, its mtime)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+            mtime = os.fstat(f.fileno()).st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None, 0.0
+    except OSError:
+        return None, b"", 0.0
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None, raw, mtime
+    return (info if isinstance(info, dict) else None), raw, mtime
+
+
+def claim_alive(info: dict[str, Any] | None, mtime: float) -> bool:
+    """Whether a claim's holder lives: its last heartbeat (the file's modification time: each beat
+    rewrites it) is recent, and on this host its process runs."""
+    import socket
+
+    if time.time() - mtime > stale_seconds():
+        return False
+    if info and info.get("host") == socket.gethostname():
+        return _pid_alive(info.get("pid"), info.get("pid_start"))
+    return True
+
+
+def _link_exclusive(tmp: Path, path: Path) -> bool:
+    """Put ``tmp`` at ``path`` unless ``path`` exists (a hard link: atomic on NFS too); False when it does."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        import errno
+
+        if err.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):  # no hard links here
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(tmp.read_bytes())
+            return True
+        try:  # NFS: the link may have been made though its reply was lost
+            return os.stat(tmp).st_nlink == 2
+        except OSError:
+            raise err from None
+
+
+def _break_stale(path: Path, raw: bytes) -> None:
+    """Remove the claim at ``path`` if it still holds ``raw`` (judged dead), under a break lock, so two
+    processes never both take over the same dead claim."""
+    breaker = path.with_name(path.name + ".break")
+    try:
+        os.close(os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        try:
+            if time.time() - os.stat(breaker).st_mtime > stale_seconds():  # a breaker that died breaking
+                breaker.unlink()
+        except OSError:
+            pass
+        time.sleep(0.05)
+        return
+    try:
+        if read_claim(path)[1] == raw:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        breaker.unlink(missing_ok=True)
+
+
+class Claim:
+    """A held claim: while entered, a thread rewrites its heartbeat; ``lost`` is set when another
+    process took it over (this one was judged dead); exit releases it."""
+
+    def __init__(self, path: Path, info: dict[str, Any]):
+        self.path, self.info = path, info
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Claim:
+        self._thread = threading.Thread(target=self._beat, name="flowbench-claim", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def held(self) -> bool:
+        """Whether the claim on disk is still this one."""
+        holder, _, _ = read_claim(self.path)
+        return bool(holder) and holder.get("token") == self.info["token"]
+
+    def _beat(self) -> None:
+        while not self._done.wait(heartbeat_seconds()):
+            if not self.held():
+                self.lost.set()
+                return
+            self.info["heartbeat"] = time.time()
+            try:
+                atomic_write_bytes(self.path, json.dumps(self.info).encode(), fsync=False)
+            except OSError:  # a full disk: the old heartbeat stands until the next beat
+                pass
+
+    def release(self) -> None:
+        """Stop beating and remove the claim if it is still this one."""
+        self._done.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self.held():
+            self.path.unlink(missing_ok=True)
+
+
+def acquire_claim(path: Path) -> Claim:
+    """Claim ``path`` (a run's claim.json) for this process; ``RunClaimed`` when a live process holds it."""
+    info = _claim_info()
+    tmp = path.with_name(f".{path.name}.{info['token']}.tmp")
+    atomic_write_bytes(tmp, json.dumps(info).encode())
+    holder: dict[str, Any] | None = None
+    try:
+        for _ in range(20):
+            if _link_exclusive(tmp, path):
+                return Claim(path, info)
+            holder, raw, mtime = read_claim(path)
+            if raw is None:
+                continue  # released meanwhile: try again
+            requeued = bool(info["slurm_job"]) and holder is not None and holder.get("slurm_job") == info["slurm_job"]
+            if claim_alive(holder, mtime) and not requeued:  # SLURM runs a job id once at a time: a claim of
+                raise RunClaimed(path, holder)  # this same job is its previous run's (node failure, then requeue)
+            _break_stale(path, raw)
+        raise RunClaimed(path, holder)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 
 def load_model(run_dir: str | os.PathLike, data_root: str | None = None) -> tuple[Any, Any]:
     """Rebuild a completed run's model (best-validation weights, ``model.pt``) in eval mode; returns
     (model, dataset). Raises FlowbenchError naming the run when its files are missing or do not fit."""
-    import torch
-
     from baselines.registry import get_builder
     from bench.data import load_dataset
 
     run_dir = Path(run_dir)
     try:
         spec = json.loads((run_dir / "spec.json").read_text())
-        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise FlowbenchError(f"run {run_dir}: cannot read its spec.json / model.pt ({type(err).__name__}: {err}); "
-                             "only completed runs keep model.pt") from None
+    except (OSError, ValueError) as err:
+        raise FlowbenchError(f"run {run_dir}: cannot read its spec.json ({type(err).__name__}: {err})") from None
+    try:
+        state = load_tensors(run_dir / "model.pt")
+    except FileNotFoundError:
+        raise FlowbenchError(f"run {run_dir}: no model.pt; only completed runs keep one") from None
+    except (OSError, UnreadableFile) as err:
+        raise FlowbenchError(f"run {run_dir}: cannot load model.pt ({err}); re-run it with --force") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise FlowbenchError(f"run {run_dir}: model.pt holds {type(state).__name__}, not the weights flowbench "
+                             "saves; re-run it with --force")
     data = load_dataset(spec["dataset"], spec.get("data_config", {}), data_root)
-    config = state.get("model_config", spec.get("model_config", {}))
+    config = state.get("model_config")
+    config = config if isinstance(config, dict) else spec.get("model_config", {})
     model = get_builder(spec["model"])(data.info, **config)
     try:
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as err:
+    except (RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()[0]
         raise FlowbenchError(f"run {run_dir}: model.pt does not fit the model built from its spec ({first}); "
                              "the model code changed since the run; re-run it with --force") from None
@@ -155,8 +473,8 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-SCAN_CACHE = ".scan-cache.pkl"  # per suite folder: rows of unchanged records, keyed by file stats
-CACHE_VERSION = 4  # 4: rows carry variant, setting, published_model and sweep.*
+SCAN_CACHE = ".scan-cache.json"  # per suite folder: rows of unchanged records, keyed by file stats (JSON: no code)
+CACHE_VERSION = 5  # 4: rows carry variant, setting, published_model and sweep.*; 5: JSON, not a pickle
 PARALLEL_READS = 2000  # uncached records from which scan reads in forked worker processes
 
 
@@ -204,7 +522,14 @@ def read_row(run_dir: str | os.PathLike, key: tuple[int, ...] | None = None) -> 
     key = key or _stat_key(run_dir)
     with open(run_dir + "/spec.json", "rb") as f:
         spec = json.loads(f.read())
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec.json holds {type(spec).__name__}, not a mapping")
     row: dict[str, Any] = {k: spec.get(k) for k in SPEC_FIELDS}
+    if not isinstance(row["seed"], int) or isinstance(row["seed"], bool):
+        raise ValueError(f"spec.json: seed {row['seed']!r} is not an integer")
+    for name in ("model", "dataset"):
+        if not isinstance(row[name], str):
+            raise ValueError(f"spec.json: {name} {row[name]!r} is not a name")
     row["variant"] = row["variant"] or ""  # records from before variants have none
     for section in ("model_config", "data_config", "train", "sweep"):
         row.update(flatten(spec.get(section) or {}, section + "."))
@@ -267,34 +592,47 @@ def _read_many(dirs: list[str]) -> Callable[[], list[tuple[str, Any, Any]]]:
 
 
 def _load_cache(path: str) -> dict[str, Any]:
-    import pickle
-
+    """The cache of ``_save_cache``: {"keys": {run folder: (stat key, row)}, "frame": () -> DataFrame},
+    or {} when it is absent, damaged, foreign or from another version (then it is rebuilt). JSON only:
+    reading it can never run code, whoever wrote the file."""
     try:
         with open(path, "rb") as f:
-            cache = pickle.load(f)
-        return cache if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION else {}
-    except Exception:  # absent, foreign or from another version: rebuilt
+            cache = json.loads(f.read())
+        keys = {str(name): (tuple(int(x) for x in key), int(row)) for name, (key, row) in cache["keys"].items()}
+        columns, data = list(cache["columns"]), dict(cache["data"])
+        if cache.get("version") != CACHE_VERSION or set(columns) != set(data) or \
+                any(not isinstance(v, list) or len(v) != len(keys) for v in data.values()):
+            return {}
+    except Exception:  # noqa: BLE001 - absent, foreign or damaged: rebuilt from the records
         return {}
+
+    def frame():
+        import pandas as pd
+
+        return pd.DataFrame(data, columns=columns)
+
+    return {"keys": keys, "frame": frame}
 
 
 def _save_cache(path: str, df: Any, keys: list[tuple[int, ...]]) -> None:
-    """The scanned frame and each row's stat key, as run folder name -> (key, row position)."""
-    import pickle
-
+    """The scanned frame (column -> values, as JSON) and each row's stat key, as run folder name ->
+    (key, row position)."""
     keys = {os.path.basename(p): (k, i) for i, (p, k) in enumerate(zip(df["path"], keys))}
+    data = {str(c): df[c].tolist() for c in df.columns}
     try:  # atomic but not fsynced: a cache lost in a crash is rebuilt from the records
-        atomic_write_bytes(Path(path), pickle.dumps({"version": CACHE_VERSION, "keys": keys, "frame": df},
-                                                    protocol=pickle.HIGHEST_PROTOCOL), fsync=False)
-    except OSError:  # a read-only results folder: scanning still works, uncached
+        text = json.dumps({"version": CACHE_VERSION, "keys": keys, "columns": list(data), "data": data},
+                          default=str, separators=(",", ":"))
+        atomic_write_bytes(Path(path), text.encode(), fsync=False)
+    except (OSError, ValueError, TypeError):  # a read-only results folder: scanning still works, uncached
         pass
 
 
 def scan(results_dir: str | os.PathLike = "results", suite: str | None = None, cache: bool = True):
     """Every run record below ``results_dir`` (optionally one suite) as a DataFrame, one row per run.
 
-    Unreadable records are skipped, logged, and listed in ``df.attrs["skipped"]`` as (path, reason).
+    Unreadable records are skipped, logged (info), and listed in ``df.attrs["skipped"]`` as (path, reason).
     With ``cache`` (and a suite), rows of records whose spec.json and result.json are unchanged
-    (same modification time and size) come from the frame kept in ``results/SUITE/.scan-cache.pkl``,
+    (same modification time and size) come from the frame kept in ``results/SUITE/.scan-cache.json``,
     so a report or check over thousands of records reads only what changed since the last one;
     thousands of uncached records are read by forked worker processes while pandas loads here.
     """
@@ -326,10 +664,10 @@ def scan(results_dir: str | os.PathLike = "results", suite: str | None = None, c
             new_keys.append(key)
         elif row is not None:
             skipped.append((run_dir, row))
-            log.warning("skipping unreadable record %s (%s)", run_dir, row)
+            log.info("skipping unreadable record %s (%s)", run_dir, row)  # callers show df.attrs["skipped"]
     parts = []
     if kept:  # the folder's spelling of this scan, whatever the cached one was
-        parts.append(cached["frame"].iloc[[i for i, _, _ in kept]].assign(path=[d for _, d, _ in kept]))
+        parts.append(cached["frame"]().iloc[[i for i, _, _ in kept]].assign(path=[d for _, d, _ in kept]))
     if new_rows:
         parts.append(pd.DataFrame(new_rows))
     df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0].reset_index(drop=True) if parts

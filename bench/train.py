@@ -33,7 +33,7 @@ from bench.env import environment
 from bench.errors import FlowbenchError
 from bench.metrics import peak_memory_mb, reported_metrics
 from bench.spec import RunSpec
-from bench.store import RunRecord, atomic_torch_save
+from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, load_tensors
 
 _stop = threading.Event()
 
@@ -49,6 +49,14 @@ class Diverged(Exception):
 
 class Preempted(Exception):
     """A stop was requested; the state is checkpointed and the run can resume."""
+
+
+class TimedOut(Exception):
+    """An evaluation ran past the run's wall-clock budget inside an ODE solve."""
+
+
+class ClaimLost(Exception):
+    """Another process took the run over (this one was judged dead); nothing more is written."""
 
 
 class CheckpointMismatch(FlowbenchError):
@@ -229,16 +237,21 @@ def read_nfe(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def _rng_states() -> dict[str, Any]:
+    """Every RNG state as tensors, numbers and tuples (what ``weights_only`` loading reads back)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(), "python": random.getstate()}
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate()}
 
 
 def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 @torch.no_grad()
@@ -292,10 +305,10 @@ class Trainer:
     """Trains one RunSpec into its RunRecord; ``run()`` returns the result dictionary."""
 
     def __init__(self, spec: RunSpec, record: RunRecord, data_root: str | None = None,
-                 device: str | None = None, progress: bool = True):
+                 device: str | None = None, progress: bool = True, claim: Claim | None = None):
         from baselines.registry import get_builder
 
-        self.spec, self.record = spec, record
+        self.spec, self.record, self.claim = spec, record, claim
         self.train = spec.train
         self.dist = init_distributed()
         self.progress = progress and self.dist.main
@@ -328,10 +341,14 @@ class Trainer:
     def _resume(self) -> None:
         path = self.record.checkpoint_path
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:  # a truncated or foreign file
+            ckpt = load_tensors(path, map_location=self.device)  # weights only: a planted pickle never runs
+        except (OSError, UnreadableFile) as err:  # a truncated, foreign or hostile file
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): cannot read checkpoint {path} "
-                                     f"({type(err).__name__}: {err}); delete it or re-run with --force") from None
+                                     f"({err}); delete it or re-run with --force") from None
+        if not isinstance(ckpt, dict):
+            raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} holds "
+                                     f"{type(ckpt).__name__}, not a flowbench checkpoint; delete it or re-run with "
+                                     "--force")
         if ckpt.get("run_id") != self.spec.run_id:
             raise CheckpointMismatch(f"run {self.spec.label}: checkpoint {path} belongs to run {ckpt.get('run_id')}, "
                                      f"not {self.spec.run_id}; delete it or re-run with --force")
@@ -340,16 +357,17 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.polyak is not None:
                 self.polyak.load_state_dict(ckpt["polyak"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0]
+            state = LoopState(**ckpt["loop"])
+            self.order.set_state(state.epoch_order_state)
+            _set_rng_states(ckpt["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} does not match "
                                      f"the model ({first}); delete it or re-run with --force") from None
-        self.state = LoopState(**ckpt["loop"])
+        self.state = state
         self.state.resumes += 1
         self.best_model_state = ckpt.get("best_model")
-        self.order.set_state(self.state.epoch_order_state)
         self._perm = torch.randperm(len(self.train_x), generator=self.order)
-        _set_rng_states(ckpt["rng"])
         if self.dist.main:
             self.record.write_metrics(self.state.history)  # drop lines written after the checkpoint
 
@@ -377,6 +395,28 @@ class Trainer:
         idx = idx.to(self.device)
         s.batch_in_epoch += 1
         return self.train_x[idx], None if self.train_y is None else self.train_y[idx]
+
+    def _solve_limits(self, seconds: float | None) -> contextlib.AbstractContextManager:
+        """Bounds on every ODE solve inside: ``max_solver_evals`` evaluations per solve and, when given,
+        a wall-clock deadline ``seconds`` from now (``baselines.cnf.solve_limits``)."""
+        from baselines.cnf import solve_limits
+
+        return solve_limits(self.train.get("max_solver_evals"), seconds)
+
+    def _evaluate(self, split: Split, max_examples: int | None, seed: int) -> dict[str, float]:
+        """``evaluate`` on ``split``, each of its solves bounded; an evaluation may take as long as the
+        training budget (``max_minutes``) and is stopped (``TimedOut``) past it."""
+        from baselines.cnf import SolveTimeout
+
+        budget = 60 * self.train["max_minutes"] if self.train["max_minutes"] else None
+        try:
+            with self._solve_limits(budget):
+                return evaluate(self.model, self.data, split, self.device, self.train["eval_batch_size"],
+                                max_examples, seed=seed, dist=self.dist)
+        except SolveTimeout:
+            raise TimedOut(f"an evaluation at step {self.state.step} ran past max_minutes "
+                           f"({self.train['max_minutes']:g} min) inside an ODE solve; the dynamics are too stiff "
+                           "(lower the learning rate, or raise max_minutes)") from None
 
     def _budget_reached(self) -> str | None:
         s, t = self.state, self.train
@@ -448,8 +488,7 @@ class Trainer:
         start = time.perf_counter()
         snapshot = None
         with self._evaluated_weights():
-            val = evaluate(self.model, self.data, self.data.val, self.device, t["eval_batch_size"],
-                           t["eval_max_examples"], seed=self.spec.seed, dist=self.dist)
+            val = self._evaluate(self.data.val, t["eval_max_examples"], seed=self.spec.seed)
             metric = val.get(self.spec.metric)
             if metric is not None and metric < s.best_metric:  # the weights evaluated, averaged or live
                 snapshot = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -484,16 +523,30 @@ class Trainer:
     def fit(self) -> None:
         from tqdm.auto import tqdm
 
+        from baselines.cnf import SolveTimeout
+
         s, t = self.state, self.train
         s.stop_reason = self._budget_reached()
         with tqdm(total=self.total_steps, initial=s.step, desc=self.spec.label, leave=False, dynamic_ncols=True,
                   mininterval=0.5, disable=not self.progress) as pbar:
             while s.stop_reason is None:
+                if self.claim is not None and self.claim.lost.is_set():
+                    raise ClaimLost(f"run {self.spec.label}: another process took it over at step {s.step}")
                 if (_stop.is_set() if self.dist.world == 1 else self._stop_agreed):
                     self.checkpoint()
                     raise Preempted(f"stop requested at step {s.step}; checkpointed")
                 start = time.perf_counter()
-                loss = self._step()
+                left = 60 * t["max_minutes"] - s.train_seconds if t["max_minutes"] else None
+                try:
+                    with self._solve_limits(left):  # a solve still running when the budget is spent stops
+                        loss = self._step()
+                except SolveTimeout:  # the budget ran out inside this step: it is dropped, as a budget stops
+                    s.train_seconds += time.perf_counter() - start
+                    s.stop_reason = "max_minutes"
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if not s.history or s.history[-1]["step"] != s.step:
+                        self._validate(pbar)
+                    break
                 s.train_seconds += time.perf_counter() - start
                 forward, backward = read_nfe(self.model)
                 s.step += 1
@@ -525,8 +578,7 @@ class Trainer:
         elif self.polyak is not None:
             self.polyak.copy_to_model()
         start = time.perf_counter()
-        test = evaluate(self.model, self.data, self.data.test, self.device, self.train["eval_batch_size"],
-                        seed=10_000, dist=self.dist)
+        test = self._evaluate(self.data.test, None, seed=10_000)
         self.state.eval_seconds += time.perf_counter() - start
         s = self.state
         if self.dist.main:
@@ -552,26 +604,60 @@ class Trainer:
         }
 
 
-def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, device: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) one spec and write its result.json; returns the result.
+def owned_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup (v2) CPU quota."""
+    from bench.forking import usable_cores
 
-    A diverging or crashing run gets a record saying so and returns normally, so a sweep goes on.
-    A checkpoint that does not fit raises CheckpointMismatch before anything in the record changes.
-    """
-    _stop.clear()
-    record.create(spec.to_dict())
+    cores = usable_cores()
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def run_threads(concurrent: int = 1) -> int:
+    """Intra-op threads for one run: $FLOWBENCH_THREADS when set, else $OMP_NUM_THREADS, else SLURM's
+    cpus_per_task inside a SLURM job, else this process's cores divided among the ``concurrent`` runs
+    started at once."""
+    for name in ("FLOWBENCH_THREADS", "OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(name, "").split(",")[0].strip()  # OpenMP's nested form: "4,2"
+        if value:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise FlowbenchError(f"${name}={value!r}: expected a whole number of threads, e.g. 4") from None
+    return max(1, owned_cores() // max(1, concurrent))
+
+
+def _io_error(err: OSError) -> str:
+    """One line for a failed read or write of the record (a full disk, a folder made read-only)."""
+    where = f" {err.filename}" if err.filename else ""
+    return (f"cannot use{where}: {err.strerror or err}; free space or make the run folder writable, then run again "
+            "(it resumes from its last checkpoint)")
+
+
+def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str | None, progress: bool,
+           claim: Claim | None) -> dict[str, Any] | None:
+    """Train (or resume) and write result.json; None when the claim was lost (nothing written)."""
     base = spec.identity()
     trainer = None
     try:
-        trainer = Trainer(spec, record, data_root=data_root, device=device, progress=progress)
+        trainer = Trainer(spec, record, data_root=data_root, device=device, progress=progress, claim=claim)
         result = trainer.run()
     except CheckpointMismatch:
         raise
+    except ClaimLost:
+        return None
     except Preempted as err:
         result = {"status": "preempted", "error": str(err)}
     except Diverged as err:
         result = {"status": "diverged", "error": str(err)}
+    except (TimedOut, TimeoutError) as err:
+        result = {"status": "timeout", "error": str(err) or "the wall-clock budget ran out inside an ODE solve"}
     except (AssertionError, FloatingPointError) as err:
         if "underflow" in str(err) or isinstance(err, FloatingPointError):
             result = {"status": "diverged", "error": f"ODE solver failure: {err}"}
@@ -579,6 +665,8 @@ def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, devi
             result = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
     except FlowbenchError as err:
         result = {"status": "failed", "error": str(err)}
+    except OSError as err:  # the record cannot be written: a full disk, a read-only folder
+        result = {"status": "failed", "error": _io_error(err)}
     except Exception as err:  # the sweep goes on; the record carries the traceback
         result = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
     if trainer is not None and result["status"] != "completed":
@@ -587,7 +675,61 @@ def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, devi
     result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
     if trainer is not None and not trainer.dist.main:
         return result  # the main process writes the record
-    record.write_result(result)
-    if result["status"] == "completed":  # model.pt holds the weights; the training state is spent
-        record.checkpoint_path.unlink(missing_ok=True)
+    try:
+        record.write_result(result)
+        if result["status"] == "completed":  # model.pt holds the weights; the training state is spent
+            record.checkpoint_path.unlink(missing_ok=True)
+    except OSError as err:  # a nearly full disk may still take the short form; else the sweep says it
+        result = {**base, "status": "failed", "error": f"{result.get('error') or 'the run finished'}; writing "
+                                                       f"its result: {_io_error(err)}"}
+        try:
+            record.write_result(result)
+        except OSError:
+            pass
+    return result
+
+
+def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, device: str | None = None,
+            progress: bool = True, force: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Claim, run (or resume) one spec and write its result.json; returns the result.
+
+    The run is claimed first (``RunRecord.claim``): one another live process holds comes back as
+    status ``claimed``, and one completed meanwhile (unless ``force``, which clears the record once
+    claimed) as its completed result with ``skipped`` set; neither is touched. A diverging, timed-out
+    or crashing run gets a record saying so and returns normally, so a sweep goes on. A checkpoint
+    that does not fit raises CheckpointMismatch before anything in the record changes. Intra-op
+    threads: ``threads``, else ``run_threads`` with the cores shared among the runs of the suite that
+    processes on this host hold now.
+    """
+    _stop.clear()
+    record.create(spec.to_dict())
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # the other processes of a multi-process run follow rank 0
+        torch.set_num_threads(threads or run_threads())
+        return _train(spec, record, data_root, device, progress, None) or {**spec.identity(), "status": "claimed"}
+    try:
+        claim = record.claim()
+    except RunClaimed as err:
+        return {**spec.identity(), "status": "claimed", "error": str(err)}
+    except OSError as err:
+        return {**spec.identity(), "status": "failed", "error": _io_error(err)}
+    with claim:
+        # the cores are shared with the runs of this suite that other processes on this host train now
+        torch.set_num_threads(threads or run_threads(concurrent=1 + record.claimed_here()))
+        problem = record.result_problem()
+        if problem:
+            return {**spec.identity(), "status": "failed",
+                    "error": f"{problem}; move it away (or delete it) and run again"}
+        if force:
+            try:
+                record.clear()
+            except OSError as err:
+                return {**spec.identity(), "status": "failed", "error": _io_error(err)}
+        else:
+            done = record.read_result()
+            if done and done.get("status") == "completed":
+                return {**done, "skipped": "completed by another process meanwhile"}
+        result = _train(spec, record, data_root, device, progress, claim)
+    if result is None:
+        return {**spec.identity(), "status": "claimed",
+                "error": f"another process took the run over ({record.claim_path}); this one stopped"}
     return result

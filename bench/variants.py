@@ -116,6 +116,9 @@ def parse_match(match: Any, where: str, models: Mapping | Iterable[str], dataset
     for key, known in (("model", models), ("dataset", datasets)):
         if key in match:
             values = match[key] if isinstance(match[key], list) else [match[key]]
+            if not values or not all(isinstance(v, str) for v in values):
+                raise FlowbenchError(f"{where}.match.{key}: expected a {key} name or a non-empty list of names, "
+                                     f"got {match[key]!r}")
             for v in values:
                 if v not in known:
                     raise FlowbenchError(f'{where}.match.{key}: "{v}" is not in this suite{did_you_mean(str(v), known)}')

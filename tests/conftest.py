@@ -27,3 +27,33 @@ def write_suite(tmp_path):
 @pytest.fixture
 def results(tmp_path) -> Path:
     return tmp_path / "results"
+
+
+class _Planted:
+    """An object whose unpickling runs a shell command (``touch MARKER``): what a hostile file holds."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def planted_pickle(tmp_path):
+    """planted_pickle(path, torch_zip=False) -> marker: write at ``path`` a pickle (or a torch.save file)
+    that would create ``marker`` if it were ever unpickled; the test asserts the marker never appears."""
+    import pickle
+
+    def plant(path: Path, torch_zip: bool = False) -> Path:
+        marker = tmp_path / f"ran-{Path(path).name}"
+        payload = {"model": _Planted(marker), "run_id": "x"}
+        if torch_zip:
+            import torch
+
+            torch.save(payload, path)
+        else:
+            Path(path).write_bytes(pickle.dumps(payload))
+        return marker
+
+    return plant

@@ -9,11 +9,14 @@ or in the user cache folder when the data folder is read-only. No torch import h
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,3 +151,87 @@ def cached_arrays(data_dir: Path, key: str, names: Sequence[str],
                 if (folder / key).is_dir():  # another process cached the same entry first
                     break
     return arrays
+
+
+# -- pickles: data files that are pickles by their format are read by an allowlisting unpickler --
+PICKLE_ROOTS = ("builtins", "__builtin__", "copyreg", "copy_reg", "_codecs", "numpy", "pandas", "pyarrow")
+
+
+def _numpy_data(obj: Any) -> bool:
+    """numpy's array, dtype and scalar types and the functions its pickles rebuild arrays with."""
+    import codecs
+
+    core = getattr(np, "_core", None) or np.core
+    rebuild = {getattr(core.multiarray, "_reconstruct", None), getattr(core.multiarray, "scalar", None),
+               getattr(core.numeric, "_frombuffer", None), codecs.encode}  # encode: bytes in protocol 2
+    if obj in rebuild - {None}:
+        return True
+    return isinstance(obj, type) and (obj is np.ndarray or issubclass(obj, (np.dtype, np.generic)))
+
+
+def _pandas_data(obj: Any) -> bool:
+    """A DataFrame's pieces: pandas' frame, index, block, array and dtype classes and their rebuilders,
+    numpy's arrays, pyarrow's array restore (string columns), and the builtins pickles rebuild them with."""
+    import copyreg
+
+    if obj in (object, slice, bytearray, complex, frozenset, set, copyreg._reconstructor):
+        return True
+    if _numpy_data(obj):
+        return True
+    module, name = getattr(obj, "__module__", "") or "", getattr(obj, "__name__", "")
+    if module == "pyarrow.lib" and name in ("_restore_array", "py_buffer", "type_for_alias"):
+        return True
+    if module == "pandas.core.indexes.base" and name == "_new_Index" or \
+            module == "pandas._libs.internals" and name == "_unpickle_block":
+        return True
+    return isinstance(obj, type) and module.startswith("pandas") and issubclass(obj, _pandas_data_types())
+
+
+def _pandas_data_types() -> tuple[type, ...]:
+    """pandas' data structures: frames, series, indexes, extension arrays and dtypes, blocks, managers."""
+    import pandas as pd
+    from pandas.api.extensions import ExtensionArray, ExtensionDtype
+    from pandas.core.internals.blocks import Block
+    from pandas.core.internals.managers import BaseBlockManager
+
+    return (pd.DataFrame, pd.Series, pd.Index, ExtensionArray, ExtensionDtype, Block, BaseBlockManager,
+            pd.Timestamp, pd.Timedelta)
+
+
+def _allowlisting(base: type, allowed: Callable[[Any], bool]) -> type:
+    """An Unpickler class (from ``base``) that resolves only globals ``allowed`` accepts: any other
+    (os.system, eval, a class that opens files) stops the load before anything is called."""
+
+    class Allowlisting(base):  # type: ignore[misc, valid-type]
+        def find_class(self, module: str, name: str) -> Any:
+            if module.split(".")[0] not in PICKLE_ROOTS:  # not even imported
+                raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file never needs")
+            obj = super().find_class(module, name)
+            if not allowed(obj):
+                raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file never needs")
+            return obj
+
+    return Allowlisting
+
+
+def unpickle_data(raw: bytes, path: Path, expected: str, allowed: Callable[[Any], bool] = _numpy_data,
+                  base: type = pickle.Unpickler, **options: Any) -> Any:
+    """Unpickle a data file's bytes allowing only the globals ``allowed`` accepts (numpy arrays by
+    default); anything else is a ``corrupt`` error naming the file, and nothing in it runs."""
+    try:
+        return _allowlisting(base, allowed)(io.BytesIO(raw), **options).load()
+    except Exception as err:  # noqa: BLE001 - any failure means a bad file
+        raise corrupt(path, expected, f"{type(err).__name__}: {err}") from None
+
+
+def unpickle_dataframe(path: Path) -> Any:
+    """A pickled pandas DataFrame (any pandas version's pickle, as ``pd.read_pickle`` reads them),
+    allowing only pandas' and numpy's data classes."""
+    from pandas.compat.pickle_compat import Unpickler
+
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise corrupt(path, "a pickled pandas DataFrame", f"an unreadable file ({err.strerror})") from None
+    return unpickle_data(raw, path, "a pickled pandas DataFrame", _pandas_data, Unpickler)
+

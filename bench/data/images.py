@@ -11,13 +11,12 @@ torchvision uses; nothing downloads.
 from __future__ import annotations
 
 import gzip
-import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.data.files import CIFAR_HOW, MNIST_HOW, check_md5, corrupt, find, missing, no_root
+from bench.data.files import CIFAR_HOW, MNIST_HOW, check_md5, corrupt, find, missing, no_root, unpickle_data
 from bench.errors import FlowbenchError
 
 # -- MNIST (IDX files) --------------------------------------------------------------------------
@@ -100,12 +99,14 @@ CIFAR_PLACES = (".", "cifar10", "CIFAR10")
 
 
 def _unpickle_batch(raw: bytes, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's images and labels. Callers check its MD5 first (unless ``verify: false``); the
+    unpickler resolves nothing beyond numpy's arrays either way, so a planted pickle never runs."""
+    expected = "a pickled CIFAR-10 batch (dict with b'data' and b'labels')"
+    batch = unpickle_data(raw, where, expected, encoding="bytes")
     try:
-        batch = pickle.loads(raw, encoding="bytes")
         data, labels = batch[b"data"], batch[b"labels"]
     except Exception as err:  # noqa: BLE001 - any failure means a bad batch
-        raise corrupt(where, "a pickled CIFAR-10 batch (dict with b'data' and b'labels')",
-                      f"{type(err).__name__}: {err}") from None
+        raise corrupt(where, expected, f"{type(err).__name__}: {err}") from None
     data = np.asarray(data, dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise corrupt(where, "data of shape (N, 3072) and N labels", f"data {data.shape}, {len(labels)} labels")

@@ -244,3 +244,41 @@ def test_unknown_names_are_errors_not_nll(results, tmp_path, capsys):
     assert check.suite_alpha({"alpha": 0.01, "nll": 0.1}) == 0.01 and check.suite_tolerances({"alpha": 0.01}) == {}
     with pytest.raises(FlowbenchError, match="s.yaml: check alpha: expected a significance level"):
         check.suite_alpha({"alpha": "often"}, "s.yaml: check")
+
+
+def _spoil(results, case: str) -> str:
+    """Make one pinned seed of the `_sweep` records unusable; returns what check must name."""
+    rec = write_run(results, "c", "realnvp", "moons", 1, 1.01, seconds=60.0)
+    if case == "diverged":
+        write_run(results, "c", "realnvp", "moons", 1, status="diverged", error="non-finite training loss")
+        return "realnvp/moons/seed1: diverged: non-finite training loss"
+    if case == "missing":
+        shutil.rmtree(rec.dir)
+        return "realnvp/moons/seed1: no record (pinned)"
+    if case == "string metric":
+        result = rec.read_result()
+        rec.write_result({**result, "test": {"nll": "1.01"}})
+        return "realnvp/moons/seed1: completed, but its test.nll is '1.01', not a number"
+    if case == "no metric":
+        write_run(results, "c", "realnvp", "moons", 1, seconds=60.0, metric="bpd")
+        return "realnvp/moons/seed1: completed, but its test.nll is absent"
+    if case == "result is a folder":
+        rec.result_path.unlink()
+        rec.result_path.mkdir()
+        return f"{rec.dir}: unreadable record (IsADirectoryError"
+    spec = json.loads(rec.spec_path.read_text())  # "non-integer seed"
+    rec.spec_path.write_text(json.dumps({**spec, "seed": "one"}))
+    return f"{rec.dir}: unreadable record (ValueError: spec.json: seed 'one' is not an integer)"
+
+
+@pytest.mark.parametrize("case", ["diverged", "missing", "string metric", "no metric", "result is a folder",
+                                  "non-integer seed"])
+def test_a_pinned_seed_that_does_not_count_fails_the_check_by_name(pinned, tmp_path, capsys, case):
+    """The other two seeds alone would pass (their mean is within tolerance): the gate must see every
+    pinned seed, and name the one that failed, is missing, unreadable or without its test metric."""
+    current = tmp_path / "current"
+    _sweep(current)
+    named = _spoil(current, case)
+    assert main(["check", "c", "--results", str(current), "--pinned", str(pinned)]) == 1
+    out = capsys.readouterr().out
+    assert f"  {named}" in out and "check: FAILED RUNS" in out, out

@@ -62,7 +62,13 @@ def test_status_and_report(write_suite, results, capsys, tmp_path):
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets: [moons]\nmodels: [realnvp]\ntrain: {lr: fast}\n")
-    for args, message in ((["run", str(bad)], "train.lr: expected a number, got 'fast'"),
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("datasets: [moons]\nmodels: [realnvp]\ndescription: caf\xe9\n".encode("latin-1"))
+    for args, message in ((["run", str(bad)], "train.lr: expected a number >= 0, got 'fast'"),
+                          (["run", str(latin1)], "not UTF-8 text (byte 0xe9 at offset 52, line 3)"),
+                          (["run", "smoke", "--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+                          (["run", "smoke", "--seeds", ""], "--seeds '': expected integers separated by commas"),
+                          (["run", "smoke", "--no-such-option"], "unrecognized arguments: --no-such-option"),
                           (["run", "nosuchsuite"], 'unknown suite "nosuchsuite"'),
                           (["report", "nothing-here", "--results", str(tmp_path)], 'no run records for suite "nothing-here"')):
         proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True)
@@ -100,3 +106,51 @@ def test_a_grid_sweep_runs_as_rows_of_status_report_and_pin(write_suite, results
     assert main(["pin", str(path), "--results", str(results), "--pinned", str(tmp_path / "pinned")]) == 0
     pinned = pd.read_csv(tmp_path / "pinned" / "sw.csv", keep_default_na=False)
     assert sorted(pinned.loc[pinned["quantity"] == "nll", "variant"]) == ["lr=0.001", "lr=0.01"]
+
+
+def test_hostile_records_are_one_line_each_and_the_rest_is_still_reported(results, tmp_path, planted_pickle):
+    """A spec.json with a non-integer seed, a result.json that is a folder, a string test metric and a
+    model.pt of random bytes or a planted pickle: status, report and audit name each in one line
+    (never a traceback, never running the pickle) and report every other record."""
+    import json
+    import os
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from report_records import write_run
+
+    for seed in (0, 1):
+        write_run(results, "h", "realnvp", "moons", seed, 1.0 + seed)
+    seedless = write_run(results, "h", "realnvp", "moons", 2, 1.5)
+    seedless.spec_path.write_text(json.dumps({**json.loads(seedless.spec_path.read_text()), "seed": "two"}))
+    folder = write_run(results, "h", "realnvp", "moons", 3, 1.5)
+    folder.result_path.unlink()
+    folder.result_path.mkdir()
+    text = write_run(results, "h", "realnvp", "rings", 0, 1.5)
+    text.write_result({**text.read_result(), "test": {"nll": "low"}})
+    noise = write_run(results, "h", "ffjord", "moons", 0, 1.2)
+    noise.model_path.write_bytes(os.urandom(2048))
+    planted = write_run(results, "h", "ffjord", "moons", 1, 1.3)
+    marker = planted_pickle(planted.model_path)
+
+    def flowbench(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench", *args, "--results", str(results)],
+                              capture_output=True, text=True)
+
+    status = flowbench("status")
+    report = flowbench("report", "h", "--no-figures", "--out", str(tmp_path / "rep"))
+    audit = flowbench("audit", "h", "--out", str(tmp_path / "rep"), "--quiet")
+    for proc in (status, report, audit):
+        assert "Traceback" not in proc.stderr, proc.stderr
+    assert status.returncode == 0 and "h: 5 runs: 5 completed" in status.stdout
+    for proc in (status, report):
+        warned = [line for line in proc.stderr.splitlines() if "skipped unreadable record" in line]
+        assert len(warned) == 2, proc.stderr
+        assert any(f"{seedless.dir}: ValueError: spec.json: seed 'two' is not an integer" in w for w in warned)
+        assert any(f"{folder.dir}: IsADirectoryError" in w for w in warned)
+    assert report.returncode == 0 and "| realnvp |" in report.stdout and "| ffjord |" in report.stdout
+    assert audit.returncode == 2 and len(audit.stderr.strip().splitlines()) == 3, audit.stderr  # 2 warnings, 1 error
+    error = audit.stderr.strip().splitlines()[-1]
+    assert error.startswith('flowbench: error: suite "h": no completed CNF run with model.pt to audit')
+    for run in ("ffjord/moons/seed0", "ffjord/moons/seed1"):
+        assert f"{run} (run " in error and "cannot load model.pt (not a plain weights file" in error
+    assert not marker.exists()

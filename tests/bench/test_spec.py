@@ -98,8 +98,8 @@ datasets: [8gaussians, moons]
 
 @pytest.mark.parametrize("text, message", [
     (BASE + "trian: {}\n", 'unknown key "trian" (did you mean "train"?)'),
-    (BASE.replace("lr: 1e-3", "lr: fast"), "train.lr: expected a number, got 'fast'"),
-    (BASE.replace("max_steps: 50", "max_steps: 2.5"), "train.max_steps: expected an integer, got 2.5"),
+    (BASE.replace("lr: 1e-3", "lr: fast"), "train.lr: expected a number >= 0, got 'fast'"),
+    (BASE.replace("max_steps: 50", "max_steps: 2.5"), "train.max_steps: expected an integer >= 1 or null, got 2.5"),
     (BASE.replace("realnvp: {n_layers: 4}", "realnpv: {}"), 'unknown model "realnpv" (did you mean "realnvp"?)'),
     (BASE.replace("8gaussians", "8gaussian"), 'unknown dataset "8gaussian" (did you mean "8gaussians"?)'),
     (BASE.replace("n_layers: 4", "n_layer: 4"), 'model "realnvp" has no hyperparameter "n_layer" (did you mean "n_layers"?)'),
@@ -107,7 +107,7 @@ datasets: [8gaussians, moons]
     (BASE.replace("max_steps: 50, ", "max_steps: null, "), "no budget; set max_steps, max_epochs or max_minutes"),
     (BASE + "overrides:\n  - match: {dataset: rings}\n    train: {lr: 0.1}\n", 'match.dataset: "rings" is not in this suite'),
     (BASE + "metric: nlll\n", 'unknown metric "nlll" (did you mean "nll"?)'),
-    (BASE.replace("train: {", "train: {schedule: linear, "), "train.schedule: 'linear' is not one of constant, cosine, step"),
+    (BASE.replace("train: {", "train: {schedule: linear, "), "train.schedule: expected one of constant, cosine, step, got 'linear'"),
     (BASE + "datasets: [moons\n", "is not valid YAML"),
     ("- just\n- a list\n", "a suite is a mapping"),
     (BASE + "differences: one line\n", "differences: expected a list of non-empty lines of text"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def _run_cli(path, results):
                              "--quiet", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_killed_run_resumes_and_continues_its_history(write_suite, tmp_path):
+def test_killed_run_resumes_and_continues_its_history(write_suite, tmp_path, capsys):
     path = write_suite(TINY.replace("max_steps: 400", "max_steps: 1500"))
     spec = load_suite(path).runs()[0]
     killed = RunRecord(tmp_path / "killed", spec.suite, spec.run_id)
@@ -62,7 +63,9 @@ def test_killed_run_resumes_and_continues_its_history(write_suite, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert killed.read_result()["status"] == "running"  # really killed mid-run
-    assert _run_cli(path, tmp_path / "killed").wait() == 0
+    assert main(["status", str(path), "--results", str(tmp_path / "killed")]) == 0
+    assert re.search(rf"{spec.run_id}\s+\S+\s+stale\s", capsys.readouterr().out)  # its process is gone
+    assert _run_cli(path, tmp_path / "killed").wait() == 0  # takes the dead claim over and resumes
     straight = RunRecord(tmp_path / "straight", spec.suite, spec.run_id)
     assert _run_cli(path, tmp_path / "straight").wait() == 0
 
@@ -321,3 +324,101 @@ def test_paper_scale_suites_count_steps_for_the_full_training_set(suite, n_train
     assert runs["realnvp"].data_config["alpha"] == 0.05 and runs["realnvp"].model_config["n_scales"] == 2
     raw = yaml.safe_load(suite_obj.path.read_text())
     assert {"realnvp", "glow", "iresnet", "split"} <= set(raw["sources"]) and len(suite_obj.differences) >= 5
+
+
+def test_checkpoint_with_a_planted_pickle_is_refused_and_never_runs(write_suite, results, capsys, planted_pickle):
+    path = write_suite(TINY)
+    spec = load_suite(path).runs()[0]
+    record = RunRecord(results, spec.suite, spec.run_id)
+    record.create(spec.to_dict())
+    marker = planted_pickle(record.checkpoint_path)
+    record.write_result({"status": "preempted", "steps": 100})
+    files = {p.name: p.read_bytes() for p in record.dir.iterdir()}
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read checkpoint {record.checkpoint_path} (not a plain weights file" in err and "--force" in err
+    assert len([line for line in err.splitlines() if "checkpoint" in line]) == 1 and "Traceback" not in err
+    assert not marker.exists()
+    assert {p.name: p.read_bytes() for p in record.dir.iterdir()} == files  # nothing written is lost
+
+
+HANG = """
+datasets:
+  8gaussians: {n_train: 2000, n_val: 500, n_test: 1000}
+models:
+  ffjord: {hidden: [32, 32, 32], adjoint: false}
+seeds: [2]
+train: {max_steps: 200, batch_size: 256, lr: 1e4, eval_every: 50, checkpoint_every: 50, max_minutes: 0.05}
+grid: {train.max_solver_evals: [null, 2000]}
+"""
+
+
+def test_a_run_that_cannot_finish_is_stopped_within_its_budget(write_suite, results, capsys):
+    """FFJORD at lr 1e4, seed 2: after one step the dynamics are so stiff that one dopri5 solve ran
+    for minutes (and grew to 24 GB before the kernel killed the sweep). Its solves are now bounded:
+    by the budget (3 s of training, then as long again for an evaluation: timeout) and by the
+    evaluations one solve may take (diverged); the sweep goes on."""
+    path = write_suite(HANG)
+    start = time.perf_counter()
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 1
+    assert time.perf_counter() - start < 30  # two runs of 3 s + 3 s each, and start-up
+    runs = {s.train["max_solver_evals"]: RunRecord(results, s.suite, s.run_id).read_result()
+            for s in load_suite(path).runs()}
+    unbounded, bounded = runs[None], runs[2000]
+    assert unbounded["status"] == "timeout" and "ran past max_minutes (0.05 min) inside an ODE solve" in \
+        unbounded["error"]
+    assert unbounded["train_seconds"] < 3.5 and unbounded["steps"] == 1
+    assert bounded["status"] == "diverged"
+    assert "more than 2000 function evaluations in one ODE solve" in bounded["error"]
+    assert "1 diverged, 1 timeout" in capsys.readouterr().out
+
+
+ONE_SET = "8gaussians: {n_train: 2000, n_val: 500, n_test: 1000}"
+TWO_SETS = f"{ONE_SET}\n  moons: {{n_train: 2000, n_val: 500, n_test: 1000}}"  # two runs: the sweep goes on
+
+WRITE_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from bench.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("how", ["full disk", "read-only run folder"])
+def test_a_record_that_cannot_be_written_fails_that_run_and_the_sweep_goes_on(write_suite, results, how):
+    path = write_suite(TINY.replace(ONE_SET, TWO_SETS))
+    specs = load_suite(path).runs()
+    args = ["run", str(path), "--results", str(results), "--quiet", "--no-report"]
+    if how == "full disk":  # room for spec.json and a short result, not for a checkpoint or a traceback
+        room = max(len(json.dumps(s.to_dict(), indent=1)) for s in specs) + 200
+        proc = subprocess.run([sys.executable, "-c", WRITE_LIMITED, str(room), *args], capture_output=True, text=True)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes through folder permissions")
+        for spec in specs:
+            RunRecord(results, spec.suite, spec.run_id).create(spec.to_dict())
+            os.chmod(RunRecord(results, spec.suite, spec.run_id).dir, 0o555)
+        proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("  failed: ")]
+    assert len(failed) == 2 and all("free space or make the run folder writable" in line for line in failed)
+    assert "2 failed" in proc.stdout  # both runs tried: the sweep went on
+    if how == "full disk":
+        for spec in specs:
+            result = RunRecord(results, spec.suite, spec.run_id).read_result()
+            assert result["status"] == "failed" and "checkpoint.pt: File too large" in result["error"]
+
+
+def test_a_result_json_that_is_a_folder_is_named_and_left_alone(write_suite, results, capsys):
+    path = write_suite(TINY.replace(ONE_SET, TWO_SETS).replace("max_steps: 400", "max_steps: 20"))
+    odd, fine = load_suite(path).runs()
+    record = RunRecord(results, odd.suite, odd.run_id)
+    record.create(odd.to_dict())
+    record.result_path.mkdir()
+    for force in ([], ["--force"]):
+        assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report", *force]) == 1
+        err = capsys.readouterr().err
+        assert f"failed: {odd.label}: {record.result_path} is unreadable (Is a directory); move it away" in err
+        assert "Traceback" not in err and record.result_path.is_dir()
+        assert RunRecord(results, fine.suite, fine.run_id).read_result()["status"] == "completed"  # the rest ran

@@ -184,6 +184,20 @@ def test_cifar10_batch_checked_by_md5_and_missing_batch_named(tmp_path):
         images.load_cifar10("cifar10", tmp_path / "nothing")
 
 
+def test_a_planted_cifar_batch_never_runs(tmp_path, planted_pickle):
+    """Checked by its MD5 before it is opened; with ``verify: false`` (stand-in files) the unpickler
+    resolves numpy's arrays and nothing else, so the planted batch is one line, and never runs."""
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    marker = planted_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_1")
+    with pytest.raises(FlowbenchError, match=r"data_batch_1: expected md5 c99cafc152244af753f735de768cd75f"):
+        images.load_cifar10("cifar10", tmp_path)
+    with pytest.raises(FlowbenchError) as err:
+        images.load_cifar10("cifar10", tmp_path, verify=False)
+    assert str(err.value).startswith(f"{tmp_path / 'cifar-10-batches-py' / 'data_batch_1'}: expected a pickled "
+                                     "CIFAR-10 batch") and "posix.system" in str(err.value)
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
 # -- digits ---------------------------------------------------------------------------------------
 def test_digits_images_have_17_levels_and_the_digits64_rows():
     data = load_dataset("digits", {})

@@ -110,6 +110,18 @@ def test_gas_without_the_dropped_columns_is_corrupt(tmp_path):
         load("gas", tmp_path)
 
 
+def test_a_planted_gas_pickle_never_runs(tmp_path, planted_pickle):
+    """No checksum of MAF's file is published; its unpickler resolves pandas' and numpy's data
+    classes and nothing else, so a planted pickle is one line naming the file, and never runs."""
+    (tmp_path / "gas").mkdir()
+    marker = planted_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
+    with pytest.raises(FlowbenchError) as err:
+        load("gas", tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'gas' / 'ethylene_CO.pickle'}: expected a pickled pandas "
+                                     "DataFrame") and "posix.system" in str(err.value)
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
 # -- HEPMASS ---------------------------------------------------------------------------------------
 def hepmass_rows(rng, n: int) -> np.ndarray:
     label = (np.arange(n) % 3 != 0).astype(float)  # two thirds signal
