@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
@@ -71,10 +71,12 @@ class SolveTimeout(TimeoutError):
 
 @dataclass(frozen=True)
 class SolveLimits:
-    """Bounds on every ODE solve: evaluations per solve and a wall-clock deadline (``time.monotonic``)."""
+    """Bounds on every ODE solve: evaluations per solve, a step-size floor and a wall-clock deadline
+    (``time.monotonic``)."""
 
     max_evals: int | None = None
     deadline: float | None = None
+    min_step: float | None = None
 
 
 # Process-wide, not a context variable: the adjoint's backward solve may run in autograd's own threads.
@@ -82,13 +84,15 @@ _limits = SolveLimits()
 
 
 @contextmanager
-def solve_limits(max_evals: int | None = None, seconds: float | None = None) -> Iterator[SolveLimits]:
-    """While inside: a solve that needs more than ``max_evals`` evaluations raises ``SolverFailure``
-    (a stiff or exploding field), and any evaluation after ``seconds`` raises ``SolveTimeout``, so one
-    solve cannot hang a sweep. Limits nest; the innermost wins."""
+def solve_limits(max_evals: int | None = None, seconds: float | None = None,
+                 min_step: float | None = None) -> Iterator[SolveLimits]:
+    """While inside: a solve that needs more than ``max_evals`` evaluations, or whose solver tries a step
+    shorter than ``min_step`` (in the ODE's time), raises ``SolverFailure`` (a stiff or exploding field),
+    and any evaluation after ``seconds`` raises ``SolveTimeout``, so one solve cannot hang a sweep.
+    Limits nest; the innermost wins."""
     global _limits
     previous = _limits
-    _limits = SolveLimits(max_evals, time.monotonic() + seconds if seconds is not None else None)
+    _limits = SolveLimits(max_evals, time.monotonic() + seconds if seconds is not None else None, min_step)
     try:
         yield _limits
     finally:
@@ -123,6 +127,16 @@ class CountedDynamics(nn.Module):
                                 "or exploding (lower the learning rate, or raise train.max_solver_evals)")
         if limits.deadline is not None and time.monotonic() > limits.deadline:
             raise SolveTimeout("the run's wall-clock budget ran out inside an ODE solve")
+
+    def callback_step(self, t0: Tensor, y0: Any, dt: Tensor) -> None:
+        """torchdiffeq calls this before every step (forward solves): the step-size floor."""
+        floor = _limits.min_step
+        if floor is not None and bool(abs(dt.detach()) < floor):
+            raise SolverFailure(f"the ODE solver's step fell to {float(abs(dt.detach())):.3g} at t = {float(t0.detach()):.4g}, below "
+                                f"the floor {floor:g}; the dynamics are too stiff or exploding (lower the learning "
+                                "rate, or lower train.min_solver_step)")
+
+    callback_step_adjoint = callback_step  # and before every step of the adjoint's backward solve
 
     def read_nfe(self) -> tuple[int, int]:
         """Evaluations (forward solves, backward solves) since the last call; resets."""

@@ -150,6 +150,9 @@ TRAIN_FIELDS: dict[str, Field] = {
     "max_solver_evals": Field((int,), 20_000, nullable=True, minimum=1,
                               help="function evaluations one ODE solve may take (forward, or the adjoint's backward) "
                                    "before the run is stopped as diverged; null: unbounded"),
+    "min_solver_step": Field((float,), 1e-7, nullable=True, minimum=0.0,
+                             help="the shortest step an adaptive ODE solver may try (in the ODE's time) before the "
+                                  "run is stopped as diverged; null: no floor"),
     "eval_every": Field((int,), 100, minimum=1, help="steps between validation evaluations"),
     "eval_max_examples": Field((int,), None, nullable=True, minimum=1,
                                help="cap on validation examples per evaluation during training"),

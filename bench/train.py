@@ -397,11 +397,12 @@ class Trainer:
         return self.train_x[idx], None if self.train_y is None else self.train_y[idx]
 
     def _solve_limits(self, seconds: float | None) -> contextlib.AbstractContextManager:
-        """Bounds on every ODE solve inside: ``max_solver_evals`` evaluations per solve and, when given,
-        a wall-clock deadline ``seconds`` from now (``baselines.cnf.solve_limits``)."""
+        """Bounds on every ODE solve inside: ``max_solver_evals`` evaluations per solve, steps no shorter
+        than ``min_solver_step`` and, when given, a wall-clock deadline ``seconds`` from now
+        (``baselines.cnf.solve_limits``)."""
         from baselines.cnf import solve_limits
 
-        return solve_limits(self.train.get("max_solver_evals"), seconds)
+        return solve_limits(self.train.get("max_solver_evals"), seconds, self.train.get("min_solver_step"))
 
     def _evaluate(self, split: Split, max_examples: int | None, seed: int) -> dict[str, float]:
         """``evaluate`` on ``split``, each of its solves bounded; an evaluation may take as long as the

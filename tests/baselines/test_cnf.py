@@ -408,3 +408,21 @@ def test_solve_limits_count_the_backward_solve_apart():
     with solve_limits(max_evals=limit):
         z, logdet, _ = block(x)
         (z.sum() + logdet.sum()).backward()
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_solve_limits_step_size_floor(adjoint):
+    """A solver that must take steps shorter than the floor stops at once with a SolverFailure naming it,
+    in the forward solve and in the adjoint's backward solve; a mild field passes."""
+    from baselines.cnf import solve_limits
+
+    stiff = CNF(Stiff(5e4), (2,), end_time=1.0, divergence="exact", train_solver=Solver("dopri5", 1e-6, 1e-6),
+                adjoint=adjoint)
+    x = torch.randn(4, 2, requires_grad=True)
+    with solve_limits(min_step=1e-4), pytest.raises(SolverFailure, match="below the floor 0.0001"):
+        stiff(x)
+    assert stiff.read_nfe()[0] < 60  # stopped within the first few steps, not after thousands
+    mild = CNF(Stiff(1.0), (2,), end_time=1.0, divergence="exact", adjoint=adjoint)
+    with solve_limits(min_step=1e-4):
+        z, logdet, _ = mild(x)
+        (z.sum() + logdet.sum()).backward()

@@ -349,7 +349,10 @@ models:
   ffjord: {hidden: [32, 32, 32], adjoint: false}
 seeds: [2]
 train: {max_steps: 200, batch_size: 256, lr: 1e4, eval_every: 50, checkpoint_every: 50, max_minutes: 0.05}
-grid: {train.max_solver_evals: [null, 2000]}
+variants:
+  deadline: {train: {max_solver_evals: null, min_solver_step: null}}
+  evals: {train: {max_solver_evals: 300, min_solver_step: null}}
+  floor: {train: {max_solver_evals: null, min_solver_step: 1e-7}}
 """
 
 
@@ -361,16 +364,16 @@ def test_a_run_that_cannot_finish_is_stopped_within_its_budget(write_suite, resu
     path = write_suite(HANG)
     start = time.perf_counter()
     assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 1
-    assert time.perf_counter() - start < 30  # two runs of 3 s + 3 s each, and start-up
-    runs = {s.train["max_solver_evals"]: RunRecord(results, s.suite, s.run_id).read_result()
-            for s in load_suite(path).runs()}
-    unbounded, bounded = runs[None], runs[2000]
+    assert time.perf_counter() - start < 40  # three runs of at most 3 s + 3 s each, and start-up
+    runs = {s.variant: RunRecord(results, s.suite, s.run_id).read_result() for s in load_suite(path).runs()}
+    unbounded = runs["deadline"]
     assert unbounded["status"] == "timeout" and "ran past max_minutes (0.05 min) inside an ODE solve" in \
         unbounded["error"]
     assert unbounded["train_seconds"] < 3.5 and unbounded["steps"] == 1
-    assert bounded["status"] == "diverged"
-    assert "more than 2000 function evaluations in one ODE solve" in bounded["error"]
-    assert "1 diverged, 1 timeout" in capsys.readouterr().out
+    assert runs["evals"]["status"] == "diverged"
+    assert "more than 300 function evaluations in one ODE solve" in runs["evals"]["error"]
+    assert runs["floor"]["status"] == "diverged" and "below the floor 1e-07" in runs["floor"]["error"]
+    assert "2 diverged, 1 timeout" in capsys.readouterr().out
 
 
 ONE_SET = "8gaussians: {n_train: 2000, n_val: 500, n_test: 1000}"
