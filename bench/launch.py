@@ -136,6 +136,7 @@ class RunJob:
         from bench.train import request_stop, run_one, run_threads
 
         spec = RunSpec.from_dict(spec_dict)
+        spec.import_plugins()  # a fresh worker process: register the suite's plugin models and datasets first
         _export_distributed_environment()
         received: list[int] = []
         submitit_handler = signal.getsignal(signal.SIGUSR2)

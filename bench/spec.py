@@ -251,6 +251,8 @@ class RunSpec:
     sweep: dict[str, Any] = field(default_factory=dict)  # swept settings (dotted key -> value); not in the run id
     setting: str = ""  # the published setting the run reproduces (published.csv); not in the run id
     published_model: str = ""  # the published rows' model name when not the model's own; not in the run id
+    plugins: list[str] = field(default_factory=list)  # the suite's plugin modules, imported by worker processes
+    plugin_path: str = ""  # the folder plugins were imported from (the submitting process's working directory)
 
     def content(self) -> dict[str, Any]:
         """Everything that determines the result (the suite's name, the variant's label and the
@@ -274,7 +276,8 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "suite": self.suite, "variant": self.variant, "sweep": self.sweep,
-                "setting": self.setting, "published_model": self.published_model, **self.content()}
+                "setting": self.setting, "published_model": self.published_model, "plugins": self.plugins,
+                "plugin_path": self.plugin_path, **self.content()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
@@ -282,7 +285,23 @@ class RunSpec:
                    model_config=dict(d.get("model_config", {})), data_config=dict(d.get("data_config", {})),
                    train=dict(d.get("train", {})), metric=d.get("metric", "nll"), variant=d.get("variant") or "",
                    sweep=dict(d.get("sweep") or {}), setting=d.get("setting") or "",
-                   published_model=d.get("published_model") or "")
+                   published_model=d.get("published_model") or "", plugins=list(d.get("plugins") or []),
+                   plugin_path=d.get("plugin_path") or "")
+
+    def import_plugins(self) -> None:
+        """Import the suite's plugin modules in this process (a worker started by an executor), so their
+        models and datasets are registered before the run is built."""
+        import importlib
+        import sys
+
+        if self.plugin_path and self.plugin_path not in sys.path:
+            sys.path.insert(0, self.plugin_path)
+        for module in self.plugins:
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # noqa: BLE001 - any import failure is one line naming the module
+                raise FlowbenchError(f'run {self.label}: plugin "{module}" cannot be imported in the worker '
+                                     f"({type(err).__name__}: {err}); is it on PYTHONPATH there?") from None
 
 
 # -- suites -----------------------------------------------------------------------------------
@@ -367,7 +386,8 @@ class Suite:
                     for seed in seed_list:
                         specs.append(RunSpec(self.name, model, dataset, seed, copy.deepcopy(base.model_config),
                                              dict(base.data_config), dict(base.train), run_metric, base.variant,
-                                             dict(base.sweep), base.setting, base.published_model))
+                                             dict(base.sweep), base.setting, base.published_model,
+                                             list(self.plugins), os.getcwd() if self.plugins else ""))
         for wanted in only.get("variant", ()):
             if not any(_variants.matches(label, wanted) for label in labels):
                 raise FlowbenchError(f'--only variant={wanted}: the suite "{self.name}" has no variant "{wanted}"'

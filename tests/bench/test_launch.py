@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.cli import main
@@ -138,3 +140,30 @@ def test_runs_of_a_suite_on_one_host_share_its_cores(write_suite, results, monke
             assert torch.get_num_threads() == max(1, owned_cores() // 2)
     finally:
         torch.set_num_threads(before)
+
+
+PLUGIN = '''
+from baselines import realnvp
+from baselines.registry import register
+
+
+@register("tinyflow", "a two-layer RealNVP defined outside the package")
+def build(data, hidden: int = 8):
+    return realnvp.build(data, n_layers=2, hidden=hidden)
+'''
+
+
+def test_a_plugin_model_runs_in_worker_processes(write_suite, tmp_path, monkeypatch):
+    """The suite's plugins travel in spec.json: a worker started by the local executor imports them
+    before building the run (before, it failed with KeyError: 'tinyflow')."""
+    (tmp_path / "fb_tiny_plugin.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    suite = SUITE.replace("models: {realnvp: {n_layers: 2, hidden: 16, batch_norm: false}}", "models: [tinyflow]")
+    assert "tinyflow" in suite
+    path = write_suite(suite + "plugins: [fb_tiny_plugin]\n", "p")
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--executor", "local", "--results", str(results), "--quiet", "--no-report"]) == 0
+    spec = load_suite(path).runs()[0]
+    record = RunRecord(results, spec.suite, spec.run_id)
+    assert record.read_result()["status"] == "completed"
+    assert json.loads(record.spec_path.read_text())["plugins"] == ["fb_tiny_plugin"]
