@@ -3,7 +3,7 @@
 Cases: the official FFJORD toy setting (8gaussians-like batch of 100 and 512, 3x64 concat-squash
 tanh, T = 0.5, dopri5 1e-5, exact and Hutchinson divergence), a tabular batch, a small image batch;
 each with the adjoint and with direct backpropagation. Prints one row a case and the ratio to the
-official FFJORD figures of REFERENCES.md ("Measured on this machine kind").
+official FFJORD figures measured on this machine kind (train_toy.py run here; docs/cnf.md).
 
     python benchmarks/bench_cnf.py [--steps 10] [--threads 2] [--quick]
 """
@@ -20,7 +20,7 @@ import torch
 from baselines.registry import get_builder
 from bench.data.base import DataInfo
 
-# official rtqichen/ffjord train_toy.py on this machine kind (REFERENCES.md): s/iter, NFE fwd, NFE bwd
+# official rtqichen/ffjord train_toy.py measured on this machine kind (docs/cnf.md): s/iter, NFE fwd, NFE bwd
 OFFICIAL = {"toy-100-exact": (0.14, 28, 26), "toy-512-hutch": (0.135, 20, 20)}
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.train:
-        print(f"official toy run, {args.train} iterations; official (REFERENCES.md): 0.14 s/iter, NFE 28/26, "
+        print(f"official toy run, {args.train} iterations; official (measured here, docs/cnf.md): 0.14 s/iter, NFE 28/26, "
               "train 3.56, test 3.51 after 150 iterations")
         for adjoint, seminorm in ((True, False), (True, True), (False, False)):
             r = train_compare(args.train, adjoint, seminorm)

@@ -197,7 +197,7 @@ def test_miniboone_on_written_file(tmp_path):
 def test_miniboone_on_the_real_head(tmp_path):
     source = SHARED / "miniboone_head" / "data.npy"
     if not source.is_file():
-        pytest.skip(f"real MINIBOONE head not found at {source} (../shared/data is optional)")
+        pytest.skip(f"real MINIBOONE head not found at {source} (the shared data folder is optional)")
     (tmp_path / "miniboone").mkdir()
     (tmp_path / "miniboone" / "data.npy").symlink_to(source.resolve())
     data = load("miniboone", tmp_path)
