@@ -291,17 +291,8 @@ class RunSpec:
     def import_plugins(self) -> None:
         """Import the suite's plugin modules in this process (a worker started by an executor), so their
         models and datasets are registered before the run is built."""
-        import importlib
-        import sys
-
-        if self.plugin_path and self.plugin_path not in sys.path:
-            sys.path.insert(0, self.plugin_path)
         for module in self.plugins:
-            try:
-                importlib.import_module(module)
-            except Exception as err:  # noqa: BLE001 - any import failure is one line naming the module
-                raise FlowbenchError(f'run {self.label}: plugin "{module}" cannot be imported in the worker '
-                                     f"({type(err).__name__}: {err}); is it on PYTHONPATH there?") from None
+            _import_plugin(module, f"run {self.label} (spec.json)", self.plugin_path)
 
 
 # -- suites -----------------------------------------------------------------------------------
@@ -721,13 +712,15 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-def _import_plugin(module: str, path: Path) -> None:
-    """Import a plug-in module; whatever goes wrong is one line naming the module and the error."""
+def _import_plugin(module: str, path: Path | str, folder: str = "") -> None:
+    """Import a plug-in module from ``folder`` (default: the working directory) or the import path;
+    whatever goes wrong is one line naming ``path`` (the suite file, or the run), the module and the error."""
     import importlib
     import sys
 
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    folder = folder or os.getcwd()
+    if folder not in sys.path and not (folder == os.getcwd() and "" in sys.path):
+        sys.path.insert(0, folder)
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from baselines.constraints import Choice, Count, NonNegInt, NonNegative, Pattern, Range, Seed
-from bench.data.base import DataInfo, Dataset, Split
+from bench.data.base import CROP_PADDING, DEQUANTIZE, DataInfo, Dataset, Split
 from bench.errors import FlowbenchError, did_you_mean
 
 __all__ = ["DataInfo", "Dataset", "Split", "REGISTRY", "dataset_names", "load_dataset", "resolve_root"]
@@ -61,12 +61,11 @@ REGISTRY: dict[str, DatasetEntry] = {
 
 _BELOW_HALF = Annotated[float, Range(0, 0.5, max_open=True)]
 _FRACTION = Annotated[float, Range(0, 1, min_open=True, max_open=True)]
-# the choices bench/data/images.py implements (DEQUANTIZE, CROP_PADDING; a test keeps them equal)
 _IMAGE_OPTIONS: Declared = {"logit": (True, bool), "alpha": (1e-6, _BELOW_HALF),
-                            "dequantize": ("uniform", Annotated[str, Choice("uniform", "center")])}
+                            "dequantize": ("uniform", Annotated[str, Choice(*DEQUANTIZE)])}
 # training-time augmentation of the full-size image sets (bench/data/images.py: make_preprocess)
 _AUGMENT_OPTIONS: Declared = {"crop": (0, NonNegInt),
-                              "crop_padding": ("symmetric", Annotated[str, Choice("symmetric", "reflect", "zero")]),
+                              "crop_padding": ("symmetric", Annotated[str, Choice(*CROP_PADDING)]),
                               "shift": (0.0, _BELOW_HALF)}
 _SKLEARN_OPTIONS: Declared = {"val_fraction": (0.1, _FRACTION), "test_fraction": (0.2, _FRACTION), "seed": (0, Seed)}
 _CACHE: Declared = {"cache": (True, bool)}

@@ -11,6 +11,10 @@ if TYPE_CHECKING:  # torch stays out of `flowbench list`
     from torch import Tensor
 
 KINDS = ("toy", "tabular", "image", "conditional", "timeseries")
+# image preprocessing choices: implemented by bench/data/images.py, declared for validation in
+# bench/data/__init__.py (both read them from here, so they cannot drift apart)
+DEQUANTIZE = ("uniform", "center")  # test-time dequantisation: U(0,1) noise (FFJORD) or the bin centre (RNODE)
+CROP_PADDING = ("symmetric", "reflect", "zero")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data.base import CROP_PADDING, DEQUANTIZE, DataInfo, Dataset, Split
 from bench.data.files import CIFAR_HOW, MNIST_HOW, check_md5, corrupt, find, missing, no_root, unpickle_data
 from bench.errors import FlowbenchError
 
@@ -148,8 +149,6 @@ def cifar_batches(root: Path | None, verify: bool = True) -> dict[str, tuple[np.
 
 
 # -- preprocessing -------------------------------------------------------------------------------
-DEQUANTIZE = ("uniform", "center")
-CROP_PADDING = ("symmetric", "reflect", "zero")
 
 
 def check_image_options(logit: bool, alpha: float, dequantize: str, crop: int = 0, crop_padding: str = "symmetric",
@@ -281,8 +280,6 @@ def _augmentation(flip: bool, crop: int, crop_padding: str, shift: float) -> str
 def _dataset(name: str, splits, levels: int, shape, logit, alpha, dequantize, flip, notes, crop: int = 0,
              crop_padding: str = "symmetric", shift: float = 0.0):
     import torch
-
-    from bench.data.base import DataInfo, Dataset, Split
 
     made = [Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)) for x, y in splits]
     sizes = "/".join(f"{len(s):,}" for s in made)

@@ -15,6 +15,7 @@ from baselines.cnf import read_nfe
 from baselines.infocnf import (build_ccnf, build_infocnf, build_infocnf_learned, discounted_returns,
                                reinforce_surrogate, tolerance_returns)
 from bench.data.base import DataInfo
+from suite_models import build_from_suite
 
 TOY3 = DataInfo("random", "toy", (3,), num_classes=3)
 CIFAR10 = DataInfo("cifar10", "image", (3, 32, 32), num_classes=10, metric="bpd", levels=256)
@@ -348,16 +349,6 @@ def test_cifar10_gates_add_the_authors_parameter_count():
         assert sum(p.numel() for p in model.policy.parameters()) == expected
 
 
-def build_from_suite(suite: str, model: str):
-    """One run's model of a shipped suite, built as the harness builds it (seed 0, cifar10)."""
-    from baselines.registry import get_builder
-    from bench.spec import load_suite
-
-    (spec,) = [s for s in load_suite(suite).runs(only={"model": {model}}) if s.seed == 0]
-    assert spec.dataset == "cifar10"
-    return get_builder(spec.model)(CIFAR10, **spec.model_config)
-
-
 @pytest.mark.parametrize("suite, model, expected", [
     ("infocnf-cifar10", "infocnf", 1_414_198), ("infocnf-cifar10", "ccnf", 1_469_494),
     ("infocnf-cifar10", "infocnf_learned", 1_450_732), ("infocnf-cifar10-large", "infocnf", 1_414_198),
@@ -366,7 +357,7 @@ def test_paper_scale_suites_have_the_authors_parameter_counts(suite, model, expe
     """As the author's logs print them ("Number of trainable parameters") and the ODENVP formula gives
     them: the FFJORD flow 1,358,882 (14 concat-conv ODE-nets of 1,162 C + 75,648 parameters and one
     sqrt(T) each) plus the prior, classifier and gates above."""
-    net = build_from_suite(suite, model)
+    net = build_from_suite(suite, model, "cifar10")
     assert net.num_params() == sum(p.numel() for p in net.parameters()) == expected
     channels = [b.shape[0] for b in net.flow.modules() if b.__class__.__name__ == "CNF"]
     assert net.flow.num_params() == sum(1162 * c + 75_648 + 1 for c in channels) == 1_358_882

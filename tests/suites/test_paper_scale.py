@@ -5,18 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from baselines.registry import get_builder
-from bench.data.base import DataInfo
-from bench.spec import load_suite
-
-SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
-def build_from_suite(suite: str, model: str, dataset: str):
-    """The model of one (model, dataset) run of a shipped suite, built as the harness builds it."""
-    (spec,) = [s for s in load_suite(suite).runs(only={"model": {model}, "dataset": {dataset}}) if s.seed == 0]
-    info = DataInfo(dataset, "image", SHAPES[dataset], num_classes=10, metric="bpd", levels=256)
-    return get_builder(spec.model)(info, **spec.model_config)
+from suite_models import build_from_suite
 
 
 def odenvp_params(channels: list[int], hidden: int = 64, n_layers: int = 3) -> int:

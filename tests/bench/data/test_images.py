@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -17,8 +16,9 @@ import torch
 from bench.data import images, load_dataset
 from bench.data.sklearn_sets import raw
 from bench.errors import FlowbenchError
+from conftest import SHARED_DATA
 
-SHARED = Path(os.environ.get("FLOWBENCH_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
+SHARED = SHARED_DATA  # the shared real data (tests/conftest.py), optional
 REAL_MNIST = SHARED / "mnist"
 
 

@@ -3,7 +3,6 @@ when present, the scikit-learn sets, the prepared-array cache and every error me
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -15,8 +14,9 @@ import torch
 from bench.data import files, load_dataset, tabular
 from bench.data.sklearn_sets import raw
 from bench.errors import FlowbenchError
+from conftest import SHARED_DATA
 
-SHARED = Path(os.environ.get("FLOWBENCH_SHARED_DATA", Path(__file__).parents[3] / ".." / "shared" / "data"))
+SHARED = SHARED_DATA  # the shared real data (tests/conftest.py), optional
 
 
 @pytest.fixture(autouse=True)
