@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("FLOWBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture

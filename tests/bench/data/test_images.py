@@ -16,9 +16,9 @@ import torch
 from bench.data import images, load_dataset
 from bench.data.sklearn_sets import raw
 from bench.errors import FlowbenchError
-from conftest import SHARED_DATA
+from shared_data import SHARED_DATA
 
-SHARED = SHARED_DATA  # the shared real data (tests/conftest.py), optional
+SHARED = SHARED_DATA  # the shared real data (tests/shared_data.py), optional
 REAL_MNIST = SHARED / "mnist"
 
 
