@@ -426,6 +426,13 @@ class CNF(nn.Module):
     ``tolerance``: a per-solve override (``None``: the configured solvers): while set, forward solves
     (training or evaluation, and the adjoint solve) use ``atol = rtol = tolerance`` (InfoCNF's learned
     tolerances set it from a policy before each block's solve).
+    The continuous flow of Chen et al. 2018 (Neural ODEs) with FFJORD's stochastic trace
+    (Grathwohl et al. 2019).
+
+    >>> block = CNF(TimeNet((2,), [8]), (2,)).eval()
+    >>> z, log_det, regs = block(torch.zeros(3, 2))
+    >>> z.shape, log_det.shape, regs is None
+    (torch.Size([3, 2]), torch.Size([3]), True)
     """
 
     def __init__(self, net: nn.Module, shape: Sequence[int], end_time: float = 1.0, train_end_time: bool = False,
@@ -542,11 +549,13 @@ class CNF(nn.Module):
             func.with_logdet = True
 
     def read_nfe(self) -> tuple[int, int]:
+        """(forward, backward) evaluations of this block's dynamics since the last call; resets."""
         return self.func.read_nfe()
 
 
-def read_nfe(module: nn.Module) -> tuple[int, int]:
-    """Sum and reset the NFE counters of every CNF block inside ``module``."""
+def collect_block_nfe(module: nn.Module) -> tuple[int, int]:
+    """(forward, backward) evaluations counted by every CNF block inside ``module`` since the last
+    read, summed; resets the blocks' counters (what a CNF model's ``read_nfe()`` returns)."""
     forward = backward = 0
     for m in module.modules():
         if isinstance(m, CNFDynamics):

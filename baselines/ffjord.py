@@ -8,37 +8,38 @@ concat convolutions (time as an input channel), as the official ODENVP builds th
 The logit transform of images is the dataset's preprocessing, not the model's.
 
 ``CNFFlowModel`` also carries RNODE's regularisers (weights 0 here; see ``baselines.rnode``).
-Kind-dependent defaults (``None`` / ``"auto"``) follow the official entry points (rtqichen/ffjord's
-train_toy.py, train_tabular.py, train_cnf.py; docs/cnf.md lists them with where we differ).
+The options are ``baselines.cnf_options.CNFOptions`` (declared once for ffjord, rnode, ccnf and
+infocnf). Kind-dependent defaults (``None`` / ``"auto"``) follow the official entry points
+(rtqichen/ffjord's train_toy.py, train_tabular.py, train_cnf.py; docs/cnf.md lists them with where
+we differ); ``make_cnf_model`` fills them in.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from baselines.base import FlowModel
-from baselines.cnf import (ACTIVATIONS, CNF, DIVERGENCES, LAYER_TYPES, NOISES, Solver, SolverName, TimeNet, read_nfe,
-                           squeeze, unsqueeze)
-from baselines.constraints import Choice, Count, NonNegInt, NonNegative, Positive
+from baselines.cnf import CNF, Solver, TimeNet, collect_block_nfe, squeeze, unsqueeze
+from baselines.cnf_options import CNFOptions, FFJORDOptions
 from baselines.layers import RunningBatchNorm, std_normal_log_prob
+from baselines.registry import flat_options
 
-
-# the declared values of the CNF builders' hyperparameters (ffjord, rnode, ccnf, infocnf)
-Widths = Count | Sequence[Count] | None  # hidden: one width or one per layer; None: the kind's default
-LayerType = Annotated[str, Choice("auto", *LAYER_TYPES)]
-Activation = Annotated[str, Choice("auto", *ACTIVATIONS)]
-Divergence = Annotated[str, Choice(*DIVERGENCES)]
-Noise = Annotated[str, Choice("auto", *NOISES)]
+__all__ = ["CNFFlowModel", "MultiScaleCNF", "VectorCNF", "auto_scales", "build", "make_cnf_model"]
 
 
 class CNFFlowModel(FlowModel):
-    """Base of the CNF models: ``to_latent(x) -> (latent pieces, log-det, regularisers)``, the loss
-    ``mean NLL + reg_scale * (kinetic * K + jacobian * B)`` and NFE reading."""
+    """Base of the CNF models (FFJORD, Grathwohl et al. 2019; RNODE, Finlay et al. 2020):
+    ``to_latent(x) -> (latent pieces, log-det, regularisers)``, the loss
+    ``mean NLL + reg_scale * (kinetic * K + jacobian * B)`` and NFE reading.
+
+    ``kinetic``, ``jacobian``: the regularisers' weights (0: plain FFJORD); ``reg_scale``: their
+    scale (D ln 2 for images, the bits/dim scale of the loss; 1 otherwise).
+    """
 
     def __init__(self, kinetic: float = 0.0, jacobian: float = 0.0, reg_scale: float = 1.0):
         super().__init__()
@@ -64,7 +65,7 @@ class CNFFlowModel(FlowModel):
 
     def read_nfe(self) -> tuple[int, int]:
         """(forward, backward) dynamics evaluations since the last call, summed over blocks; resets."""
-        return read_nfe(self)
+        return collect_block_nfe(self)
 
     def end_times(self) -> list[float]:
         return [float(m.func.end_time.detach()) for m in self.modules() if isinstance(m, CNF)]
@@ -77,7 +78,16 @@ def _add_regs(total: Tensor | None, regs: Tensor | None) -> Tensor | None:
 
 
 class VectorCNF(CNFFlowModel):
-    """A stack of CNF blocks over N(0, I), with optional batch norm around every block."""
+    """FFJORD's model of vectors (toy and tabular data; Grathwohl et al. 2019): a stack of
+    ``n_blocks`` CNF blocks over N(0, I), each made by ``make_block((dim,))``, with FFJORD's moving
+    batch norm before every block and after the last when ``batch_norm``; ``loss``: the
+    regularisers' weights (``CNFFlowModel``).
+
+    >>> from baselines.cnf import CNF, TimeNet
+    >>> model = VectorCNF(2, lambda shape: CNF(TimeNet(shape, [8]), shape), n_blocks=2).eval()
+    >>> model.log_prob(torch.zeros(3, 2)).shape, len(model.end_times())
+    (torch.Size([3]), 2)
+    """
 
     def __init__(self, dim: int, make_block: Any, n_blocks: int = 1, batch_norm: bool = False, **loss: float):
         super().__init__(**loss)
@@ -127,12 +137,20 @@ def auto_scales(shape: Sequence[int]) -> int:
 
 
 class MultiScaleCNF(CNFFlowModel):
-    """FFJORD's multi-scale image model (ODENVP without the logit layer).
+    """FFJORD's multi-scale image model (ODENVP without the logit layer; Grathwohl et al. 2019).
 
     Per scale: ``n_blocks`` CNFs, squeeze (C, H, W) -> (4C, H/2, W/2), ``n_blocks`` CNFs, then the
     first half of the channels goes on to the next scale and the second half is factored out, as the
     official ``ODENVP`` splits them; the last scale has ``n_blocks`` CNFs and no squeeze. The latent
     pieces come out in the official order: the piece factored out first comes first.
+    ``make_block(shape)`` makes one CNF block; ``n_scales`` 0: ``auto_scales(shape)``; ``loss``: the
+    regularisers' weights (``CNFFlowModel``).
+
+    >>> from baselines.cnf import CNF, TimeNet
+    >>> model = MultiScaleCNF((1, 4, 4), lambda s: CNF(TimeNet(s, [4], "concat"), s), n_blocks=1,
+    ...                       n_scales=2).eval()
+    >>> model.piece_shapes, model.log_prob(torch.rand(2, 1, 4, 4)).shape
+    ([(2, 2, 2), (2, 2, 2)], torch.Size([2]))
     """
 
     def __init__(self, shape: Sequence[int], make_block: Any, n_blocks: int = 2, n_scales: int = 0, **loss: float):
@@ -200,70 +218,64 @@ class MultiScaleCNF(CNFFlowModel):
                                  for shape in self.piece_shapes])
 
 
-def make_cnf_model(data: Any, *, n_blocks: int | None, hidden: Sequence[int] | None, layer_type: str,
-                   activation: str, end_time: float, train_end_time: bool, divergence: str, eval_divergence: str,
-                   noise: str, solver: str, atol: float | None, rtol: float | None, step_size: float | None,
-                   eval_solver: str, eval_atol: float | None, eval_rtol: float | None, adjoint: bool, steer: float,
-                   batch_norm: bool, n_scales: int, zero_last: bool, adjoint_seminorm: bool = False,
-                   kinetic: float = 0.0, jacobian: float = 0.0, first_step: float | None = None) -> CNFFlowModel:
-    """The CNF model for ``data`` (vector stack or multi-scale image model) with kind defaults filled in."""
-    # YAML reads "1e-5" as a string: numbers from suites are coerced here
-    atol, rtol, eval_atol, eval_rtol, step_size, first_step = (
-        None if v is None else float(v) for v in (atol, rtol, eval_atol, eval_rtol, step_size, first_step))
-    end_time, steer, kinetic, jacobian = float(end_time), float(steer), float(kinetic), float(jacobian)
+def make_cnf_model(data: Any, options: CNFOptions) -> CNFFlowModel:
+    """The CNF model for ``data`` (the vector stack or the multi-scale image model) with ``options``'
+    kind defaults (``None`` / ``"auto"``) filled in, as the official entry points have them.
+    ``data`` needs ``name``, ``kind`` (toy, tabular, image, ...) and ``shape`` ((D,) or (C, H, W))."""
+    o = options
     shape = tuple(data.shape)
     image = len(shape) == 3
     if len(shape) not in (1, 3):
         raise ValueError(f"CNF models need flat (D,) or image (C, H, W) data, got shape {shape} for {data.name}")
     toy = data.kind == "toy"
-    if hidden is None:
-        hidden = (64, 64, 64) if toy or image else (10 * shape[0],)
-    hidden = tuple(int(h) for h in ([hidden] if isinstance(hidden, int) else hidden))
-    # the official entry points: concat-squash layers for vectors, concat layers in the multi-scale model
-    layer_type = layer_type if layer_type != "auto" else ("concat" if image else "concatsquash")
-    activation = activation if activation != "auto" else ("tanh" if toy else "softplus")
-    noise = noise if noise != "auto" else ("rademacher" if image else "gaussian")
     tabular = not toy and not image
-    atol = atol if atol is not None else (1e-8 if tabular else 1e-5)
-    rtol = rtol if rtol is not None else (1e-6 if tabular else 1e-5)
-    train_solver = Solver(solver, atol, rtol, step_size, first_step)
-    test_solver = Solver(eval_solver, eval_atol if eval_atol is not None else min(atol, 1e-5),
-                         eval_rtol if eval_rtol is not None else min(rtol, 1e-5), step_size)
+    hidden = o.hidden if o.hidden is not None else ((64, 64, 64) if toy or image else (10 * shape[0],))
+    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    # the official entry points: concat-squash layers for vectors, concat layers in the multi-scale model
+    layer_type = o.layer_type if o.layer_type != "auto" else ("concat" if image else "concatsquash")
+    activation = o.activation if o.activation != "auto" else ("tanh" if toy else "softplus")
+    noise = o.noise if o.noise != "auto" else ("rademacher" if image else "gaussian")
+    end_time = o.end_time if o.end_time is not None else (0.5 if toy else 1.0)
+    atol = o.atol if o.atol is not None else (1e-8 if tabular else 1e-5)
+    rtol = o.rtol if o.rtol is not None else (1e-6 if tabular else 1e-5)
+    train_solver = Solver(o.solver, atol, rtol, o.step_size, o.first_adaptive_step())
+    test_solver = Solver(o.eval_solver, o.eval_atol if o.eval_atol is not None else min(atol, 1e-5),
+                         o.eval_rtol if o.eval_rtol is not None else min(rtol, 1e-5), o.step_size)
+    kinetic, jacobian = o.regularisation()
     regularize = bool(kinetic or jacobian)
 
     def make_block(block_shape: tuple[int, ...]) -> CNF:
-        net = TimeNet(block_shape, hidden, layer_type, activation, zero_last=zero_last)
-        return CNF(net, block_shape, end_time=end_time, train_end_time=train_end_time, divergence=divergence,
-                   eval_divergence=eval_divergence, noise=noise, train_solver=train_solver, eval_solver=test_solver,
-                   adjoint=adjoint, steer=steer, regularize=regularize, adjoint_seminorm=adjoint_seminorm)
+        net = TimeNet(block_shape, hidden, layer_type, activation, zero_last=o.zero_last)
+        return CNF(net, block_shape, end_time=end_time, train_end_time=o.train_end_time, divergence=o.divergence,
+                   eval_divergence=o.eval_divergence, noise=noise, train_solver=train_solver, eval_solver=test_solver,
+                   adjoint=o.adjoint, steer=o.steer, regularize=regularize, adjoint_seminorm=o.adjoint_seminorm)
 
     # images: regularisers on the bits/dim scale of the loss, as RNODE weighs them
     loss = dict(kinetic=kinetic, jacobian=jacobian, reg_scale=math.prod(shape) * math.log(2) if image else 1.0)
     if image:
-        return MultiScaleCNF(shape, make_block, n_blocks=n_blocks or 2, n_scales=n_scales, **loss)
-    return VectorCNF(shape[0], make_block, n_blocks=n_blocks or 1, batch_norm=batch_norm, **loss)
+        return MultiScaleCNF(shape, make_block, n_blocks=o.n_blocks or 2, n_scales=o.n_scales, **loss)
+    return VectorCNF(shape[0], make_block, n_blocks=o.n_blocks or 1, batch_norm=o.batch_norm, **loss)
 
 
-def build(data, n_blocks: Count | None = None, hidden: Widths = None, layer_type: LayerType = "auto",
-          activation: Activation = "auto", end_time: Positive | None = None, train_end_time: bool = True,
-          divergence: Divergence = "auto", eval_divergence: Divergence = "auto", noise: Noise = "auto",
-          solver: SolverName = "dopri5", atol: Positive | None = None, rtol: Positive | None = None,
-          step_size: Positive | None = None, eval_solver: SolverName = "dopri5", eval_atol: Positive | None = None,
-          eval_rtol: Positive | None = None, adjoint: bool = True, steer: NonNegative = 0.0, batch_norm: bool = False,
-          n_scales: NonNegInt = 0, zero_last: bool = False, adjoint_seminorm: bool = False,
-          first_step: Positive | None = None) -> FlowModel:
-    """FFJORD. Defaults by data kind, as the official entry points have them (docs/cnf.md): toy 3x64
-    concat-squash tanh, T = 0.5 trained, exact divergence; tabular one hidden layer of 10 D
-    concat-squash softplus, atol/rtol 1e-8/1e-6, Gaussian Hutchinson, no batch norm; images
-    multi-scale with 2 blocks a scale, 64-64-64 concat conv softplus (time as an input channel),
-    Rademacher. Evaluation: dopri5 at min(train tolerance, 1e-5), exact divergence for vectors up to
-    64 dimensions. ``adjoint_seminorm`` leaves parameter adjoints out of the backward solve's error
-    control; ``first_step`` fixes the adaptive solver's first step (``None``: torchdiffeq's choice)."""
-    if end_time is None:
-        end_time = 0.5 if data.kind == "toy" else 1.0
-    return make_cnf_model(data, n_blocks=n_blocks, hidden=hidden, layer_type=layer_type, activation=activation,
-                          end_time=end_time, train_end_time=train_end_time, divergence=divergence,
-                          eval_divergence=eval_divergence, noise=noise, solver=solver, atol=atol, rtol=rtol,
-                          step_size=step_size, eval_solver=eval_solver, eval_atol=eval_atol, eval_rtol=eval_rtol,
-                          adjoint=adjoint, steer=steer, batch_norm=batch_norm, n_scales=n_scales, zero_last=zero_last,
-                          adjoint_seminorm=adjoint_seminorm, first_step=first_step)
+@flat_options
+def build(data: Any, cnf: FFJORDOptions = FFJORDOptions()) -> FlowModel:
+    """FFJORD (Grathwohl et al. 2019, "FFJORD: Free-form Continuous Dynamics for Scalable Reversible
+    Generative Models"): continuous normalising flows trained by maximum likelihood, the
+    log-determinant integrated with Hutchinson's trace estimator.
+
+    ``data``: what the model is for (``name``, ``kind``, ``shape``); ``cnf``: the options
+    (``baselines.cnf_options.FFJORDOptions``; the harness and direct callers may also pass its fields
+    as flat keyword arguments, ``build(data, hidden=[8])``). Defaults by data kind, as the official
+    entry points have them (docs/cnf.md): toy 3x64 concat-squash tanh, T = 0.5 trained, exact
+    divergence; tabular one hidden layer of 10 D concat-squash softplus, atol/rtol 1e-8/1e-6,
+    Gaussian Hutchinson, no batch norm; images multi-scale with 2 blocks a scale, 64-64-64 concat
+    conv softplus (time as an input channel), Rademacher. Evaluation: dopri5 at min(train
+    tolerance, 1e-5), exact divergence for vectors up to 64 dimensions.
+
+    >>> from types import SimpleNamespace
+    >>> toy = SimpleNamespace(name="toy", kind="toy", shape=(2,))
+    >>> model = build(toy, hidden=[8]).eval()
+    >>> model.log_prob(torch.zeros(4, 2)).shape, [round(t, 6) for t in model.end_times()]
+    (torch.Size([4]), [0.5])
+    """
+    return make_cnf_model(data, cnf)

@@ -1,7 +1,8 @@
 """InfoCNF (Nguyen et al.): conditional CNFs with a partitioned latent and learned solver tolerances.
 
-Three models on one FFJORD flow (``baselines.ffjord.make_cnf_model``: the vector stack, or the
-multi-scale image model), wrapped by ``ConditionalCNF``:
+Three models on one FFJORD flow (``baselines.ffjord.make_cnf_model`` with the flow's options,
+``baselines.cnf_options.CNFOptions``: the vector stack, or the multi-scale image model), wrapped by
+``ConditionalCNF``:
 
 - ``ccnf``: the class-conditional CNF baseline. The whole latent ``z`` has the prior
   ``N(mu(y), sigma(y)^2)`` with ``(mu, log sigma) = q_phi(one_hot(y))``, and a classifier
@@ -45,10 +46,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from baselines.base import FlowModel, normal_log_prob, std_normal_log_prob
-from baselines.cnf import CNF, read_nfe
-from baselines.constraints import Choice, Count, NonNegInt, NonNegative, Positive, Range, UnitInterval
-from baselines.ffjord import (Activation, CNFFlowModel, Divergence, LayerType, MultiScaleCNF, Noise, SolverName, Widths,
-                              make_cnf_model)
+from baselines.cnf import CNF, collect_block_nfe
+from baselines.cnf_options import CNFOptions
+from baselines.constraints import Choice, Count, NonNegative, Positive, Range, UnitInterval
+from baselines.ffjord import CNFFlowModel, MultiScaleCNF, make_cnf_model
+from baselines.registry import flat_options
+
+__all__ = ["CLASS_PRIORS", "ConditionalCNF", "ConditionalPrior", "DISTRIBUTIONS", "GATES", "INFOCNF_FLOW", "REWARDS",
+           "ScaledLinear", "TOLERANCE_MODES", "TolerancePolicy", "ToleranceGate", "build_ccnf", "build_infocnf",
+           "build_infocnf_learned", "cnf_blocks", "discounted_returns", "latent_sizes", "reinforce_surrogate",
+           "tolerance_returns"]
 
 TOLERANCE_MODES = ("fixed", "learned", "manual")
 DISTRIBUTIONS = ("halfnormal", "log_gaussian")
@@ -236,7 +243,7 @@ class TolerancePolicy(nn.Module):
                       else nn.ModuleList())
         self.log_std = (nn.Parameter(torch.full((len(blocks),), math.log(init_std)))
                         if learned and distribution == "log_gaussian" else None)
-        self.manual = [float(t) for t in manual] if manual else None
+        self.manual = list(manual) if manual else None
         if self.manual is not None:
             if len(self.manual) == 1:
                 self.manual = self.manual * len(blocks)
@@ -306,8 +313,22 @@ class TolerancePolicy(nn.Module):
 
 # -- the model -------------------------------------------------------------------------------------
 class ConditionalCNF(FlowModel):
-    """A CNF flow with a class-conditional prior on the first ``cond_dim`` latent coordinates, a
-    classifier on them, and optionally a tolerance policy (see the module docstring)."""
+    """InfoCNF's model (Nguyen et al., "InfoCNF: An Efficient Conditional Continuous Normalizing Flow
+    with Adaptive Solvers"): a CNF ``flow`` with a class-conditional prior on the first ``cond_dim``
+    latent coordinates, a classifier on them, and optionally a tolerance ``policy`` (see the module
+    docstring).
+
+    ``num_classes`` labels; ``weight_y`` of the cross-entropy; ``dropout`` before the classifier;
+    ``class_prior`` p(c) of the marginal likelihood (uniform or train); ``tolerance`` mode (fixed,
+    manual, learned); REINFORCE: ``rl_weight``, ``alpha``, ``gamma``, ``reward``;
+    ``eval_learned_tolerance``: also evaluate at the policy's tolerances.
+
+    >>> from types import SimpleNamespace
+    >>> toy = SimpleNamespace(name="toy", kind="toy", shape=(2,))
+    >>> model = ConditionalCNF(make_cnf_model(toy, CNFOptions(hidden=[8])), num_classes=3, cond_dim=1).eval()
+    >>> sorted(model.evaluate(torch.zeros(4, 2), torch.tensor([0, 1, 2, 0])))
+    ['error', 'nll', 'nll_marginal']
+    """
 
     def __init__(self, flow: CNFFlowModel, num_classes: int, cond_dim: int, weight_y: float = 0.5,
                  dropout: float = 0.0, class_prior: str = "uniform", tolerance: str = "fixed",
@@ -451,16 +472,15 @@ class ConditionalCNF(FlowModel):
 
     def read_nfe(self) -> tuple[int, int]:
         """(forward, backward) dynamics evaluations of every block since the last call; resets."""
-        return read_nfe(self)
+        return collect_block_nfe(self)
 
 
 # -- builders --------------------------------------------------------------------------------------
-def _floats(*values: Any) -> tuple[float | None, ...]:
-    """YAML reads "1e-5" as a string: numbers from suites are coerced here."""
-    return tuple(None if v is None else float(v) for v in values)
+INFOCNF_FLOW = CNFOptions(eval_atol=1e-5, eval_rtol=1e-5)  # FFJORD's options, evaluated at 1e-5
 
 
-def build_infocnf(data, condition_ratio: Annotated[float, Range(0, 1, min_open=True)] = 0.5,
+@flat_options
+def build_infocnf(data: Any, condition_ratio: Annotated[float, Range(0, 1, min_open=True)] = 0.5,
                   weight_y: NonNegative = 0.5, dropout: UnitInterval = 0.5,
                   class_prior: Annotated[str, Choice(*CLASS_PRIORS)] = "uniform",
                   tolerance: Annotated[str, Choice(*TOLERANCE_MODES)] = "fixed",
@@ -469,60 +489,57 @@ def build_infocnf(data, condition_ratio: Annotated[float, Range(0, 1, min_open=T
                   gate: Annotated[str, Choice(*GATES)] = "cnn1", tol_std: Positive = 1e-4, tol_init_std: Positive = 0.2,
                   gate_channels: Count = 10, reward: Annotated[str, Choice(*REWARDS)] = "eq6", alpha: NonNegative = 0.1,
                   rl_weight: NonNegative = 0.01, gamma: UnitInterval = 1.0, eval_learned_tolerance: bool = False,
-                  n_blocks: Count | None = None, hidden: Widths = None, layer_type: LayerType = "auto",
-                  activation: Activation = "auto", end_time: Positive | None = None, train_end_time: bool = True,
-                  divergence: Divergence = "auto", eval_divergence: Divergence = "auto", noise: Noise = "auto",
-                  solver: SolverName = "dopri5", atol: Positive | None = None, rtol: Positive | None = None,
-                  step_size: Positive | None = None, eval_solver: SolverName = "dopri5",
-                  eval_atol: Positive | None = 1e-5, eval_rtol: Positive | None = 1e-5, adjoint: bool = True,
-                  steer: NonNegative = 0.0, batch_norm: bool = False, n_scales: NonNegInt = 0, zero_last: bool = False,
-                  adjoint_seminorm: bool = False) -> FlowModel:
-    """InfoCNF: the first ``condition_ratio`` of the latent is supervised (conditional prior and
-    classifier, ``dropout`` before it), the rest N(0, I); loss NLL + s * weight_y * CE.
+                  cnf: CNFOptions = INFOCNF_FLOW) -> FlowModel:
+    """InfoCNF (Nguyen et al., "InfoCNF: An Efficient Conditional Continuous Normalizing Flow with
+    Adaptive Solvers"): the first ``condition_ratio`` of the latent is supervised (conditional prior
+    and classifier, ``dropout`` before it), the rest N(0, I); loss NLL + s * weight_y * CE.
 
-    ``tolerance``: ``fixed`` (the train solver's atol/rtol), ``manual`` (``manual_tolerances``, one or
-    one per block, in training solves) or ``learned``: gates (``gate`` cnn1/cnn2, ``gate_channels``)
-    choose each block's tolerance from ``distribution`` over [tol_min, tol_max] (``tol_std``: the
-    half-normal's scale; ``tol_init_std``: the log-Gaussian's initial std in decades), trained by
-    REINFORCE with the ``reward`` returns (``eq6``: the paper's Eq. 6 with ``alpha``, discount
-    ``gamma``; ``nfe_discounted``) weighted by ``rl_weight``. Defaults: the author's weights
-    (alpha = its eta 0.1, rl_weight 0.01), Eq. 6 undiscounted. Evaluation at eval_atol/eval_rtol
-    (1e-5); ``eval_learned_tolerance`` adds a pass at the learned tolerances. The flow's
-    hyperparameters and kind defaults are FFJORD's (baselines.ffjord.build)."""
+    ``data``: what the model is for (``name``, ``kind``, ``shape``, ``num_classes`` > 0).
+    ``class_prior``: p(c) of the marginal likelihood (``uniform``, or ``train``: the training labels'
+    frequencies). ``tolerance``: ``fixed`` (the train solver's atol/rtol), ``manual``
+    (``manual_tolerances``, one or one per block, in training solves) or ``learned``: gates (``gate``
+    cnn1/cnn2, ``gate_channels``) choose each block's tolerance from ``distribution`` over
+    [tol_min, tol_max] (``tol_std``: the half-normal's scale; ``tol_init_std``: the log-Gaussian's
+    initial std in decades), trained by REINFORCE with the ``reward`` returns (``eq6``: the paper's
+    Eq. 6 with ``alpha``, discount ``gamma``; ``nfe_discounted``) weighted by ``rl_weight``.
+    Defaults: the author's weights (alpha = its eta 0.1, rl_weight 0.01), Eq. 6 undiscounted.
+    ``eval_learned_tolerance`` adds an evaluation pass at the learned tolerances. ``cnf``: the
+    flow's options (``baselines.cnf_options.CNFOptions``, also accepted as flat keyword arguments)
+    with FFJORD's kind defaults, except that evaluation runs at eval_atol/eval_rtol 1e-5.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> toy = SimpleNamespace(name="toy", kind="toy", shape=(2,), dim=2, num_classes=4)
+    >>> model = build_infocnf(toy, hidden=[8])
+    >>> model.cond_dim, model.flow.blocks[0].eval_solver.atol
+    (1, 1e-05)
+    >>> loss, stats = model.training_loss(torch.randn(8, 2), torch.tensor([0, 1, 2, 3] * 2))
+    >>> sorted(stats)
+    ['ce', 'error', 'nll']
+    """
     if not data.num_classes:
         raise ValueError(f"{data.name} has no class labels: conditional CNFs need a labelled dataset")
-    (condition_ratio, weight_y, dropout, tol_min, tol_max, tol_std, tol_init_std, alpha, rl_weight, gamma,
-     steer_f) = _floats(condition_ratio, weight_y, dropout, tol_min, tol_max, tol_std, tol_init_std, alpha,
-                        rl_weight, gamma, steer)
     if not 0.0 < condition_ratio <= 1.0:
         raise ValueError(f"condition_ratio must be in (0, 1], got {condition_ratio}")
     if tolerance not in TOLERANCE_MODES:
         raise ValueError(f"tolerance must be one of {TOLERANCE_MODES}, got {tolerance!r}")
     if reward not in REWARDS:
         raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-    if end_time is None:
-        end_time = 0.5 if data.kind == "toy" else 1.0
-    flow = make_cnf_model(data, n_blocks=n_blocks, hidden=hidden, layer_type=layer_type, activation=activation,
-                          end_time=end_time, train_end_time=train_end_time, divergence=divergence,
-                          eval_divergence=eval_divergence, noise=noise, solver=solver, atol=atol, rtol=rtol,
-                          step_size=step_size, eval_solver=eval_solver, eval_atol=eval_atol, eval_rtol=eval_rtol,
-                          adjoint=adjoint, steer=steer_f, batch_norm=batch_norm, n_scales=n_scales,
-                          zero_last=zero_last, adjoint_seminorm=adjoint_seminorm)
+    flow = make_cnf_model(data, cnf)
     policy = None
     if tolerance == "learned":
         policy = TolerancePolicy(cnf_blocks(flow), tol_min, tol_max, distribution=distribution, gate=gate,
-                                 tol_std=tol_std, init_std=tol_init_std, channels=int(gate_channels))
+                                 tol_std=tol_std, init_std=tol_init_std, channels=gate_channels)
     elif tolerance == "manual":
         if not manual_tolerances:
             raise ValueError("tolerance: manual needs manual_tolerances (one tolerance, or one per CNF block)")
-        manual = [manual_tolerances] if isinstance(manual_tolerances, (int, float, str)) else manual_tolerances
-        policy = TolerancePolicy(cnf_blocks(flow), learned=False, manual=_floats(*manual))
+        manual = [manual_tolerances] if isinstance(manual_tolerances, (int, float)) else manual_tolerances
+        policy = TolerancePolicy(cnf_blocks(flow), learned=False, manual=manual)
     dim = data.dim
     cond_dim = min(dim, max(1, int(condition_ratio * dim)))
     return ConditionalCNF(flow, data.num_classes, cond_dim, weight_y=weight_y, dropout=dropout,
                           class_prior=class_prior, tolerance=tolerance, policy=policy, rl_weight=rl_weight,
-                          alpha=alpha, gamma=gamma, reward=reward,
-                          eval_learned_tolerance=bool(eval_learned_tolerance))
+                          alpha=alpha, gamma=gamma, reward=reward, eval_learned_tolerance=eval_learned_tolerance)
 
 
 # CCNF: the whole latent conditional, the classifier on all of z, no dropout (the author's code's

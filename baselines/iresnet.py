@@ -20,7 +20,7 @@ from torch import Tensor
 
 from typing import Annotated
 
-from baselines.base import FlowModel
+from baselines.base import FlowModel, std_normal_log_prob
 from baselines.constraints import Choice, Count, NonNegInt, Positive, Range
 from baselines.layers import (PROBES, GaussianPrior, InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel,
                               StandardNormalPrior, VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms,
@@ -54,6 +54,30 @@ class IResNetVector(_SpectralRefresh, VectorFlowModel):
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         self._maybe_refresh()
         return super().log_prob(x, y)
+
+    def log_prob_exact(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x) with every block's log|det(I + J_g(x))| from its full Jacobian (one backward pass
+        per dimension) instead of the stochastic power series: deterministic and unbiased, so density
+        plots of low-dimensional data are smooth rather than speckled. Costs O(D) passes and O(D^3)
+        per example; for evaluation only (the result carries no gradient)."""
+        h = x.detach()
+        dim = h.shape[1]
+        eye = torch.eye(dim, dtype=h.dtype, device=h.device)
+        log_det = h.new_zeros(h.shape[0])
+        with torch.enable_grad():
+            for flow in reversed(self.flow.flows):  # data -> latent, as to_latent
+                if isinstance(flow, InvertibleResidualBlock):
+                    h_in = h.detach().requires_grad_(True)
+                    gx = flow.g(h_in)
+                    rows = [torch.autograd.grad(gx[:, i].sum(), h_in, retain_graph=i < dim - 1)[0]
+                            for i in range(dim)]  # row i: d g_i / d x, per example (g acts per example)
+                    jac = torch.stack(rows, 1) + eye
+                    log_det = log_det + torch.linalg.slogdet(jac.detach())[1]
+                    h = (h_in + gx).detach()
+                else:
+                    h, ld = flow.inverse(h)
+                    h, log_det = h.detach(), log_det + ld.detach()
+        return std_normal_log_prob(h) + log_det
 
 
 class IResNetImage(_SpectralRefresh, MultiScaleModel):

@@ -36,17 +36,21 @@ coordinates: its floor is ``noise^2`` = 0.09), ``mse_extrapolation`` (the same o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
 
-from typing import Annotated
-
 from baselines.base import FlowModel, normal_log_prob
 from baselines.cnf import SOLVERS, CountedDynamics, Solver, SolverFailure, SolverName, forward_solve
 from baselines.constraints import Choice, Count, NonNegative, Positive
+from baselines.registry import flat_options
+
+__all__ = ["ACTIVATIONS", "LatentODE", "LatentODEOptions", "PartitionedLatentODE", "RNNS", "build",
+           "build_partitioned", "gaussian_kl", "gaussian_log_lik"]
 
 ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
 RNNS = ("gru", "rnn")
@@ -209,7 +213,7 @@ class PartitionedLatentODE(LatentODE):
         super().__init__(times, n_observed, **kwargs)
         if not 1 <= n_supervised <= self.latent_dim:
             raise ValueError(f"n_supervised must be in [1, latent_dim={self.latent_dim}], got {n_supervised}")
-        self.n_supervised, self.num_classes, self.beta = n_supervised, num_classes, float(beta)
+        self.n_supervised, self.num_classes, self.beta = n_supervised, num_classes, beta
         self.n_params = 2  # (a, b) regressed when y carries them
         # q_phi: (one-hot direction, a, b) -> (mean, log-std) of the supervised dims; zero-initialised,
         # so the prior starts at N(0, I) as InfoCNF's does
@@ -270,35 +274,65 @@ class PartitionedLatentODE(LatentODE):
         return {k: v for k, v in sup.items() if k != "ce"}
 
 
-def _config(data, hp: dict) -> dict:
-    """Builder hyperparameters -> LatentODE keyword arguments (YAML strings like "1e-3" coerced)."""
+@dataclass(frozen=True)
+class LatentODEOptions:
+    """The options both latent ODE builders take (sizes of InfoCNF's appendix E, Rubanova et al.'s
+    tolerances): ``latent_dim`` of z0, ``rnn_hidden`` encoder units, ``rnn`` cell (gru, or Elman
+    rnn), ``hidden`` units of the dynamics and the decoder, their ``activation``, the observation
+    model's ``obs_std``, the torchdiffeq ``solver`` with ``atol`` / ``rtol`` and ``step_size``
+    (fixed-step methods), and ``adjoint`` backpropagation.
+
+    >>> LatentODEOptions().solver, LatentODEOptions(latent_dim=3).latent_dim
+    ('dopri5', 3)
+    """
+
+    latent_dim: Count = 5
+    rnn_hidden: Count = 25
+    hidden: Count = 20
+    rnn: RNN = "gru"
+    activation: Activation = "elu"
+    obs_std: Positive = 0.3
+    solver: SolverName = "dopri5"
+    atol: Positive = 1e-4
+    rtol: Positive = 1e-3
+    step_size: Positive | None = None
+    adjoint: bool = False
+
+
+def _config(data: Any, o: LatentODEOptions) -> dict[str, Any]:
+    """The data's time grid and the options -> LatentODE keyword arguments."""
     if data.kind != "timeseries" or "t" not in data.extra:
         raise ValueError(f"latent ODE models need a timeseries dataset with extra['t'] (spirals), got {data.name} "
                          f"({data.kind})")
-    method = str(hp["solver"])
-    step = hp["step_size"]
-    if method not in SOLVERS:
-        raise ValueError(f"solver must be a torchdiffeq method (dopri5, rk4, ...), got {method!r}")
-    solver = Solver(method, float(hp["atol"]), float(hp["rtol"]), float(step) if step is not None else None)
+    if o.solver not in SOLVERS:
+        raise ValueError(f"solver must be a torchdiffeq method (dopri5, rk4, ...), got {o.solver!r}")
     return dict(times=data.extra["t"], n_observed=int(data.extra.get("n_observed", len(data.extra["t"]))),
-                obs_dim=int(data.shape[-1]), latent_dim=int(hp["latent_dim"]), rnn_hidden=int(hp["rnn_hidden"]),
-                hidden=int(hp["hidden"]), rnn=str(hp["rnn"]), activation=str(hp["activation"]),
-                obs_std=float(hp["obs_std"]), solver=solver, adjoint=bool(hp["adjoint"]))
+                obs_dim=int(data.shape[-1]), latent_dim=o.latent_dim, rnn_hidden=o.rnn_hidden, hidden=o.hidden,
+                rnn=o.rnn, activation=o.activation, obs_std=o.obs_std,
+                solver=Solver(o.solver, o.atol, o.rtol, o.step_size), adjoint=o.adjoint)
 
 
-def build(data, latent_dim: Count = 5, rnn_hidden: Count = 25, hidden: Count = 20, rnn: RNN = "gru",
-          activation: Activation = "elu", obs_std: Positive = 0.3, solver: SolverName = "dopri5",
-          atol: Positive = 1e-4, rtol: Positive = 1e-3, step_size: Positive | None = None,
-          adjoint: bool = False) -> LatentODE:
-    """LatentODE on a timeseries dataset (defaults: InfoCNF appendix E's sizes, Rubanova et al.'s tolerances)."""
-    return LatentODE(**_config(data, dict(locals())))
+@flat_options
+def build(data: Any, ode: LatentODEOptions = LatentODEOptions()) -> LatentODE:
+    """LatentODE (Chen et al. 2018, section 5; Rubanova et al. 2019) on a timeseries dataset
+    (``data``: ``name``, ``kind`` "timeseries", ``shape`` (T, 2), ``extra["t"]`` the time grid);
+    ``ode``: the options (``LatentODEOptions``, also accepted as flat keyword arguments).
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> spirals = SimpleNamespace(name="spirals", kind="timeseries", shape=(6, 2),
+    ...                           extra={"t": torch.linspace(0, 1, 6), "n_observed": 4})
+    >>> model = build(spirals, latent_dim=2, rnn_hidden=4, hidden=4)
+    >>> sorted(model.evaluate(torch.randn(3, 6, 2)))
+    ['mse', 'mse_extrapolation', 'neg_elbo']
+    """
+    return LatentODE(**_config(data, ode))
 
 
-def build_partitioned(data, latent_dim: Count = 5, n_supervised: Count = 3, beta: NonNegative = 1.0,
-                      rnn_hidden: Count = 25, hidden: Count = 20, rnn: RNN = "gru", activation: Activation = "elu",
-                      obs_std: Positive = 0.3, solver: SolverName = "dopri5", atol: Positive = 1e-4,
-                      rtol: Positive = 1e-3, step_size: Positive | None = None,
-                      adjoint: bool = False) -> PartitionedLatentODE:
-    """InfoCNF's LatentODE with 3 supervised latent dims (direction, and (a, b) with targets='all')."""
-    return PartitionedLatentODE(n_supervised=int(n_supervised), num_classes=max(2, int(data.num_classes)),
-                                beta=float(beta), **_config(data, dict(locals())))
+@flat_options
+def build_partitioned(data: Any, n_supervised: Count = 3, beta: NonNegative = 1.0,
+                      ode: LatentODEOptions = LatentODEOptions()) -> PartitionedLatentODE:
+    """InfoCNF's LatentODE (appendix E) with ``n_supervised`` supervised latent dims (direction, and
+    (a, b) with targets='all'), their terms weighted by ``beta``; ``ode`` as for ``build``."""
+    return PartitionedLatentODE(n_supervised=n_supervised, num_classes=max(2, int(data.num_classes)), beta=beta,
+                                **_config(data, ode))

@@ -355,12 +355,28 @@ class EdgePaddedConv2d(nn.Module):
             nn.init.normal_(self.conv.weight, std=0.05)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.pad:
-            p = self.pad
-            edge = F.pad(x.new_zeros(1, 1, *x.shape[2:]), (p, p, p, p), value=1.0).expand(x.shape[0], -1, -1, -1)
-            x = torch.cat([F.pad(x, (p, p, p, p)), edge], dim=1)
-        h = self.conv(x)
-        return h * torch.exp(self.logscale_factor * self.logs) if self.zeros else h
+        return self.scaled(x)
+
+    def scaled(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+        """``(conv(x) + shift) * scale`` per output channel (``[1, C, 1, 1]`` or None; an ActNorm
+        that follows), computed as one convolution with the scales and shifts folded into its
+        weights and bias: the same map, without elementwise passes over the output. The padding
+        indicator channel's contribution is the same for every example, so it is one small map
+        added to the zero-padded convolution of ``x`` rather than a channel concatenated to it."""
+        w, b = self.conv.weight, self.conv.bias
+        if self.zeros:
+            e = torch.exp(self.logscale_factor * self.logs).view(-1)
+            w, b = w * e[:, None, None, None], b * e
+        if shift is not None:
+            b = shift.view(-1) if b is None else b + shift.view(-1)
+        if scale is not None:
+            s = scale.view(-1)
+            w, b = w * s[:, None, None, None], (None if b is None else b * s)
+        if not self.pad:
+            return F.conv2d(x, w, b)
+        p, c = self.pad, x.shape[1]
+        edge = F.pad(x.new_zeros(1, 1, *x.shape[2:]), (p, p, p, p), value=1.0)
+        return F.conv2d(x, w[:, :c], b, padding=p) + F.conv2d(edge, w[:, c:])
 
 
 class _HiddenActNorm(nn.Module):
@@ -374,6 +390,25 @@ class _HiddenActNorm(nn.Module):
         return self.actnorm.inverse(x)[0]
 
 
+class _GlowConditioner(nn.Sequential):
+    """Glow's coupling net as a ``Sequential`` (the same parameter names), each edge-padded conv and
+    the initialised ActNorm after it applied as one folded convolution (``EdgePaddedConv2d.scaled``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        mods = list(self)
+        i = 0
+        while i < len(mods):
+            m, nxt = mods[i], (mods[i + 1] if i + 1 < len(mods) else None)
+            if isinstance(m, EdgePaddedConv2d) and isinstance(nxt, _HiddenActNorm) and bool(nxt.actnorm.initialised):
+                an = nxt.actnorm
+                x = m.scaled(x, torch.exp(an.logscale_factor * an.p), an.b)
+                i += 2
+            else:  # an ActNorm not yet initialised sees the conv's output first (data-dependent init)
+                x = m(x)
+                i += 1
+        return x
+
+
 class GlowAffineCoupling(nf.flows.Flow):
     """Glow's affine coupling: the first half ``x1`` conditions ``h = NN(x1)`` (3x3 conv, ActNorm,
     ReLU, 1x1 conv, ActNorm, ReLU, zero-initialised 3x3 conv), data -> latent
@@ -383,9 +418,9 @@ class GlowAffineCoupling(nf.flows.Flow):
         super().__init__()
         self.split = channels // 2
         c_out = channels - self.split
-        self.net = nn.Sequential(EdgePaddedConv2d(self.split, hidden, 3), _HiddenActNorm(hidden), nn.ReLU(),
-                                 EdgePaddedConv2d(hidden, hidden, 1), _HiddenActNorm(hidden), nn.ReLU(),
-                                 EdgePaddedConv2d(hidden, 2 * c_out, 3, zeros=True))
+        self.net = _GlowConditioner(EdgePaddedConv2d(self.split, hidden, 3), _HiddenActNorm(hidden), nn.ReLU(),
+                                    EdgePaddedConv2d(hidden, hidden, 1), _HiddenActNorm(hidden), nn.ReLU(),
+                                    EdgePaddedConv2d(hidden, 2 * c_out, 3, zeros=True))
 
     def _params(self, x1: Tensor) -> tuple[Tensor, Tensor]:
         h = self.net(x1)

@@ -90,7 +90,7 @@ def audit_model(model: Any, data: Any, metric: str, tolerances: Sequence[float],
     """Re-evaluate ``model`` on ``data``'s test split at each tolerance (and integrate it when 1-D)."""
     import torch
 
-    from bench.train import evaluate, read_nfe
+    from bench.train import evaluate, read_model_nfe
 
     device = torch.device("cpu")
     grid, width = riemann_grid(data.train.x) if data.info.shape == (1,) else (None, 0.0)
@@ -100,9 +100,9 @@ def audit_model(model: Any, data: Any, metric: str, tolerances: Sequence[float],
         test = evaluate(model, data, data.test, device, batch_size, max_examples, seed=10_000)
         mass = None
         if grid is not None:
-            read_nfe(model)
+            read_model_nfe(model)
             mass = integral_of_density(model, grid, width)
-            read_nfe(model)
+            read_model_nfe(model)
         points.append(Point(tol, float(test.get(metric, math.nan)), float(test.get("nfe", math.nan)), mass))
     return points
 

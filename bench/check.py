@@ -1,6 +1,8 @@
 """The regression gate: pin a suite's numbers, then check new records against them.
 
-``pin`` writes ``baselines/pinned/SUITE.csv``: per (model, variant, dataset) and quantity (the
+``pin`` writes ``SUITE.csv`` into the suite's pinned folder (``pinned_folder``: the package's
+baselines/pinned for a shipped suite, ``pinned/`` beside a user's own suite file, or ``--pinned``):
+per (model, variant, dataset) and quantity (the
 headline metric, a conditional model's conditional NLL, NFE forward/backward/test, training
 seconds) the mean over seeds with its spread (std, min, max, n) and the seeds. ``check``
 aggregates the newest records the same way and compares each quantity with its pinned mean under
@@ -151,8 +153,35 @@ def summarise(df, metric: str | None = None, labels: Mapping[str, Mapping[str, A
 
 
 def pinned_path(suite: str, pinned_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of pinned files: ``pinned_dir`` or baselines/pinned."""
+    """The folder of pinned files: ``pinned_dir`` or baselines/pinned (``pinned_folder`` chooses it for a suite)."""
     return Path(pinned_dir) if pinned_dir else PINNED_DIR
+
+
+def shipped(suite_file: str | os.PathLike) -> bool:
+    """Whether a suite file is one the package ships (it lies in the package's suites/ folder)."""
+    from bench.spec import SUITES_DIR
+
+    return Path(suite_file).resolve().parent == SUITES_DIR.resolve()
+
+
+def pinned_folder(suite: str, suite_file: str | os.PathLike | None = None,
+                  pinned_dir: str | os.PathLike | None = None) -> Path:
+    """Where a suite's pinned file lives, so that `pin` writes and `check` reads the same place.
+
+    ``pinned_dir`` (``--pinned``) when given; the package's baselines/pinned for a suite it ships; a
+    ``pinned/`` folder beside a user's own suite file (SUITE_DIR/pinned/NAME.csv), so a user's pins
+    never land inside the installed package. Without a suite file (only records), baselines/pinned
+    when it already holds NAME.csv, else a FlowbenchError asking for ``--pinned``.
+    """
+    if pinned_dir:
+        return Path(pinned_dir)
+    if suite_file:
+        return PINNED_DIR if shipped(suite_file) else Path(suite_file).parent / "pinned"
+    if (PINNED_DIR / f"{suite}.csv").exists():
+        return PINNED_DIR
+    raise FlowbenchError(f'suite "{suite}": no suite file found, so there is no folder beside it for its pinned '
+                         f"numbers; pass the suite file (e.g. path/to/{suite}.yaml: pins go to path/to/pinned/) "
+                         "or --pinned DIR")
 
 
 def pin(df, suite: str, pinned_dir: str | os.PathLike | None = None, metric: str | None = None,
@@ -352,10 +381,44 @@ def check(df, suite: str, tolerances: Mapping[str, float] | None = None, pinned_
     return result
 
 
-def _fmt(x: float) -> str:
+def _decimals(quantity: str) -> int:
+    """Decimals a quantity is shown with in the check table: those of its report tables."""
+    metric = METRICS.get(quantity)
+    return metric.digits if metric is not None else 3
+
+
+def _unit(quantity: str) -> str:
+    """The unit a quantity is compared in (seconds as "s"); "" for a unitless one."""
+    metric = METRICS.get(quantity)
+    unit = metric.unit if metric is not None else ""
+    return {"seconds": "s"}.get(unit, unit)
+
+
+def _fmt(x: float, decimals: int = 4) -> str:
+    """A number at fixed ``decimals`` (every row of a quantity alike); "–" for NaN."""
     if x is None or x != x:
         return "–"
-    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
+    return f"{x:.{decimals}f}" if abs(x) < 1e9 else f"{x:.3e}"
+
+
+def _spread_text(mean: float, std: float, n: float, decimals: int) -> str:
+    """'mean ± std (n=N)' over two or more seeds, the bare mean for one."""
+    n = int(n) if n == n and n else 1
+    if n < 2 or std != std:
+        return _fmt(mean, decimals)
+    return f"{_fmt(mean, decimals)} ± {_fmt(std, decimals)} (n={n})"
+
+
+def _change_text(r: Any, decimals: int) -> str:
+    """Current − pinned: a signed percentage (relative tolerances) or a signed number at the shown
+    precision; "=" when the difference is below what the table shows, "–" when there is none."""
+    if r.delta != r.delta:
+        return "–"
+    if r.kind == "rel":
+        pct = round(100 * r.delta / max(abs(r.pinned), 1e-12), 1)
+        return "=" if pct == 0 else f"{pct:+.1f}%"
+    delta = round(r.delta, decimals)
+    return "=" if delta == 0 else f"{delta:+.{decimals}f}"
 
 
 def _test_text(r: Any) -> str:
@@ -372,19 +435,16 @@ def format_result(result: CheckResult, verbose: bool = False) -> str:
     lines = []
     variants = bool(len(result.rows)) and (result.rows["variant"] != "").any()
     if len(rows):
-        header = ("model", *(("variant",) if variants else ()), "dataset", "quantity", "pinned", "current", "change",
-                  "tolerance", "test", "verdict")
+        header = ("model", *(("variant",) if variants else ()), "dataset", "quantity (unit)",
+                  "pinned: mean ± std (n seeds)", "current", "change", "tolerance", "test", "verdict")
         body = []
         for r in rows.itertuples(index=False):
-            if r.kind == "rel":
-                change = f"{100 * (r.delta / max(abs(r.pinned), 1e-12)):+.1f}%" if r.delta == r.delta else "–"
-                tol = f"±{100 * r.tolerance:g}%"
-            else:
-                change = f"{r.delta:+.4g}" if r.delta == r.delta else "–"
-                tol = f"±{r.tolerance:g}"
-            pinned = _fmt(r.pinned) + (f" ± {_fmt(r.pinned_std)}" if r.pinned_std == r.pinned_std else "")
-            current = _fmt(r.current) + (f" ± {_fmt(r.current_std)}" if r.current_std == r.current_std else "")
-            body.append((r.model, *((r.variant,) if variants else ()), r.dataset, r.quantity, pinned, current, change,
+            decimals, unit = _decimals(r.quantity), _unit(r.quantity)
+            tol = f"±{100 * r.tolerance:g}%" if r.kind == "rel" else f"±{r.tolerance:g}" + (f" {unit}" if unit else "")
+            pinned = _spread_text(r.pinned, r.pinned_std, r.pinned_n, decimals)
+            current = _spread_text(r.current, r.current_std, r.current_n, decimals)
+            body.append((r.model, *((r.variant,) if variants else ()), r.dataset,
+                         f"{r.quantity} ({unit})" if unit else r.quantity, pinned, current, _change_text(r, decimals),
                          tol, _test_text(r), r.verdict.upper() if r.verdict == "regressed" else r.verdict))
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
         for row in (header, *body):

@@ -36,6 +36,15 @@ def _add_results(p: argparse.ArgumentParser) -> None:
                    help="results folder (default: ./results or $FLOWBENCH_RESULTS)")
 
 
+def default_reports(results: str | os.PathLike) -> str:
+    """Where reports of a results folder go unless --out/--report DIR says: ./reports for the default
+    ./results (the two sit side by side), RESULTS/reports for any other results folder, so a run
+    elsewhere never writes over the main report."""
+    if os.path.abspath(results) == os.path.abspath("results"):
+        return "reports"
+    return os.path.join(results, "reports")
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a suite file")
     p.add_argument("--only", metavar="K=V,...", help='filter the grid, e.g. "model=realnvp,dataset=moons,8gaussians" '
@@ -54,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list models, datasets or suites")
     p.add_argument("what", nargs="?", choices=("models", "datasets", "suites"), help="default: all three")
+    p.add_argument("--suite", default=None, metavar="FILE",
+                   help="also list the models and datasets a suite's plugins register (imports them)")
 
     p = sub.add_parser("run", help="run a suite's pending runs (completed ones are skipped)")
     _add_selection(p)
@@ -65,14 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
                    '"partition=gpu,timeout_min=120,gpus_per_node=1"')
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait, show finished runs, "
                    "exit 1 if any failed")
+    p.add_argument("--retry", metavar="S,...", help="also re-run these statuses: diverged (or all); failed, timeout, "
+                   "preempted and lost runs are re-run anyway")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="with --executor local: runs at once (default: one per GPU, 1 without GPUs)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress (a bar on a terminal, else a line per run)")
+    p.add_argument("--tracker", dest="trackers", action="append", default=[], metavar="NAME",
+                   help="also log every run to tensorboard, mlflow or wandb (repeatable; adds to the suite's "
+                        "trackers:, never changes run ids)")
     p.add_argument("--no-report", action="store_true", help="do not print the table after the sweep")
+    p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write the report (tables, figures, index.html) to DIR/SUITE (default DIR: ./reports "
+                        "for ./results, else RESULTS/reports); without it a run writes no report")
 
     p = sub.add_parser("status", help="a table of runs and their states, from the records")
     p.add_argument("suite", nargs="?", help="a suite (shows its pending runs too); default: every suite found")
     p.add_argument("--only", metavar="K=V,...", help="filter the grid like `run --only`")
+    p.add_argument("--retry", metavar="S,...", help="say what `run --retry S,...` would re-run")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seeds", metavar="S,S,...")
     _add_results(p)
@@ -83,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (vs published numbers), figures and index.html in reports/SUITE/")
     p.add_argument("suite", help="suite name or file (its records are read from the results folder)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
-    p.add_argument("--out", default="reports", metavar="DIR", help="where to write the report (default: reports)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="writes DIR/SUITE/ (default: ./reports for ./results, else RESULTS/reports)")
     p.add_argument("--no-figures", action="store_true", help="tables and index.html only")
     _add_results(p)
 
@@ -91,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite name or file")
     p.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
                    help="override a tolerance, e.g. nll=0.1 (absolute) or nfe=0.2 / nfe=20%% (relative); repeatable")
-    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
+    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: the package's "
+                   "baselines/pinned for a shipped suite, else pinned/ beside the suite file)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
     p.add_argument("--alpha", default=None, metavar="A",
                    help="significance level of Welch's t-test (2+ seeds on both sides; default: the suite's or 0.05)")
@@ -102,13 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite name or file")
     p.add_argument("--quantity", default=None, help="the quantity to show (default: the headline metrics)")
     p.add_argument("--last", type=int, default=10, metavar="N", help="the last N checks in the table (default 10)")
-    p.add_argument("--out", default="reports", metavar="DIR", help="writes DIR/SUITE/history.{md,csv,png,pdf}")
+    p.add_argument("--out", default=None, metavar="DIR", help="writes DIR/SUITE/history.{md,csv,png,pdf} "
+                   "(default: ./reports for ./results, else RESULTS/reports)")
     p.add_argument("--no-figures", action="store_true", help="the table only")
     _add_results(p)
 
     p = sub.add_parser("pin", help="write baselines/pinned/SUITE.csv from the newest completed records")
     p.add_argument("suite", help="suite name or file")
-    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: baselines/pinned)")
+    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files (default: the package's "
+                   "baselines/pinned for a shipped suite, else pinned/ beside the suite file)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
     _add_results(p)
 
@@ -118,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerances to audit (atol = rtol), default 1e-8,1e-7,...,1e-1")
     p.add_argument("--max-examples", type=int, default=2000, metavar="N",
                    help="test examples per evaluation (default 2000; 0: the whole test split)")
-    p.add_argument("--out", default="reports", metavar="DIR", help="writes DIR/SUITE/tolerance_audit.{csv,md}")
+    p.add_argument("--out", default=None, metavar="DIR", help="writes DIR/SUITE/tolerance_audit.{csv,md} "
+                   "(default: ./reports for ./results, else RESULTS/reports)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_results(p)
@@ -126,24 +153,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="check the real data files: found / missing / corrupt per dataset")
     p.add_argument("action", choices=("verify",), help="verify: check every dataset's files (MD5s, headers)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="where real data files are ($FLOWBENCH_DATA)")
+    p.add_argument("--suite", default=None, metavar="FILE",
+                   help="also verify the datasets a suite's plugins register (imports them)")
     return parser
 
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
     from baselines.registry import describe_models
-    from bench.data import REGISTRY
+    from bench.data import describe_datasets
     from bench.spec import suite_names
 
     what = [args.what] if args.what else ["models", "datasets", "suites"]
+    plugins: set[str] = set()
+    if args.suite:  # its plugins register their models when the suite loads
+        from bench.spec import load_suite
+
+        before = set(describe_models()) | {f"dataset {d}" for d in describe_datasets()}
+        suite = load_suite(args.suite)
+        plugins = (set(describe_models()) | {f"dataset {d}" for d in describe_datasets()}) - before
+        print(f"suite {suite.name} ({suite.path}): plugins {', '.join(suite.plugins) or 'none'}")
     if "models" in what:
         print("models:")
-        for name, desc in describe_models().items():
-            print(f"  {name:<14} {desc}")
+        _print_rows(("name", "description"),
+                    [(name, desc + (" (plugin of this suite)" if name in plugins else ""))
+                     for name, desc in describe_models().items()])
     if "datasets" in what:
         print("datasets:")
-        for name, entry in sorted(REGISTRY.items()):
-            print(f"  {name:<14} {entry.kind:<12} {entry.description}")
+        for name, (kind, desc) in describe_datasets().items():
+            print(f"  {name:<14} {kind:<12} {desc}" + (" (plugin of this suite)" if f"dataset {name}" in plugins else ""))
     if "suites" in what:
         print("suites:")
         for name in suite_names():
@@ -202,52 +240,86 @@ def check_device(device: str, here: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.launch import pending, run_inline
+    from bench.trackers import add_trackers
 
     check_device(args.device, here=False)
     suite, specs = _specs(args)
+    specs = add_trackers(specs, args.trackers)  # --tracker on top of the suite's; their packages installed
     check_device(args.device, here=args.executor != "slurm")  # SLURM's nodes have their own devices
     inside(args.results, suite.name)
-    todo, done = pending(specs, args.results, args.force)
+    from bench.launch import parse_retry
+    from bench.store import RunRecord
+
+    retry = parse_retry(args.retry)
+    if args.jobs is not None and args.executor != "local":
+        raise FlowbenchError(f"--jobs {args.jobs}: only the local executor runs several runs at once here; "
+                             "use --executor local (SLURM's array_parallelism bounds an array)")
+    todo, done = pending(specs, args.results, args.force, retry)
     if args.dry_run:
         print(f"suite {suite.name} ({suite.path}): {len(specs)} runs, {len(todo)} to run, {done} already completed")
         for spec in specs:
-            mark = "run " if spec in todo else "done"
+            mark = "run " if spec in todo else "done" if RunRecord(args.results, spec.suite, spec.run_id).status \
+                == "completed" else "left"  # left: the retry policy leaves it alone (diverged)
             print(f"  {mark} {spec.run_id}  {spec.label:<40} max_steps={spec.train['max_steps']} metric={spec.metric}")
         return EXIT_OK
     _check_writable(args.results)
+    report_dir = None if args.report is None else (args.report or default_reports(args.results))
+    if report_dir is not None:
+        _check_writable(report_dir, "--report", "report folder")
     data_root = args.data_root or suite.data_root
     print(f"suite {suite.name}: {len(specs)} runs, {len(todo)} to run, {done} already completed "
           f"-> {os.path.join(args.results, suite.name)}", flush=True)
     if args.executor != "inline":
-        return _run_submitit(args, suite, specs, data_root)
+        return _run_submitit(args, suite, specs, data_root, report_dir)
     summary = run_inline(specs, args.results, data_root=data_root, device=args.device, force=args.force,
-                         progress=not args.quiet)
+                         progress=not args.quiet, retry=retry)
     print(f"suite {suite.name}: {summary.line()}")
-    if not args.no_report:
-        _print_report(str(suite.path), args.results, None, "reports", figures=False)
+    if report_dir is not None:  # asked for: the whole report, figures too (never a thinner one over a fuller one)
+        _print_report(str(suite.path), args.results, None, report_dir, option="--report")
+    elif not args.no_report:
+        _print_table(str(suite.path), args.results)
+        print(f"(no report written: `flowbench report {args.suite}` or `run --report` writes one to "
+              f"{os.path.join(default_reports(args.results), suite.name)})")
     for label, message in summary.errors:
         print(f"  failed: {label}: {message}", file=sys.stderr)
     return EXIT_RUNS_FAILED if summary.failed else EXIT_OK
 
 
-def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None) -> int:
-    from bench.launch import parse_slurm_overrides, slurm_parameters, submit, wait
+def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None, report_dir: str | None = None) -> int:
+    from bench.launch import parse_retry, parse_slurm_overrides, run_local, slurm_parameters, submit, wait
 
-    options = {**suite.slurm, **parse_slurm_overrides(args.slurm)}
-    slurm_parameters(options, f"{suite.path}: slurm")  # validate before anything is submitted
+    options = parse_slurm_overrides(args.slurm)  # over each run's own (suite < override < variant)
+    slurm_parameters({**suite.slurm, **options}, f"{suite.path}: slurm")  # validate before anything is submitted
+    if args.executor == "local":
+        done = run_local(specs, args.results, {**suite.slurm, **options}, jobs=args.jobs, data_root=data_root,
+                         device=args.device, force=args.force, retry=parse_retry(args.retry), progress=not args.quiet)
+        how = f" ({done.arrays[0][2]})" if done.arrays else ""
+        print(f"suite {suite.name}: local processes{how}: {done.line()}")
+        if report_dir is not None:
+            _print_report(str(suite.path), args.results, None, report_dir, option="--report")
+        for label, message in done.errors:
+            print(f"  failed: {label}: {message}", file=sys.stderr)
+        return EXIT_RUNS_FAILED if done.failed else EXIT_OK
     summary, submitted, jobs = submit(specs, args.results, args.executor, options, data_root=data_root,
-                           device=args.device, force=args.force)
+                                      device=args.device, force=args.force, retry=parse_retry(args.retry))
     if not jobs:
         print(f"suite {suite.name}: nothing submitted ({summary.line()})")
         return EXIT_OK
-    array = jobs[0].job_id.split("_")[0]
-    print(f"suite {suite.name}: submitted {len(jobs)} runs as {args.executor} job {array} "
+    arrays = summary.arrays
+    where = (f"{args.executor} job {arrays[0][0]}" if len(arrays) == 1 else f"{len(arrays)} arrays: " + ", ".join(
+        f"{n} runs on {what} (job {array})" for array, n, what in arrays))
+    print(f"suite {suite.name}: submitted {len(jobs)} runs as {where} "
           f"(logs in {os.path.join(args.results, suite.name, '_slurm')}); {summary.line()}", flush=True)
-    if not (args.wait or args.executor == "local"):
+    if not args.wait:
         print(f"`flowbench status {args.suite}` follows them; `flowbench cancel {args.suite}` stops them")
+        if report_dir is not None:
+            print(f"(no report written: the runs are not finished; `flowbench report {args.suite} --results "
+                  f"{args.results} --out {report_dir}` writes it when they are)")
         return EXIT_OK
     done = wait(submitted, args.results, jobs, progress=not args.quiet)
     print(f"suite {suite.name}: {done.line()}")
+    if report_dir is not None:
+        _print_report(str(suite.path), args.results, None, report_dir, option="--report")
     for label, message in done.errors:
         print(f"  failed: {label}: {message}", file=sys.stderr)
     return EXIT_RUNS_FAILED if done.failed else EXIT_OK
@@ -264,12 +336,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def _status_of_suite(args: argparse.Namespace) -> int:
     """One line per run: the record's status joined with SLURM's view of its job, and counts."""
-    from bench.launch import reconcile, slurm_view
+    from bench.launch import code_mismatch, decide, parse_retry, reconcile, run_state, slurm_view
     from bench.metrics import headline_of
     from bench.store import RunRecord
 
     suite, specs = _specs(args)
+    retry = parse_retry(args.retry)
     view = slurm_view(specs, args.results)
+    again: dict[str, int] = {}  # what `run` would take up, by the run's state
+    mismatched = []
+    metrics = list(dict.fromkeys(spec.metric for spec in specs))  # a column per headline metric (nll, bpd, mse)
     rows, logs = [], []
     for spec in specs:
         info = view.get(spec.run_id, {})
@@ -277,19 +353,49 @@ def _status_of_suite(args: argparse.Namespace) -> int:
         result = reconcile(spec, args.results, info) or record.read_result() or {}
         status = record.shown_status(result.get("status"))  # "stale": running, but its process is gone
         _, value = headline_of(spec.metric, result.get("test") or {})
-        rows.append((spec.run_id, spec.label, status, info.get("state", ""), result.get("steps", ""),
-                     f"{value:.4f}" if isinstance(value, float) else "", (result.get("error") or "")[:70]))
-        if status not in ("completed", "pending", "running") and info.get("stderr"):
+        shown = [f"{value:.4f}" if isinstance(value, float) and m == spec.metric else "" for m in metrics]
+        state, _ = run_state(record)
+        go, why = decide(state, result, retry, slurm=info)
+        if go:
+            key = "lost" if why.startswith("lost") else "not run yet" if state == "pending" else state
+            again[key] = again.get(key, 0) + 1
+        if code_mismatch(result):
+            mismatched.append(f"  code mismatch: {spec.label} [{spec.run_id}] {code_mismatch(result)}")
+        rows.append((spec.run_id, spec.label, status, slurm_text(info.get("state", ""), status),
+                     result.get("steps", ""), *shown, ("run: " if go else "") + why if why != status else "",
+                     (result.get("error") or "")[:70]))
+        if (status not in ("completed", "pending", "running") or why.startswith("lost")) and info.get("stderr"):
             logs.append(f"  log of {spec.label}: {info['stderr']}")
     print(f"suite {suite.name}: {len(rows)} runs")
-    _print_rows(("run_id", "run", "status", "slurm", "steps", f"test {specs[0].metric}", "error"), rows)
+    _print_rows(("run_id", "run", "status", "slurm", "steps", *(metric_header(m) for m in metrics), "next `run`",
+                 "error"), rows)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row[2]] = counts.get(row[2], 0) + 1
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    for line in logs:
+    print(f"  `flowbench run{' --retry ' + args.retry if args.retry else ''}` would take up {sum(again.values())}"
+          + (": " + ", ".join(f"{n} {s}" for s, n in sorted(again.items())) if again else ""))
+    for line in mismatched + logs:
         print(line)
     return EXIT_OK
+
+
+def metric_header(metric: str) -> str:
+    """A status column's header: the test metric with its unit, e.g. "test nll (nats)", "test mse"."""
+    from bench.metrics import METRICS
+
+    unit = METRICS[metric].unit if metric in METRICS else ""
+    return f"test {metric}" + (f" ({unit})" if unit and unit.lower() != metric.lower() else "")
+
+
+def slurm_text(state: str, status: str) -> str:
+    """SLURM's state of a run's job beside the run's own when they disagree: a job that ended
+    COMPLETED around a failed run shows "COMPLETED (run: failed)", never a bare COMPLETED."""
+    from bench.launch import ACTIVE_STATES
+
+    if not state or state in ACTIVE_STATES or (state == "COMPLETED") == (status == "completed"):
+        return state
+    return f"{state} (run: {status})"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -366,15 +472,46 @@ def _scan_suite(suite: str, results: str):
     return df
 
 
-def _print_report(suite: str, results: str, metric: str | None, out: str, figures: bool = True) -> None:
-    from bench.report import differences_text, headline_tables, missing_text, to_markdown, write_report
+def _print_tables(name: str, tables, records, differences: Sequence[str]) -> None:
+    """The headline tables as Markdown, then what is missing and the suite's declared differences."""
+    from bench.report import differences_text, headline_tables, missing_text, to_markdown
 
+    print("\n".join(to_markdown(t, f"## {name}: {t.title}") for t in headline_tables(tables)), end="")
+    for text in (missing_text(records), differences_text(differences)):
+        if text:
+            print(f"\n{text}", end="")
+
+
+def _print_table(suite: str, results: str, metric: str | None = None) -> None:
+    """What `run` prints after a sweep: the headline tables from the records, nothing written."""
+    from bench.report import build_tables, load_published, prepare
+
+    ctx = _suite_context(suite)
+    records = prepare(_scan_suite(ctx.name, results), ctx.expected, metric, ctx.labels)
+    _print_tables(ctx.name, build_tables(records, load_published()), records, ctx.differences)
+
+
+def figures_text(count: int, asked: bool, records=None) -> str:
+    """How many figures a report holds, or why it holds none."""
+    if not asked:
+        return "no figures (--no-figures)"
+    if count:
+        return f"{count} figures"
+    if records is not None and records.completed.empty:
+        return "no figures: no completed run to draw"
+    return "no figures: the records hold nothing to draw (no test metric or training history)"
+
+
+def _print_report(suite: str, results: str, metric: str | None, out: str, figures: bool = True,
+                  option: str = "--out") -> None:
+    """Write the report to OUT/SUITE/ and print its headline tables and where it went."""
     from bench.plots import start_workers
+    from bench.report import write_report
 
     pool = start_workers() if figures else None  # they load matplotlib and seaborn while the records are read
     try:
         ctx = _suite_context(suite)
-        _check_writable(out, "--out", "report folder")
+        _check_writable(out, option, "report folder")
         inside(out, ctx.name)
         df = _scan_suite(ctx.name, results)
         report = write_report(df, ctx.name, out, metric, expected=ctx.expected, figures=figures, figure_pool=pool,
@@ -383,23 +520,21 @@ def _print_report(suite: str, results: str, metric: str | None, out: str, figure
         if pool is not None:
             pool.terminate()  # every figure is written by now (or the report failed): nothing left to wait for
             pool.join()
-    name, differences = ctx.name, ctx.differences
-    print("\n".join(to_markdown(t, f"## {name}: {t.title}") for t in headline_tables(report.tables)), end="")
-    for text in (missing_text(report.records), differences_text(differences)):
-        if text:
-            print(f"\n{text}", end="")
-    print(f"(report: {report.files['markdown']}, {report.files['html']}; {len(report.figures)} figures)")
+    _print_tables(ctx.name, report.tables, report.records, ctx.differences)
+    print(f"(report: {report.files['markdown']}, {report.files['html']}; "
+          f"{figures_text(len(report.figures), figures, report.records)})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    _print_report(args.suite, args.results, args.metric, args.out, figures=not args.no_figures)
+    _print_report(args.suite, args.results, args.metric, args.out or default_reports(args.results),
+                  figures=not args.no_figures)
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`flowbench check SUITE`: compare with the pinned numbers, print, and append to the check history."""
     from bench import history
-    from bench.check import DEFAULT_ALPHA, check, format_result, parse_alpha, pinned_path, parse_tolerances
+    from bench.check import DEFAULT_ALPHA, check, format_result, parse_alpha, parse_tolerances, pinned_folder
     from bench.check import suite_alpha, suite_tolerances
     from bench.store import scan
 
@@ -410,8 +545,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     inside(args.results, ctx.name)  # the check history is appended there
     df = scan(args.results, ctx.name)  # no records at all: check reports every pinned pair missing (exit 2)
     _report_skipped(df)
-    result = check(df, ctx.name, tolerances, args.pinned, args.metric, alpha, ctx.labels)
-    pinned = pinned_path(ctx.name, args.pinned) / f"{ctx.name}.csv"
+    folder = pinned_folder(ctx.name, ctx.path or None, args.pinned)
+    result = check(df, ctx.name, tolerances, folder, args.metric, alpha, ctx.labels)
+    pinned = folder / f"{ctx.name}.csv"
     print(f"suite {ctx.name}: checking against {pinned}")
     print(format_result(result, args.verbose), end="")
     try:
@@ -428,6 +564,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.last < 1:
         raise FlowbenchError(f"--last {args.last}: expected a positive number of checks")
     ctx = _suite_context(args.suite)
+    args.out = args.out or default_reports(args.results)
     _check_writable(args.out, "--out", "history folder")
     out = str(inside(args.out, ctx.name))
     frame = history.read(args.results, ctx.name)
@@ -449,14 +586,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from bench.check import pin, pinned_path
+    from bench.check import pin, pinned_folder
 
     ctx = _suite_context(args.suite)
-    folder = pinned_path(ctx.name, args.pinned)
+    folder = pinned_folder(ctx.name, ctx.path or None, args.pinned)
     _check_writable(folder, "--pinned", "pinned folder")
     inside(folder, f"{ctx.name}.csv")
     df = _scan_suite(ctx.name, args.results)
-    path, table, records = pin(df, ctx.name, args.pinned, args.metric, ctx.labels)
+    path, table, records = pin(df, ctx.name, folder, args.metric, ctx.labels)
     seeds = " ".join(sorted(set(" ".join(table["seeds"]).split()), key=int))
     print(f"pinned {len(table)} quantities of {table[['model', 'variant', 'dataset']].drop_duplicates().shape[0]} "
           f"(model, variant, dataset) rows (seeds {seeds}) -> {path}")
@@ -475,11 +612,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     ctx = _suite_context(args.suite)
     name = ctx.name
     tolerances = parse_tolerances(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
+    args.out = args.out or default_reports(args.results)
     _check_writable(args.out, "--out", "audit folder")
     inside(args.out, name)
     records = _scan_suite(name, args.results)
     out, skipped = audit_suite(records, name, tolerances, args.max_examples or None, args.data_root,
-                               progress=not args.quiet, labels=ctx.labels)
+                               progress=not args.quiet and sys.stderr.isatty(), labels=ctx.labels)
     if out.empty:
         raise FlowbenchError(f'suite "{name}": no completed CNF run with model.pt to audit'
                              + (f" (skipped: {'; '.join(f'{a} ({b})' for a, b in skipped)})" if skipped else ""))
@@ -490,10 +628,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """`flowbench data verify`: one line per dataset; exit 1 when a file is corrupt."""
+    """`flowbench data verify`: one line per dataset, from its own registration, and how to get what is
+    missing; exit 1 when a file is corrupt or a dataset's check failed."""
     from bench.data import resolve_root
     from bench.data.verify import verify_all
 
+    if getattr(args, "suite", None):
+        from bench.spec import import_suite_plugins
+
+        import_suite_plugins(args.suite)
     root = resolve_root(args.data_root)
     print(f"data root: {root if root else '(none: pass --data-root DIR or set FLOWBENCH_DATA)'}")
     statuses = verify_all(root)
@@ -502,10 +645,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     for s in statuses:
         counts[s.state] = counts.get(s.state, 0) + 1
     print("  " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    if counts.get("missing"):
-        print("  missing files: see docs/datasets.md (MAF's Zenodo archive for the UCI sets; torchvision's download "
-              "or the cluster's copy for MNIST and CIFAR10)")
-    return EXIT_RUNS_FAILED if counts.get("corrupt") else EXIT_OK
+    how: dict[str, list[str]] = {}  # each loader's own how-to-get-it text -> the datasets it covers
+    for s in statuses:
+        if s.how and s.state in ("missing", "corrupt"):
+            how.setdefault(s.how, []).append(s.name)
+    if how:
+        print("  to get missing or corrupt files (more in docs/datasets.md):")
+        for text, names in how.items():
+            print(f"    {', '.join(names)}: {text}")
+    return EXIT_RUNS_FAILED if counts.get("corrupt") or counts.get("error") else EXIT_OK
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "report": cmd_report, "cancel": cmd_cancel,

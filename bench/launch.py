@@ -6,18 +6,30 @@ checkpoints and requeues itself when SLURM signals the end of its allocation (US
 ``signal_delay_s`` before the time limit, or a preemption), and a ``scancel`` (TERM) leaves a
 checkpoint and a ``preempted`` record, so the next ``flowbench run`` resumes it. ``slurm.json``
 in a run's folder remembers its job, so a run that is still queued is never submitted twice.
+
+Runs whose resources differ (``slurm:`` of an override or variant) go in one array per resource
+set. The submitted code is snapshotted (``snapshot_code``) into ``_slurm/code/SHA/`` and the jobs
+start there, so a queued or requeued task runs the code of its submission, whatever is edited
+meanwhile; the task records the hash of the code it ran next to the submitted one. ``decide`` is
+the retry policy: which records ``run`` takes up again and why. The local executor runs at most
+``--jobs`` processes at once, each on its own GPU(s).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +38,12 @@ from bench.errors import FlowbenchError, did_you_mean
 from bench.metrics import headline_of
 from bench.spec import RunSpec, parse_value
 from bench.store import RunRecord, atomic_write_json
+
+__all__ = ["EXECUTORS", "RETRYABLE", "DEFAULT_RETRY", "SweepSummary", "RunJob", "pending", "decide", "run_state",
+           "parse_retry", "run_inline", "run_local", "local_gpus", "submit", "wait", "job_states", "slurm_view",
+           "reconcile", "cancel", "snapshot_code", "code_hash", "running_code", "code_mismatch", "resource_groups",
+           "parse_slurm_overrides", "slurm_parameters", "check_slurm_reachable", "environment_has_slurm",
+           "SLURM_QUERIES"]
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -53,6 +71,8 @@ class SweepSummary:
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (run label, message)
     job_ids: list[str] = field(default_factory=list)
+    left: Counter = field(default_factory=Counter)  # records the retry policy leaves alone, by status (diverged)
+    arrays: list[tuple[str, int, str]] = field(default_factory=list)  # (array job id, runs, resources) per array
 
     @property
     def failed(self) -> int:
@@ -60,18 +80,95 @@ class SweepSummary:
 
     def line(self) -> str:
         parts = [f"{n} {s}" for s, n in sorted(self.statuses.items())]
+        parts += [f"{n} {s} left alone (--retry {s} re-runs {'it' if n == 1 else 'them'})"
+                  for s, n in sorted(self.left.items())]
         return ", ".join(parts + [f"{self.skipped} already completed"]) if parts or self.skipped else "nothing to run"
 
 
-def pending(specs: Sequence[RunSpec], results_dir: str | Path, force: bool = False) -> tuple[list[RunSpec], int]:
-    """The specs that still need running (all of them with ``force``), and how many are complete."""
+# -- the retry policy ---------------------------------------------------------------------------
+RETRYABLE = ("failed", "timeout", "preempted", "lost", "diverged")
+DEFAULT_RETRY = frozenset({"failed", "timeout", "preempted", "lost"})  # diverged re-runs diverge again
+
+
+def parse_retry(text: str | None) -> frozenset[str]:
+    """``--retry diverged`` (a comma list, or ``all``): statuses re-run on top of DEFAULT_RETRY."""
+    wanted = {p.strip() for p in (text or "").split(",") if p.strip()}
+    if "all" in wanted:
+        return frozenset(RETRYABLE)
+    for status in wanted:
+        if status not in RETRYABLE:
+            raise FlowbenchError(f'--retry {text}: unknown status "{status}"{did_you_mean(status, RETRYABLE)}; '
+                                 f"choose from {', '.join(RETRYABLE)} or all")
+    return DEFAULT_RETRY | wanted
+
+
+def run_state(record: RunRecord) -> tuple[str, dict[str, Any]]:
+    """(state, result) of a record as the retry policy sees it: "pending" (no result), "running" (a
+    live process holds it), "lost" (a running record whose process is gone: no live claim),
+    "unreadable", or the recorded status."""
+    if record.result_problem():
+        return "unreadable", {}
+    result = record.read_result()
+    if result is None:
+        return "pending", {}
+    status = result.get("status", "failed")
+    if status == "running":
+        return ("running" if record.claim_state() == "live" else "lost"), result
+    return status, result
+
+
+def decide(state: str, result: Mapping[str, Any] | None = None, retry: frozenset[str] = DEFAULT_RETRY,
+           force: bool = False, slurm: Mapping[str, Any] | None = None) -> tuple[bool, str]:
+    """Whether ``flowbench run`` takes a run up again, and why (shown by ``status``).
+
+    ``state`` comes from ``run_state``; ``slurm`` is the run's slurm.json joined with SLURM's state
+    of its job (``slurm_view``): a job still queued or running is never submitted twice, and a job
+    that ended while the record says nothing happened (or that the run still runs) lost the run.
+    """
+    result, slurm = result or {}, slurm or {}
+    job, job_state = slurm.get("job_id"), slurm.get("state", "")
+    if slurm.get("executor") == "slurm" and still_queued(slurm):
+        return False, f"job {job} is {job_state if job_state != 'UNKNOWN' else 'just submitted'}"
+    if force:
+        return True, "--force"
+    steps = result.get("steps")
+    at = f" at step {steps}" if steps else ""
+    if state == "completed":
+        return False, "completed"
+    if state == "running":
+        return False, "running now (claimed by a live process)"
+    if state == "unreadable":
+        return True, "result.json unreadable: the run says how to fix it"
+    if state == "pending":
+        if job and job_state and slurm.get("executor") == "slurm":
+            return "lost" in retry, f"lost: job {job} ended {job_state} before the run started"
+        return True, "not run yet"
+    if state == "lost":
+        ended = f"job {job} ended {job_state}" if job and job_state else "its process is gone"
+        return "lost" in retry, f"lost: recorded running{at}, but {ended}; resumes from its checkpoint"
+    if state in RETRYABLE:
+        if state not in retry:
+            return False, f"{state}{at}; left alone (--retry {state} re-runs it)"
+        resumes = "resumes from its checkpoint" if state in ("preempted", "timeout") else "re-runs"
+        return True, f"{state}{at}: {resumes}"
+    return True, f"status {state!r} unknown: re-runs"
+
+
+def pending(specs: Sequence[RunSpec], results_dir: str | Path, force: bool = False,
+            retry: frozenset[str] = DEFAULT_RETRY, left: Counter | None = None) -> tuple[list[RunSpec], int]:
+    """The specs ``run`` takes up (``decide``; all of them with ``force``), and how many are complete.
+    Runs held by a live process stay in (they are reported as claimed); runs the policy leaves alone
+    are counted by status in ``left``."""
     todo, done = [], 0
     for spec in specs:
-        record = RunRecord(results_dir, spec.suite, spec.run_id)
-        if not force and record.status == "completed":
-            done += 1
-        else:
+        state, result = run_state(RunRecord(results_dir, spec.suite, spec.run_id))
+        go, _ = decide(state, result, retry, force)
+        if go or state == "running":
             todo.append(spec)
+        elif state == "completed":
+            done += 1
+        elif left is not None:
+            left[state] += 1
     return todo, done
 
 
@@ -87,31 +184,89 @@ def describe_result(spec: RunSpec, result: dict[str, Any]) -> str:
     return f"ok {spec.label} [{spec.run_id}] {shown} ({result['steps']} steps, {result['train_seconds']:.1f} s)"
 
 
+# -- progress -----------------------------------------------------------------------------------
+PROGRESS_EVERY_S = float(os.environ.get("FLOWBENCH_PROGRESS_S", "60") or 60)  # plain-line heartbeat of a long run
+
+
+def progress_bars(progress: bool) -> bool:
+    """Bars (tqdm, carriage returns) only on a terminal; a log file or pipe gets plain lines instead."""
+    stream = sys.stderr
+    return progress and hasattr(stream, "isatty") and stream.isatty()
+
+
+def progress_line(text: str) -> None:
+    """One plain progress line on stderr (no carriage return, no cursor codes), flushed at once."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class Heartbeat:
+    """While a run trains without a bar, a plain line every ``every`` seconds: its time and last
+    evaluated step, so a long run in a log shows it is alive."""
+
+    def __init__(self, prefix: str, record: RunRecord, every: float = PROGRESS_EVERY_S):
+        self.prefix, self.record, self.every = prefix, record, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._start = time.monotonic()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                rows = self.record.read_metrics()
+            except Exception:  # noqa: BLE001 - a heartbeat never fails the run
+                rows = []
+            step = f", step {rows[-1].get('step')}" if rows else ""
+            progress_line(f"{self.prefix} running, {time.monotonic() - self._start:.0f} s{step}")
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # -- inline -------------------------------------------------------------------------------------
 def run_inline(specs: Sequence[RunSpec], results_dir: str | Path, data_root: str | None = None,
-               device: str | None = None, force: bool = False, progress: bool = True) -> SweepSummary:
-    """Run the pending specs one after another in this process, with a bar of done/failed runs."""
+               device: str | None = None, force: bool = False, progress: bool = True,
+               retry: frozenset[str] = DEFAULT_RETRY) -> SweepSummary:
+    """Run the pending specs one after another in this process. Progress on a terminal: a bar of
+    done/failed runs (each finished run a line on stdout); elsewhere (a log, a pipe): one plain line
+    per finished run on stderr, and a heartbeat line every FLOWBENCH_PROGRESS_S seconds of a long run."""
+    import contextlib
+
     from tqdm.auto import tqdm
 
     from bench.train import run_one
 
-    todo, done = pending(specs, results_dir, force)
-    summary = SweepSummary(skipped=done)
-    with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress or not todo, dynamic_ncols=True) as bar:
-        for spec in todo:
+    left: Counter = Counter()
+    todo, done = pending(specs, results_dir, force, retry, left)
+    summary = SweepSummary(skipped=done, left=left)
+    bars = progress_bars(progress)
+    lines = progress and not bars
+    with tqdm(total=len(todo), desc="runs", unit="run", disable=not bars or not todo, dynamic_ncols=True) as bar:
+        def say(k: int, text: str) -> None:
+            progress_line(f"[{k}/{len(todo)}] {text}") if lines else bar.write(f"  {text}")
+
+        for k, spec in enumerate(todo, 1):
             record = RunRecord(results_dir, spec.suite, spec.run_id)
+            beat = Heartbeat(f"[{k}/{len(todo)}] {spec.label}:", record) if lines else contextlib.nullcontext()
             try:
-                result = run_one(spec, record, data_root=data_root, device=device, progress=progress, force=force)
+                with beat:
+                    result = run_one(spec, record, data_root=data_root, device=device, progress=bars, force=force)
             except FlowbenchError as err:  # e.g. a checkpoint that does not fit: the record stays as it was
                 summary.statuses["failed"] += 1
                 summary.errors.append((spec.label, str(err)))
-                bar.write(f"  x {spec.label}: {err}")
+                say(k, f"x {spec.label}: {err}")
             else:
                 if result.get("skipped"):  # completed by another process since `pending` looked
                     summary.skipped += 1
+                    if lines:
+                        say(k, f"- {spec.label} [{spec.run_id}] completed by another process")
                 else:
                     summary.statuses[result["status"]] += 1
-                    bar.write("  " + describe_result(spec, result))
+                    say(k, describe_result(spec, result))
                 if result["status"] not in NOT_FAILED:
                     summary.errors.append((spec.label, result.get("error") or result["status"]))
             bar.update(1)
@@ -128,9 +283,11 @@ class RunJob:
     over to submitit, which calls ``checkpoint`` and requeues the job; the requeued job resumes.
     """
 
-    def __init__(self, results_dir: str, data_root: str | None, device: str | None, concurrent: int = 1):
+    def __init__(self, results_dir: str, data_root: str | None, device: str | None, concurrent: int = 1,
+                 code: Mapping[str, Any] | None = None):
         self.results_dir, self.data_root, self.device = str(results_dir), data_root, device
         self.concurrent = concurrent  # processes started at once on this machine (local executor): they share its cores
+        self.code = dict(code or {})  # the submitted snapshot: {"sha", "git", "dir"}
 
     def __call__(self, spec_dict: dict[str, Any]) -> dict[str, Any]:
         from bench.train import request_stop, run_one, run_threads
@@ -148,8 +305,14 @@ class RunJob:
         signal.signal(signal.SIGUSR2, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         record = RunRecord(self.results_dir, spec.suite, spec.run_id)
+        code = {"submitted": getattr(self, "code", {}).get("sha"), "ran": running_code(spec.plugins),
+                "git": getattr(self, "code", {}).get("git")}
         result = run_one(spec, record, data_root=self.data_root, device=self.device, progress=False,
                          threads=run_threads(getattr(self, "concurrent", 1)))
+        written = record.read_result() if int(os.environ.get("RANK", "0") or 0) == 0 else None
+        if written and written.get("status") == result["status"] and result["status"] != "claimed":
+            result = {**written, "code": code}  # what ran, next to what was submitted (status flags a mismatch)
+            record.write_result(result)
         if result["status"] == "preempted":
             why = "SLURM's end-of-allocation signal" if signal.SIGUSR2 in received else "SIGTERM (scancel or shutdown)"
             result["error"] = f"stopped by {why} at step {result.get('steps')}; checkpointed, resumes when run again"
@@ -189,9 +352,10 @@ def parse_slurm_overrides(text: str | None) -> dict[str, Any]:
     return out
 
 
-def slurm_parameters(options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Suite/CLI SLURM options -> submitit parameters, each key checked."""
-    merged = {**SLURM_DEFAULTS, **options}
+def slurm_parameters(options: Mapping[str, Any], where: str, defaults: bool = True) -> dict[str, Any]:
+    """Suite/CLI SLURM options -> submitit parameters, each key checked (``defaults``: SLURM_DEFAULTS
+    filled in for what is not given)."""
+    merged = {**SLURM_DEFAULTS, **options} if defaults else dict(options)
     params: dict[str, Any] = {}
     for key, value in merged.items():
         if key not in SLURM_OPTIONS:
@@ -219,49 +383,220 @@ def check_slurm_reachable() -> None:
                              " check SLURM_CONF and that slurmctld runs; nothing was submitted")
 
 
+SLURM_QUERIES: Counter = Counter()  # sacct / squeue calls made by this process (benchmarks/bench_slurm.py counts them)
+QUERY_CHUNK = 200  # array job ids per sacct / squeue call
+
+
+def _expand_task_ids(job: str) -> list[str]:
+    """sacct's and squeue's compressed array tasks, ``123_[0-3,7]`` -> 123_0 ... 123_3, 123_7."""
+    base, _, rest = job.partition("_[")
+    if not rest:
+        return [job]
+    out = []
+    for piece in rest.rstrip("]").split("%")[0].split(","):
+        lo, dash, hi = piece.partition("-")
+        try:
+            out += [f"{base}_{i}" for i in range(int(lo), int(hi if dash else lo) + 1)]
+        except ValueError:
+            continue
+    return out
+
+
+def _query(cmd: list[str]) -> str:
+    SLURM_QUERIES[cmd[0]] += 1
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
 def job_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """SLURM's state of each job id (array tasks as ``123_4``), from sacct, then squeue."""
+    """SLURM's state of each job id (array tasks as ``123_4``): one sacct call (accounting, final
+    states) and one squeue call (live states, fresher) per QUERY_CHUNK arrays, never one per run;
+    "UNKNOWN" for a job neither knows."""
     states: dict[str, str] = {}
     ids = sorted({j for j in job_ids if j})
     if not ids:
         return states
+    arrays = sorted({i.split("_")[0] for i in ids})
     try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "--format=JobID,State", "-j", ",".join(i.split("_")[0] for i in ids)],
-                             capture_output=True, text=True, timeout=60).stdout
-        for line in out.splitlines():
-            job, _, state = line.partition("|")
-            states[job] = state.split()[0] if state else "UNKNOWN"
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60).stdout
-        for line in out.splitlines():
-            job, _, state = line.partition("|")
-            if job in ids:
-                states[job] = state
+        for k in range(0, len(arrays), QUERY_CHUNK):
+            chunk = ",".join(arrays[k:k + QUERY_CHUNK])
+            for command in (["sacct", "-n", "-P", "-X", "--format=JobID,State", "-j", chunk],
+                            ["squeue", "-h", "-r", "-j", chunk, "-o", "%i|%T"]):
+                for line in _query(command).splitlines():
+                    job, _, state = line.partition("|")
+                    for task in _expand_task_ids(job.strip()):
+                        states[task] = state.split()[0] if state.strip() else "UNKNOWN"
     except (OSError, subprocess.TimeoutExpired):
         pass
     return {j: states.get(j, "UNKNOWN") for j in ids}
 
 
 def read_slurm_info(record: RunRecord) -> dict[str, Any]:
+    """The run's slurm.json (its job, executor, logs, submitted code), {} when absent or unreadable."""
     try:
-        return json.loads((record.dir / "slurm.json").read_text())
+        info = json.loads((record.dir / "slurm.json").read_text())
     except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}
 
 
-def submit(specs: Sequence[RunSpec], results_dir: str | Path, executor: str, slurm_options: Mapping[str, Any],
-           data_root: str | None = None, device: str | None = None,
-           force: bool = False) -> tuple[SweepSummary, list[RunSpec], list]:
-    """Submit the pending runs as one job array; returns the summary, the submitted specs and their jobs."""
-    import submitit
+UNKNOWN_GRACE_S = 600  # a job SLURM does not know yet (accounting lags) counts as queued this long after submission
 
-    todo, done = pending(specs, results_dir, force)
-    summary = SweepSummary(skipped=done)
-    if executor == "slurm":
-        check_slurm_reachable()
-        queued = {spec.run_id: read_slurm_info(RunRecord(results_dir, spec.suite, spec.run_id)).get("job_id")
-                  for spec in todo}
-        states = job_states([j for j in queued.values() if j])
-        active = {rid for rid, job in queued.items() if job and states.get(job) in ACTIVE_STATES}
+
+def still_queued(info: Mapping[str, Any]) -> bool:
+    """Whether the job of a slurm.json joined with its state (``slurm_view``) may still run the run."""
+    state = info.get("state", "")
+    if state in ACTIVE_STATES:
+        return True
+    submitted = info.get("submitted")
+    return state == "UNKNOWN" and isinstance(submitted, (int, float)) and time.time() - submitted < UNKNOWN_GRACE_S
+
+
+# -- the code a job runs ------------------------------------------------------------------------
+SNAPSHOT_PACKAGES = ("bench", "baselines")
+
+
+def code_hash(entries: Mapping[str, Path]) -> str:
+    """A content hash of code: every file under each entry (a package folder or a module file), by
+    its path below the entry's name, bytecode caches and hidden files left out."""
+    digest = hashlib.sha256()
+    files: list[tuple[str, Path]] = []
+    for name, path in entries.items():
+        path = Path(path)
+        if path.is_file():
+            files.append((name, path))
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+            rel = Path(name) / Path(root).relative_to(path)
+            files += [((rel / n).as_posix(), Path(root) / n) for n in names
+                      if not n.startswith(".") and not n.endswith((".pyc", ".pyo"))]
+    for rel, path in sorted(files):
+        data = path.read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def _code_sources(plugins: Sequence[str] = (), plugin_path: str = "") -> dict[str, Path]:
+    """The code a run imports: the bench and baselines packages, and the suite's plugin modules that
+    live in ``plugin_path`` (the user's own; plugins installed elsewhere are not copied)."""
+    import importlib
+
+    out: dict[str, Path] = {}
+    for package in SNAPSHOT_PACKAGES:
+        out[package] = Path(importlib.import_module(package).__file__).resolve().parent
+    root = Path(plugin_path).resolve() if plugin_path else None
+    for module in plugins:
+        top = sys.modules.get(module.split(".")[0])
+        where = Path(getattr(top, "__file__", None) or "").resolve() if top is not None else None
+        if where is None or not where.is_file() or root is None or root not in where.parents:
+            continue
+        path = where.parent if where.name == "__init__.py" else where
+        out[path.name] = path
+    return out
+
+
+def running_code(plugins: Sequence[str] = ()) -> str:
+    """The hash of the code this process imported (``code_hash``): bench, baselines and the plugins
+    that sit next to them (as in a snapshot)."""
+    sources = _code_sources()
+    root = sources["bench"].parent
+    extra = _code_sources(plugins, str(root))
+    return code_hash({**extra, **sources})
+
+
+def snapshot_code(folder: Path, plugins: Sequence[str] = (), plugin_path: str = "") -> dict[str, Any]:
+    """Copy the code the jobs will run (``_code_sources``) into ``folder/code/SHA/`` (rsync when
+    installed, else a plain copy; read-only), SHA being the copy's ``code_hash``. Returns {"sha",
+    "git" (the checkout's commit, "+dirty" with uncommitted changes; None outside git), "dir"}."""
+    from bench.env import git_sha
+
+    sources = _code_sources(plugins, plugin_path)
+    base = Path(folder) / "code"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+        for name, src in sources.items():
+            if shutil.which("rsync"):
+                target = f"{tmp / name}/" if src.is_dir() else str(tmp / name)
+                subprocess.run(["rsync", "-a", "--exclude", "__pycache__", "--exclude", "*.pyc",
+                                f"{src}/" if src.is_dir() else str(src), target], check=True, capture_output=True)
+            elif src.is_dir():
+                shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(src, tmp / name)
+        sha = code_hash({p.name: p for p in tmp.iterdir()})
+        for root, _, names in os.walk(tmp):
+            for n in names:
+                os.chmod(os.path.join(root, n), 0o444)
+        final = base / sha
+        try:
+            os.rename(tmp, final)
+        except OSError:  # the same code was snapshotted before: keep that copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise FlowbenchError(f"cannot snapshot the code into {base} ({err}); nothing was submitted") from None
+    return {"sha": sha, "git": git_sha(), "dir": str(final)}
+
+
+@contextlib.contextmanager
+def _cwd(path: str | Path) -> Iterator[None]:
+    """Work in ``path`` for a while: jobs started now start there, with its code first on sys.path."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def code_mismatch(result: Mapping[str, Any] | None) -> str | None:
+    """What ``status`` flags when a run ran other code than was submitted, else None."""
+    code = (result or {}).get("code") or {}
+    if code.get("submitted") and code.get("ran") and code["submitted"] != code["ran"]:
+        return (f"ran code {code['ran']} but was submitted with {code['submitted']}"
+                + (f" (git {code['git']})" if code.get("git") else ""))
+    return None
+
+
+# -- submission ---------------------------------------------------------------------------------
+def resource_groups(specs: Sequence[RunSpec], options: Mapping[str, Any]) -> list[tuple[dict[str, Any], list[RunSpec]]]:
+    """The runs grouped by their resources (each spec's ``slurm`` under the command line's
+    ``options``), in the order first met: one job array per group."""
+    groups: dict[str, tuple[dict[str, Any], list[RunSpec]]] = {}
+    for spec in specs:
+        merged = {**spec.slurm, **options}
+        key = json.dumps(merged, sort_keys=True, default=str)
+        groups.setdefault(key, (merged, []))[1].append(spec)
+    return list(groups.values())
+
+
+def describe_resources(options: Mapping[str, Any], common: Mapping[str, Any] | None = None) -> str:
+    """``{"partition": "gpu", "gpus_per_node": 4}`` -> ``"gpu x4"``; other keys as key=value (those
+    in ``common`` left out)."""
+    common = common or {}
+    where = options.get("partition", "")
+    gpus = options.get("gpus_per_node")
+    head = f"{where or 'default partition'}" + (f" x{gpus}" if gpus else "")
+    rest = [f"{k}={v}" for k, v in sorted(options.items())
+            if k not in ("partition", "gpus_per_node") and common.get(k, object()) != v]
+    return head + (f" ({', '.join(rest)})" if rest else "")
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def _prepare(specs: Sequence[RunSpec], results_dir: str | Path, force: bool, retry: frozenset[str],
+             summary: SweepSummary, slurm: bool) -> list[RunSpec]:
+    """The runs to start: ``pending``, less those whose job is still queued (slurm) and those a
+    live process holds; counted in ``summary``."""
+    todo = list(specs)
+    if slurm:
+        infos = {s.run_id: read_slurm_info(RunRecord(results_dir, s.suite, s.run_id)) for s in todo}
+        states = job_states([i.get("job_id") for i in infos.values() if i.get("executor") == "slurm"])
+        active = {rid for rid, i in infos.items() if i.get("executor") == "slurm" and i.get("job_id")
+                  and still_queued({**i, "state": states.get(i["job_id"], "UNKNOWN")})}
         if active:
             summary.statuses["queued"] += len(active)
             todo = [s for s in todo if s.run_id not in active]
@@ -269,37 +604,179 @@ def submit(specs: Sequence[RunSpec], results_dir: str | Path, executor: str, slu
     if held:  # a live process trains them now: never submitted twice, never cleared under it
         summary.statuses["claimed"] += len(held)
         todo = [s for s in todo if s.run_id not in held]
-    if not todo:
-        return summary, [], []
-    suite = todo[0].suite
-    folder = Path(results_dir) / suite / "_slurm"
-    folder.mkdir(parents=True, exist_ok=True)
-    params = slurm_parameters(slurm_options, "slurm")
-    if executor == "local":
-        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-    params.setdefault("name", f"flowbench-{suite}")
-    ex = submitit.AutoExecutor(folder=folder, cluster=executor)
-    ex.update_parameters(**params)
     for spec in todo:
         record = RunRecord(results_dir, spec.suite, spec.run_id)
         record.create(spec.to_dict())
         if force:
             record.clear()
-    concurrent = len(todo) * int(params.get("tasks_per_node") or 1) if executor == "local" else 1
-    job_fn = RunJob(str(Path(results_dir).resolve()), data_root, device, concurrent)
-    try:
-        jobs = ex.map_array(job_fn, [s.to_dict() for s in todo])
-    except Exception as err:  # sbatch refused (bad partition, account, ...)
-        raise FlowbenchError(f"submission failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}; "
-                             "nothing was submitted") from None
-    now = time.time()
-    for spec, job in zip(todo, jobs):
-        atomic_write_json(RunRecord(results_dir, spec.suite, spec.run_id).dir / "slurm.json",
-                          {"job_id": job.job_id, "executor": executor, "submitted": now,
-                           "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+    return todo
+
+
+def _job_dicts(specs: Sequence[RunSpec], code: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The specs as the jobs get them: plugins are imported from the snapshot when they were copied."""
+    copied = set(os.listdir(code["dir"]))
+    out = []
+    for spec in specs:
+        d = spec.to_dict()
+        if spec.plugins and all(m.split(".")[0] in copied or f"{m.split('.')[0]}.py" in copied for m in spec.plugins):
+            d["plugin_path"] = code["dir"]
+        out.append(d)
+    return out
+
+
+def _write_slurm_info(results_dir: str | Path, spec: RunSpec, job: Any, executor: str, code: Mapping[str, Any],
+                      extra: Mapping[str, Any] | None = None) -> None:
+    atomic_write_json(RunRecord(results_dir, spec.suite, spec.run_id).dir / "slurm.json",
+                      {"job_id": job.job_id, "executor": executor, "submitted": time.time(),
+                       "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+                       "code": {"sha": code["sha"], "git": code["git"]}, **(extra or {})})
+
+
+def submit(specs: Sequence[RunSpec], results_dir: str | Path, executor: str, slurm_options: Mapping[str, Any],
+           data_root: str | None = None, device: str | None = None, force: bool = False,
+           retry: frozenset[str] = DEFAULT_RETRY) -> tuple[SweepSummary, list[RunSpec], list]:
+    """Submit the runs ``run`` takes up as SLURM job arrays, one per resource set (``resource_groups``),
+    all running one snapshot of the code; returns the summary (``arrays``: one entry per array), the
+    submitted specs and their jobs."""
+    import submitit
+
+    if executor != "slurm":
+        raise FlowbenchError(f"submit: executor {executor!r}; the local executor runs through run_local")
+    left: Counter = Counter()
+    todo, done = pending(specs, results_dir, force, retry, left)
+    summary = SweepSummary(skipped=done, left=left)
+    check_slurm_reachable()
+    todo = _prepare(todo, results_dir, force, retry, summary, slurm=True)
+    if not todo:
+        return summary, [], []
+    suite = todo[0].suite
+    folder = Path(results_dir).resolve() / suite / "_slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    code = snapshot_code(folder, todo[0].plugins, todo[0].plugin_path)
+    job_fn = RunJob(str(Path(results_dir).resolve()), _absolute(data_root or os.environ.get("FLOWBENCH_DATA")),
+                    device, 1, code)
+    groups = resource_groups(todo, slurm_options)
+    common = {k: v for k, v in groups[0][0].items() if all(g[0].get(k, object()) == v for g in groups)}
+    submitted, jobs = [], []
+    for options, group in groups:
+        params = slurm_parameters(options, "slurm")
+        params.setdefault("name", f"flowbench-{suite}")
+        extra = dict(params.get("slurm_additional_parameters") or {})
+        params["slurm_additional_parameters"] = {**extra, "chdir": code["dir"]}  # the snapshot, first on sys.path
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        ex.update_parameters(**params)
+        try:
+            with _cwd(code["dir"]):
+                array = ex.map_array(job_fn, _job_dicts(group, code))
+        except Exception as err:  # sbatch refused (bad partition, account, ...)
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else err
+            done_note = f"; {len(jobs)} runs in {len(summary.arrays)} arrays were submitted before" if jobs else \
+                "; nothing was submitted"
+            raise FlowbenchError(f"submission of {len(group)} runs on {describe_resources(options)} failed: "
+                                 f"{first}{done_note}") from None
+        for spec, job in zip(group, array):
+            _write_slurm_info(results_dir, spec, job, "slurm", code)
+        summary.arrays.append((array[0].job_id.split("_")[0], len(array), describe_resources(options, common)))
+        submitted += group
+        jobs += array
     summary.statuses["submitted"] += len(jobs)
     summary.job_ids = [j.job_id for j in jobs]
-    return summary, todo, jobs
+    return summary, submitted, jobs
+
+
+def local_gpus() -> list[str]:
+    """The GPUs this machine lends to local runs: $CUDA_VISIBLE_DEVICES's entries when set (ids or
+    UUIDs), else every CUDA device torch sees; [] on a CPU-only machine."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def gpu_slots(jobs: int | None, gpus: Sequence[str], per_run: int) -> tuple[int, list[str]]:
+    """(how many runs at once, each slot's CUDA_VISIBLE_DEVICES): by default one run per ``per_run``
+    GPUs (1 without GPUs); slot k takes the next ``per_run`` GPUs round-robin, so runs started at
+    once share no GPU unless there are more slots than GPUs."""
+    if jobs is not None and jobs < 1:
+        raise FlowbenchError(f"--jobs {jobs}: expected a positive number of runs at once")
+    per_run = max(1, per_run)
+    n = jobs or (max(1, len(gpus) // per_run) if gpus else 1)
+    if not gpus:
+        return n, [""] * n
+    return n, [",".join(gpus[(k * per_run + i) % len(gpus)] for i in range(per_run)) for k in range(n)]
+
+
+def run_local(specs: Sequence[RunSpec], results_dir: str | Path, options: Mapping[str, Any],
+              jobs: int | None = None, gpus: Sequence[str] | None = None, data_root: str | None = None,
+              device: str | None = None, force: bool = False, retry: frozenset[str] = DEFAULT_RETRY,
+              progress: bool = True, poll_s: float = 0.5) -> SweepSummary:
+    """Run the pending runs as local processes (submitit's LocalExecutor), at most ``jobs`` at once,
+    each with its own GPU(s) (``gpu_slots``; CUDA_VISIBLE_DEVICES), all from one code snapshot;
+    waits for them and returns the summary (``arrays`` holds one entry: the slots and their GPUs)."""
+    import submitit
+    from tqdm.auto import tqdm
+
+    left: Counter = Counter()
+    todo, done = pending(specs, results_dir, force, retry, left)
+    summary = SweepSummary(skipped=done, left=left)
+    todo = _prepare(todo, results_dir, force, retry, summary, slurm=False)
+    if not todo:
+        return summary
+    gpus = list(local_gpus() if gpus is None else gpus) if (device or "auto") != "cpu" else []
+    tasks = int(options.get("tasks_per_node") or 1)
+    per_run = max(int(options.get("gpus_per_node") or 0), tasks) if gpus else 0
+    n, slots = gpu_slots(jobs, gpus, per_run)
+    n = min(n, len(todo))
+    folder = Path(results_dir).resolve() / todo[0].suite / "_slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    code = snapshot_code(folder, todo[0].plugins, todo[0].plugin_path)
+    params = {k: v for k, v in slurm_parameters(options, "slurm").items()
+              if not k.startswith("slurm_") and k not in ("gpus_per_node", "name")}
+    job_fn = RunJob(str(Path(results_dir).resolve()), _absolute(data_root or os.environ.get("FLOWBENCH_DATA")),
+                    device, n * tasks, code)
+    summary.arrays.append(("local", len(todo), f"{n} at once" + (f", GPUs {' | '.join(slots[:n])}" if gpus else "")))
+    queue = list(zip(todo, _job_dicts(todo, code)))
+    running: dict[int, tuple[Any, RunSpec]] = {}
+    free = list(range(n))
+    bars = progress_bars(progress)
+    with tqdm(total=len(todo), desc="runs", unit="run", disable=not bars, dynamic_ncols=True) as bar:
+        try:
+            while queue or running:
+                while queue and free:
+                    slot = free.pop(0)
+                    spec, spec_dict = queue.pop(0)
+                    ex = submitit.AutoExecutor(folder=folder, cluster="local")
+                    ex.update_parameters(**params, local_setup=[f"export CUDA_VISIBLE_DEVICES={slots[slot]}"])
+                    with _cwd(code["dir"]):
+                        job = ex.submit(job_fn, spec_dict)
+                    _write_slurm_info(results_dir, spec, job, "local", code, {"cuda_visible_devices": slots[slot]})
+                    running[slot] = (job, spec)
+                    summary.job_ids.append(job.job_id)
+                for slot, (job, spec) in list(running.items()):
+                    if not job.done():
+                        continue
+                    del running[slot]
+                    free.append(slot)
+                    free.sort()
+                    result = RunRecord(results_dir, spec.suite, spec.run_id).read_result() or {}
+                    status = result.get("status") if result.get("status") in FINAL_STATUSES else "failed"
+                    summary.statuses[status] += 1
+                    if status != "completed":
+                        summary.errors.append((spec.label, f"{result.get('error') or status} "
+                                                           f"(log: {job.paths.stderr})"))
+                    if progress and not bars:
+                        progress_line(f"[{sum(summary.statuses.values())}/{len(todo)}] {status} {spec.label} "
+                                      f"[{spec.run_id}]")
+                    bar.update(1)
+                if queue or running:
+                    time.sleep(poll_s)
+        except KeyboardInterrupt:  # the started runs checkpoint on TERM and resume on the next `run`
+            for job, _ in running.values():
+                job.cancel(check=False)
+            raise
+    return summary
 
 
 def wait(specs: Sequence[RunSpec], results_dir: str | Path, jobs: Sequence[Any], progress: bool = True,
@@ -309,7 +786,8 @@ def wait(specs: Sequence[RunSpec], results_dir: str | Path, jobs: Sequence[Any],
 
     by_job = {job.job_id: spec for job, spec in zip(jobs, specs)}
     final: dict[str, str] = {}
-    with tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True) as bar:
+    bars = progress_bars(progress)  # elsewhere than a terminal: one plain line per finished run
+    with tqdm(total=len(jobs), desc="runs", unit="run", disable=not bars, dynamic_ncols=True) as bar:
         while len(final) < len(jobs):
             for job in jobs:
                 if job.job_id in final or not job.done():
@@ -320,6 +798,8 @@ def wait(specs: Sequence[RunSpec], results_dir: str | Path, jobs: Sequence[Any],
                 if status == "preempted" and job.state in ACTIVE_STATES:
                     continue  # requeued: not finished yet
                 final[job.job_id] = status if status in FINAL_STATUSES else "failed"
+                if progress and not bars:
+                    progress_line(f"[{len(final)}/{len(jobs)}] {final[job.job_id]} {spec.label} [{spec.run_id}]")
                 bar.update(1)
                 bar.set_postfix(done=sum(s == "completed" for s in final.values()),
                                 failed=sum(s != "completed" for s in final.values()), refresh=False)
@@ -359,8 +839,8 @@ def reconcile(spec: RunSpec, results_dir: str | Path, info: Mapping[str, Any]) -
     state = info.get("state", "")
     record = RunRecord(results_dir, spec.suite, spec.run_id)
     result = record.read_result()
-    if state not in DEAD_STATES or (result and result.get("status") != "running"):
-        return None
+    if state not in DEAD_STATES or not result or result.get("status") != "running":
+        return None  # no record at all: the job ended before the run started (``decide``: lost)
     new = {**(result or {}), "run_id": spec.run_id, "status": DEAD_STATES[state],
            "error": f"SLURM job {info.get('job_id')} ended {state} before the run finished; log: {info.get('stderr')}"}
     record.write_result(new)

@@ -144,6 +144,13 @@ def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None 
     published = load_published(published_path)
     tables = build_tables(records, published)
     path = Path(out_dir) / suite
+    old_figures = sorted(p for p in (path / "figures").glob("*") if p.is_file()) if (path / "figures").is_dir() else []
+    if old_figures and not figures:  # never a thinner report over a fuller one
+        from bench.errors import FlowbenchError
+
+        raise FlowbenchError(f"{path} holds a report with figures ({len(old_figures)} files in {path / 'figures'}); "
+                             "a report without figures would replace its index.html: drop --no-figures, "
+                             "or write elsewhere with --out DIR")
     path.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     md = render_markdown(suite, records, tables, differences)
@@ -169,34 +176,26 @@ def write_report(df, suite: str, out_dir: str | os.PathLike, metric: str | None 
         from bench import plots
 
         figs = plots.all_figures(records, tables, path / "figures", pool=figure_pool)
+        made = {p.name for png in figs.values() for p in (png, png.with_suffix(".pdf"))}
+        for stale in old_figures:  # figures of an earlier report these records no longer make
+            if stale.name not in made:
+                stale.unlink(missing_ok=True)
     files["html"] = path / "index.html"
-    files["html"].write_text(render_html(suite, records, tables, figs, published, differences))
+    files["html"].write_text(render_html(suite, records, tables, figs, published, differences, out_dir=path))
     return Report(suite, path, records, tables, figs, files, md)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #ddd}
-thead th{border-bottom:2px solid #444}td{white-space:nowrap}tbody th{text-align:left}td.pub,td.gap{color:#777;font-size:90%}
-figure{display:inline-block;margin:0.5em;vertical-align:top}figure img{max-width:560px;border:1px solid #eee}
-pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}.small{font-size:85%;color:#555}
-"""
-
-_CHECK_JS = """
-window.addEventListener('load', function () {
-  var imgs = document.images, ok = 0;
-  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
-  document.body.setAttribute('data-images', ok + '/' + imgs.length);
-  document.body.setAttribute('data-tables', String(document.querySelectorAll('table.results').length));
-});
-"""
-
-
 def render_html(suite: str, records: Records, tables: Sequence[Table], figures: dict[str, Path], published=None,
-                differences: Sequence[str] = ()) -> str:
-    """A self-contained page: tables, figures as base64 PNG, environment, failed and missing runs."""
+                differences: Sequence[str] = (), out_dir: str | os.PathLike | None = None) -> str:
+    """A self-contained page: tables, figures as base64 PNG, environment, failed and missing runs.
+
+    Every table sorts by a click on a header and has a filter box (``bench.html``: plain script in
+    the page, views shareable as ``#sort=COL:desc&filter=TEXT`` links); each failed run links to its
+    log, error and training log by paths relative to ``out_dir``, the folder the page is written to
+    (file: URIs when it is not given)."""
     import base64
+
+    from bench.html import failed_runs_html, page
 
     esc = html.escape
     body = [f"<h1>flowbench report: {esc(suite)}</h1>",
@@ -216,7 +215,7 @@ def render_html(suite: str, records: Records, tables: Sequence[Table], figures: 
         if not records.has_variants:
             counts = counts.drop(columns="variant")
         body.append("<h3>runs per model and dataset</h3>")
-        body.append(counts.to_html(index=False, classes="counts", border=0))
+        body.append(counts.to_html(index=False, classes="counts", border=0, table_id="counts"))
     if figures:
         body.append("<h2>figures</h2>")
         for name, png in figures.items():
@@ -230,26 +229,17 @@ def render_html(suite: str, records: Records, tables: Sequence[Table], figures: 
         body.append(esc("\n".join(run_label(*k) for k in records.missing)))
         body.append("</pre>")
     if not records.failed.empty:
-        body.append(f'<h2 id="failed">failed runs ({len(records.failed)})</h2><table class="failed"><thead><tr>'
-                    "<th>run</th><th>run_id</th><th>status</th><th>error</th></tr></thead><tbody>")
-        for row in records.failed.itertuples():
-            err = str(getattr(row, "error", "") or "")
-            body.append(f"<tr><th>{esc(run_label(row.model, row.variant, row.dataset, row.seed))}</th>"
-                        f"<td>{esc(str(row.run_id))}"
-                        f"</td><td>{esc(str(row.status))}</td><td style='text-align:left'><pre>{esc(err)}</pre></td></tr>")
-        body.append("</tbody></table>")
+        body += failed_runs_html(records.failed, out_dir, run_label)
     env = environment_summary(records)
     if not env.empty:
         body.append("<h2>environment</h2>")
-        body.append(env.to_html(index=False, classes="env", border=0))
+        body.append(env.to_html(index=False, classes="env", border=0, table_id="environment"))
     if published is not None and not published.empty:
         pub = published[published["dataset"].isin(records.datasets)]
         if not pub.empty:
             body.append("<h2>published numbers for these datasets</h2>")
-            body.append(pub.to_html(index=False, classes="published", border=0, na_rep=""))
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>flowbench: {esc(suite)}</title><style>{_CSS}</style><script>{_CHECK_JS}</script></head>"
-            "<body>\n" + "\n".join(body) + "\n</body></html>\n")
+            body.append(pub.to_html(index=False, classes="published", border=0, na_rep="", table_id="published"))
+    return page(f"flowbench: {suite}", body)
 
 
 def status_counts(df) -> dict[str, Any]:

@@ -27,10 +27,19 @@ import yaml
 from baselines.constraints import Choice, Invalid, Range, Seed, conform
 from bench import variants as _variants
 from bench.errors import FlowbenchError, did_you_mean
+from bench.trackers import check_trackers
 from bench.metrics import SUITE_METRICS
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defines each)
+
+
+def suite_metrics() -> tuple[str, ...]:
+    """A suite's `metric:` choices now: METRICS plus any headline metric a registered dataset declared
+    (``register_dataset(metric=Metric(...))`` adds it to ``bench.metrics.METRICS``)."""
+    from bench import metrics
+
+    return (*METRICS, *(n for n, m in metrics.METRICS.items() if m.suite_metric and n not in METRICS))
 
 
 # -- YAML: 1e-3 is a float (YAML 1.1 wants 1.0e-3); no duplicate keys; aliases bounded ----------
@@ -170,18 +179,20 @@ SUITE_KEYS = {
     "models": "list of model names, or a mapping name -> hyperparameters",
     "seeds": "list of integer seeds",
     "train": "training defaults (see TRAIN_FIELDS)",
-    "overrides": "list of {match: {model, dataset}, model:, train:, data:, skip:, setting:, published_model:}",
+    "overrides": "list of {match: {model, dataset}, model:, train:, data:, skip:, setting:, published_model:, slurm:}",
     "grid": "settings to sweep: dotted key -> list of values (every combination is a variant), optional match:",
-    "variants": "named variants: name -> {train:, model:, data: (or dotted keys), match:, setting:, published_model:}",
+    "variants": "named variants: name -> {train:, model:, data: (or dotted keys), match:, setting:, published_model:, "
+                "slurm:}",
     "setting": "the setting of the published rows the suite reproduces (baselines/published.csv's `setting`)",
     "data_root": "where loaders find real data files",
-    "plugins": "modules to import that register extra models",
+    "plugins": "modules to import that register extra models and datasets",
     "slurm": "SLURM resources for --executor slurm",
+    "trackers": "experiment trackers every run logs to: tensorboard, mlflow, wandb (off by default; not in the run id)",
     "check": "tolerances for `flowbench check`",
     "sources": "where the hyperparameters come from (free text or mapping)",
     "differences": "differences from the papers kept on purpose (a list of lines; shown under the report's table)",
 }
-OVERRIDE_KEYS = ("match", "model", "train", "data", "skip", "setting", "published_model")
+OVERRIDE_KEYS = ("match", "model", "train", "data", "skip", "setting", "published_model", "slurm")
 
 
 def declaration(spec: Field) -> Any:
@@ -253,6 +264,8 @@ class RunSpec:
     published_model: str = ""  # the published rows' model name when not the model's own; not in the run id
     plugins: list[str] = field(default_factory=list)  # the suite's plugin modules, imported by worker processes
     plugin_path: str = ""  # the folder plugins were imported from (the submitting process's working directory)
+    slurm: dict[str, Any] = field(default_factory=dict)  # SLURM resources (suite < override < variant); not in the run id
+    trackers: list[str] = field(default_factory=list)  # experiment trackers (bench.trackers); not in the run id
 
     def content(self) -> dict[str, Any]:
         """Everything that determines the result (the suite's name, the variant's label and the
@@ -277,7 +290,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "suite": self.suite, "variant": self.variant, "sweep": self.sweep,
                 "setting": self.setting, "published_model": self.published_model, "plugins": self.plugins,
-                "plugin_path": self.plugin_path, **self.content()}
+                "plugin_path": self.plugin_path, "slurm": self.slurm, "trackers": self.trackers, **self.content()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
@@ -286,7 +299,8 @@ class RunSpec:
                    train=dict(d.get("train", {})), metric=d.get("metric", "nll"), variant=d.get("variant") or "",
                    sweep=dict(d.get("sweep") or {}), setting=d.get("setting") or "",
                    published_model=d.get("published_model") or "", plugins=list(d.get("plugins") or []),
-                   plugin_path=d.get("plugin_path") or "")
+                   plugin_path=d.get("plugin_path") or "", slurm=dict(d.get("slurm") or {}),
+                   trackers=list(d.get("trackers") or []))
 
     def import_plugins(self) -> None:
         """Import the suite's plugin modules in this process (a worker started by an executor), so their
@@ -306,6 +320,7 @@ class Override:
     skip: bool = False  # leave the matched (model, dataset) pairs out of the grid
     setting: str | None = None  # the published setting of the matched pairs (None: unchanged)
     published_model: str | None = None  # the published rows' model name for the matched pairs
+    slurm: dict[str, Any] = field(default_factory=dict)  # SLURM resources of the matched pairs' runs
 
     def applies(self, model: str, dataset: str) -> bool:
         return (self.models is None or model in self.models) and (self.datasets is None or dataset in self.datasets)
@@ -329,6 +344,7 @@ class Suite:
     differences: list[str] = field(default_factory=list)
     setting: str = ""  # the published setting the suite reproduces
     axes: _variants.Axes = field(default_factory=_variants.Axes)  # grid: and variants:
+    trackers: list[str] = field(default_factory=list)  # experiment trackers of every run (bench.trackers)
 
     def runs(self, only: Mapping[str, set[str]] | None = None, seeds: Iterable[int] | None = None,
              sets: Iterable[str] = (), check_models: bool = True) -> list[RunSpec]:
@@ -355,8 +371,8 @@ class Suite:
         cli_variant = _variants.from_sets(cli)
         self.axes.check_sets(cli_variant)
         metric = cli.pop("metric", self.metric)
-        if metric not in METRICS:
-            raise FlowbenchError(f"--set metric={metric}: unknown metric{did_you_mean(str(metric), METRICS)}")
+        if metric not in suite_metrics():
+            raise FlowbenchError(f"--set metric={metric}: unknown metric{did_you_mean(str(metric), suite_metrics())}")
 
         specs: list[RunSpec] = []
         labels: set[str] = set()
@@ -378,7 +394,8 @@ class Suite:
                         specs.append(RunSpec(self.name, model, dataset, seed, copy.deepcopy(base.model_config),
                                              dict(base.data_config), dict(base.train), run_metric, base.variant,
                                              dict(base.sweep), base.setting, base.published_model,
-                                             list(self.plugins), os.getcwd() if self.plugins else ""))
+                                             list(self.plugins), os.getcwd() if self.plugins else "",
+                                             dict(base.slurm), list(self.trackers)))
         for wanted in only.get("variant", ()):
             if not any(_variants.matches(label, wanted) for label in labels):
                 raise FlowbenchError(f'--only variant={wanted}: the suite "{self.name}" has no variant "{wanted}"'
@@ -395,9 +412,10 @@ class Suite:
         overrides < the variant (named, then grid point) < ``--set``; two variants that resolve to
         the same settings are an error."""
         model_base, train_base, data_base = dict(hparams), {**TRAIN_DEFAULTS, **self.train}, dict(data_options)
-        setting, published_model = self.setting, ""
+        setting, published_model, slurm = self.setting, "", dict(self.slurm)
         for ov in self.overrides:
             if ov.applies(model, dataset):
+                slurm.update(ov.slurm)
                 model_base.update(ov.model), train_base.update(ov.train), data_base.update(ov.data)
                 setting = ov.setting if ov.setting is not None else setting
                 published_model = ov.published_model if ov.published_model is not None else published_model
@@ -413,7 +431,8 @@ class Suite:
                 model_cfg = resolve_model_config(model, model_cfg, f"{where}: models.{model}")
             spec = RunSpec(self.name, model, dataset, 0, model_cfg, data_cfg, train_cfg, "-", var.label,
                            dict(var.sweep), var.setting if var.setting is not None else setting,
-                           var.published_model if var.published_model is not None else published_model)
+                           var.published_model if var.published_model is not None else published_model,
+                           slurm={**slurm, **var.slurm})
             if spec.run_id in seen:
                 raise FlowbenchError(f'{self.path}: variants "{seen[spec.run_id]}" and "{var.label}" give identical '
                                      f"runs of {model} on {dataset} (the same settings); make them differ or drop one")
@@ -429,7 +448,8 @@ def _check_budget(train: Mapping[str, Any], where: str) -> None:
 
 def resolve_data_options(dataset: str, options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Dataset options with the loader's defaults filled in, each checked against its declaration
-    (``bench.data.REGISTRY``: type and range; an undeclared option is only kept sane)."""
+    (the loader's signature, read by ``bench.data.REGISTRY``: type and range; an undeclared option is only
+    kept sane)."""
     from bench.data import REGISTRY
 
     entry = REGISTRY[dataset]
@@ -446,16 +466,16 @@ _signatures: dict[str, inspect.Signature] = {}
 
 
 def _builder_signature(model: str) -> inspect.Signature:
-    """The builder's signature with its annotations evaluated (they declare types and ranges); a
-    plug-in whose annotations do not evaluate keeps them as text, and its values go unchecked."""
-    from baselines.registry import get_builder
+    """The builder's signature as suites see it (``baselines.registry.flat_signature``): an options
+    dataclass parameter stands for its fields, flat; annotations evaluated (they declare types and
+    ranges); a plug-in whose annotations do not evaluate keeps them as text, and its values go unchecked."""
+    from baselines.registry import flat_signature, get_builder
 
     if model not in _signatures:
-        builder = get_builder(model)
         try:
-            _signatures[model] = inspect.signature(builder, eval_str=True)
-        except Exception:  # noqa: BLE001 - e.g. names imported only under TYPE_CHECKING
-            _signatures[model] = inspect.signature(builder)
+            _signatures[model] = flat_signature(get_builder(model))
+        except TypeError as err:  # a field declared twice: the builder's code must change
+            raise FlowbenchError(f'model "{model}": {err}') from None
     return _signatures[model]
 
 
@@ -646,8 +666,8 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 
     seeds = check_seeds(raw.get("seeds", [0]), f"{path}: seeds")
     metric = raw.get("metric", "auto")
-    if metric not in METRICS:
-        raise FlowbenchError(f'{path}: metric: unknown metric "{metric}"{did_you_mean(str(metric), METRICS)}')
+    if metric not in suite_metrics():
+        raise FlowbenchError(f'{path}: metric: unknown metric "{metric}"{did_you_mean(str(metric), suite_metrics())}')
     train = check_train(raw.get("train") or {}, f"{path}: train")
     overrides = [_override(o, i, path, models, datasets) for i, o in enumerate(raw.get("overrides") or [])]
     axes = _variants.Axes(_variants.parse_variants(raw.get("variants"), f"{path}: variants", models, datasets),
@@ -666,7 +686,8 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
                  datasets=datasets, models=models, seeds=seeds, train=train, overrides=overrides,
                  data_root=data_root, plugins=list(plugins),
                  slurm=dict(raw.get("slurm") or {}), check=dict(raw.get("check") or {}),
-                 differences=[" ".join(d.split()) for d in differences], setting=" ".join(setting.split()), axes=axes)
+                 differences=[" ".join(d.split()) for d in differences], setting=" ".join(setting.split()), axes=axes,
+                 trackers=check_trackers(raw.get("trackers"), f"{path}: trackers"))
 
 
 def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mapping) -> Override:
@@ -686,10 +707,22 @@ def _override(raw: Any, index: int, path: Path, models: Mapping, datasets: Mappi
     return Override(models=match_models, datasets=match_datasets, model=dict(raw.get("model") or {}),
                     train=check_train(raw.get("train") or {}, f"{where}.train"), data=dict(raw.get("data") or {}),
                     skip=skip, setting=_variants.optional_text(raw, "setting", where),
-                    published_model=_variants.optional_text(raw, "published_model", where))
+                    published_model=_variants.optional_text(raw, "published_model", where),
+                    slurm=_variants.slurm_resources(raw.get("slurm"), f"{where}.slurm"))
 
 
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def import_suite_plugins(name_or_path: str | os.PathLike) -> list[str]:
+    """Import a suite's ``plugins:`` modules (and nothing else of it), so that their models and datasets
+    are listed and verified; the module names."""
+    path = find_suite(name_or_path)
+    raw = read_yaml(path)
+    plugins = _plugins(raw, path) if isinstance(raw, Mapping) else []
+    for module in plugins:
+        _import_plugin(module, path)
+    return plugins
 
 
 def _plugins(raw: Mapping, path: Path) -> list[str]:

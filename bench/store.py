@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.errors import FlowbenchError
+from bench.errors import FlowbenchError, did_you_mean
 
 log = logging.getLogger("flowbench")
 
@@ -423,10 +423,32 @@ def acquire_claim(path: Path) -> Claim:
         tmp.unlink(missing_ok=True)
 
 
+def build_model(model: str, info: Any, config: dict[str, Any], where: str) -> Any:
+    """The model ``model`` for the data ``info`` (a ``DataInfo``) with the hyperparameters ``config``
+    (a run spec's ``model_config``, flat): the one way a run's model is built, for training
+    (``bench.train.Trainer``) and for rebuilding a finished run (``load_model``), so both build the
+    same model. Raises FlowbenchError naming ``where`` when the model is not registered or its
+    builder does not take one of the hyperparameters."""
+    from baselines.registry import call_builder, flat_signature, get_builder, model_names
+
+    try:
+        builder = get_builder(model)
+    except KeyError:
+        raise FlowbenchError(f'{where}: unknown model "{model}"{did_you_mean(model, model_names())}; a plug-in '
+                             "model needs its module imported first (a suite's plugins:)") from None
+    known = list(flat_signature(builder).parameters)[1:]
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        raise FlowbenchError(f'{where}: model "{model}" takes no hyperparameter {", ".join(map(repr, unknown))}'
+                             f"{did_you_mean(str(unknown[0]), known)}; its code changed since the run was "
+                             "specified: re-run it with --force")
+    return call_builder(builder, info, config)
+
+
 def load_model(run_dir: str | os.PathLike, data_root: str | None = None) -> tuple[Any, Any]:
     """Rebuild a completed run's model (best-validation weights, ``model.pt``) in eval mode; returns
-    (model, dataset). Raises FlowbenchError naming the run when its files are missing or do not fit."""
-    from baselines.registry import get_builder
+    (model, dataset). Raises FlowbenchError naming the run when its files are missing or do not fit.
+    Nothing the run folder names is imported: a plug-in model's module must be imported already."""
     from bench.data import load_dataset
 
     run_dir = Path(run_dir)
@@ -446,7 +468,10 @@ def load_model(run_dir: str | os.PathLike, data_root: str | None = None) -> tupl
     data = load_dataset(spec["dataset"], spec.get("data_config", {}), data_root)
     config = state.get("model_config")
     config = config if isinstance(config, dict) else spec.get("model_config", {})
-    model = get_builder(spec["model"])(data.info, **config)
+    if not isinstance(config, dict):
+        raise FlowbenchError(f"run {run_dir}: spec.json's model_config is {type(config).__name__}, not a mapping of "
+                             "hyperparameters; re-run it with --force")
+    model = build_model(str(spec.get("model")), data.info, config, f"run {run_dir}")
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as err:

@@ -33,7 +33,8 @@ from bench.env import environment
 from bench.errors import FlowbenchError
 from bench.metrics import peak_memory_mb, reported_metrics
 from bench.spec import RunSpec
-from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, load_tensors
+from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
+from bench.trackers import Trackers
 
 _stop = threading.Event()
 
@@ -231,7 +232,9 @@ class Polyak:
         self.updates = int(state["updates"])
 
 
-def read_nfe(model: torch.nn.Module) -> tuple[int, int]:
+def read_model_nfe(model: torch.nn.Module) -> tuple[int, int]:
+    """(forward, backward) ODE evaluations of ``model`` since the last read, from its own ``read_nfe()``
+    (which resets its counters); (0, 0) for a model that counts none (a discrete flow)."""
     reader = getattr(model, "read_nfe", None)
     return reader() if reader is not None else (0, 0)
 
@@ -284,7 +287,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.
                 if logdet is not None and (key == "nll" or key.startswith("nll_")):
                     value = value - logdet
                 sums[key] = sums.get(key, 0.0) + float(value.double().sum())
-            nfe_forward += read_nfe(model)[0]
+            nfe_forward += read_model_nfe(model)[0]
             batches += 1
     model.train(was_training)
     if dist.world > 1:
@@ -306,8 +309,6 @@ class Trainer:
 
     def __init__(self, spec: RunSpec, record: RunRecord, data_root: str | None = None,
                  device: str | None = None, progress: bool = True, claim: Claim | None = None):
-        from baselines.registry import get_builder
-
         self.spec, self.record, self.claim = spec, record, claim
         self.train = spec.train
         self.dist = init_distributed()
@@ -317,7 +318,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.data = load_dataset(spec.dataset, spec.data_config, data_root)
         seed_everything(spec.seed)
-        self.model = get_builder(spec.model)(self.data.info, **spec.model_config).to(self.device)
+        self.model = build_model(spec.model, self.data.info, spec.model_config, f"run {spec.label}").to(self.device)
         self.optimizer = make_optimizer(self.model, self.train)
         polyak = self.train.get("polyak")
         self.polyak = Polyak(self.model, polyak) if polyak is not None else None
@@ -334,6 +335,7 @@ class Trainer:
         self._perm: torch.Tensor | None = None
         self._stop_agreed = False  # multi-process runs stop together, on the step all agree on
         self._lr_varies = bool(self.train["warmup_steps"]) or self.train["schedule"] != "constant"
+        self.trackers = Trackers(spec, record, enabled=self.dist.main)  # opened at the first metrics line
         if record.checkpoint_path.exists():
             self._resume()
 
@@ -506,6 +508,7 @@ class Trainer:
         s.window_stats = {}
         if self.dist.main:
             self.record.write_metrics(s.history)
+            self.trackers.log(s.history)  # TensorBoard / MLflow / wandb, when the spec names them
         if metric is None:
             raise FlowbenchError(f"run {self.spec.label}: the headline metric \"{self.spec.metric}\" is not among "
                                  f"the evaluation terms {sorted(val)}; set the suite's metric:")
@@ -549,7 +552,7 @@ class Trainer:
                         self._validate(pbar)
                     break
                 s.train_seconds += time.perf_counter() - start
-                forward, backward = read_nfe(self.model)
+                forward, backward = read_model_nfe(self.model)
                 s.step += 1
                 s.window_loss += loss
                 s.window_steps += 1
@@ -674,6 +677,8 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
         s = trainer.state
         result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
     result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
+    if trainer is not None:
+        trainer.trackers.finish(result)  # test metrics; closes them (never raises)
     if trainer is not None and not trainer.dist.main:
         return result  # the main process writes the record
     try:

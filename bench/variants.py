@@ -21,7 +21,7 @@ from typing import Any
 from bench.errors import FlowbenchError, did_you_mean
 
 SECTIONS = ("train", "model", "data")
-VARIANT_KEYS = ("match", "setting", "published_model", *SECTIONS)
+VARIANT_KEYS = ("match", "setting", "published_model", "slurm", *SECTIONS)
 _NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
@@ -36,6 +36,7 @@ class Variant:
     published_model: str | None = None  # the published rows' model name (None: the model's own)
     models: frozenset[str] | None = None  # match: (None: every model)
     datasets: frozenset[str] | None = None
+    slurm: Mapping[str, Any] = field(default_factory=dict)  # SLURM resources of its runs (not in the run id)
 
     def applies(self, model: str, dataset: str) -> bool:
         """Whether the variant's match: takes in this (model, dataset) pair."""
@@ -55,14 +56,16 @@ def combine(parts: Iterable[Variant]) -> Variant:
     settings: dict[str, dict[str, Any]] = {}
     sweep: dict[str, Any] = {}
     setting = published = None
+    slurm: dict[str, Any] = {}
     for p in parts:
         for section, values in p.settings.items():
             settings.setdefault(section, {}).update(values)
         sweep.update(p.sweep)
+        slurm.update(p.slurm)
         setting = p.setting if p.setting is not None else setting
         published = p.published_model if p.published_model is not None else published
     label = " ".join(p.label for p in parts if p.label)
-    return Variant(label, settings, sweep, setting, published)
+    return Variant(label, settings, sweep, setting, published, slurm=slurm)
 
 
 # -- labels -------------------------------------------------------------------------------------
@@ -151,6 +154,19 @@ def optional_text(raw: Mapping, key: str, where: str) -> str | None:
     return " ".join(value.split()) if value is not None else None
 
 
+def slurm_resources(raw: Any, where: str) -> dict[str, Any]:
+    """A ``slurm:`` mapping of an override or variant (resources of its runs only: never in the run id),
+    each key checked as the suite's are."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise FlowbenchError(f"{where}: expected a mapping of SLURM resources, e.g. {{gpus_per_node: 4}}, got {raw!r}")
+    from bench.launch import slurm_parameters  # launch imports spec, which imports this module
+
+    slurm_parameters(raw, where, defaults=False)
+    return dict(raw)
+
+
 def parse_settings(raw: Mapping, where: str, extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Sections (``train: {lr: 1e-3}``) and dotted keys (``train.lr: 1e-3``) -> section -> name -> value;
     keys in ``extra`` are left to the caller, anything else is an error naming ``where``."""
@@ -186,9 +202,10 @@ def parse_variants(raw: Any, where: str, models: Mapping, datasets: Mapping) -> 
         if not isinstance(body, Mapping):
             raise FlowbenchError(f"{at}: expected a mapping of settings, got {body!r}")
         ms, ds = parse_match(body["match"], at, models, datasets) if "match" in body else (None, None)
-        settings = parse_settings(body, at, extra=("match", "setting", "published_model"))
+        settings = parse_settings(body, at, extra=("match", "setting", "published_model", "slurm"))
         out.append(Variant(name, settings, {}, optional_text(body, "setting", at),
-                           optional_text(body, "published_model", at), ms, ds))
+                           optional_text(body, "published_model", at), ms, ds,
+                           slurm_resources(body.get("slurm"), f"{at}.slurm")))
     return out
 
 

@@ -1,9 +1,20 @@
 """Speed and memory of the discrete flows (RealNVP, Glow, i-ResNet): one training step.
 
-    python benchmarks/bench_discrete.py            # every case, each in its own process
-    python benchmarks/bench_discrete.py --quick    # fewer steps
+    python benchmarks/bench_discrete.py                 # interleaved: the cases with a normflows twin
+    python benchmarks/bench_discrete.py --separate      # every case, each measurement in its own process
+    python benchmarks/bench_discrete.py --quick         # fewer steps
 
-For each case three numbers: seconds per step of the same architecture built with normflows
+Interleaved (the default): per case, in one process, normflows' twin in a bare loop, our model in
+the same bare loop and our model in the harness's loop (``bench.train.Trainer``: the body of its
+``fit`` loop around ``_step``) take their steps in turn, the order reversed every step, so load from
+other processes hits all three alike. CPU (process) seconds per step, median over the timed steps,
+and the ratios: normflows / harness (speed of ours in the harness relative to normflows; >= 1.0
+means no slower) and harness / bare - 1 (what the harness adds to a step). ``--profile`` adds a
+cProfile of the harness's steps (the top entries by own time). Cases: realnvp-tab (8 couplings,
+6-D, batch 1,024), glow-img (L = 3, K = 4, 1x28x28, batch 64), iresnet-2d (4 blocks, 2-D, batch
+1,024; normflows' twin: ``nf.flows.Residual`` over ``nf.nets.LipschitzMLP``).
+
+Separate (``--separate``): for each case three numbers: seconds per step of the same architecture built with normflows
 alone in a bare loop (Adam, mean NLL), of our model in the same bare loop, and of our model inside
 the harness's loop (``bench.train.Trainer``, on a synthetic dataset of the same shape), with the
 peak memory of each (max RSS growth of a fresh process on a CPU, the allocator's peak on a GPU).
@@ -26,8 +37,9 @@ from pathlib import Path
 
 import torch
 
-BATCH = {"tabular": 1024, "image": 64}
-SHAPE = {"tabular": (6,), "image": (1, 28, 28)}
+BATCH = {"toy": 1024, "tabular": 1024, "image": 64}
+SHAPE = {"toy": (2,), "tabular": (6,), "image": (1, 28, 28)}
+INTERLEAVED = ("realnvp-tab", "glow-img", "iresnet-2d")  # the default run: cases with a normflows twin
 
 # case -> (model name, hparams, kind, normflows twin or None, note)
 CASES: dict[str, tuple[str, dict, str, str | None, str]] = {
@@ -39,6 +51,8 @@ CASES: dict[str, tuple[str, dict, str, str | None, str]] = {
                  "K = 8 steps, MLP 256-256"),
     "iresnet-tab": ("iresnet", {"n_blocks": 4, "hidden": 128, "n_hidden": 2, "train_series_terms": 5}, "tabular",
                     "nf_residual", "4 blocks, 128-128, 5 series terms, 1 probe"),
+    "iresnet-2d": ("iresnet", {"n_blocks": 4, "hidden": 128, "n_hidden": 2, "train_series_terms": 5}, "toy",
+                   "nf_residual", "2-D, 4 blocks, 128-128, 5 series terms, 1 probe"),
     "glow-img": ("glow", {"n_levels": 3, "n_steps": 4, "hidden": 64}, "image", "nf_glow_image",
                  "L = 3, K = 4, hidden 64"),
     "realnvp-img": ("realnvp", {"n_scales": 2, "hidden": 32, "n_blocks": 2}, "image", None,
@@ -130,39 +144,143 @@ def bare_steps(net: torch.nn.Module, log_prob, batch: torch.Tensor, steps: int, 
     return times
 
 
-def _synthetic_dataset(name: str, root, kind: str = "tabular", n: int = 8192):
-    """A dataset of the case's shape for the harness's loop (random values; speed only)."""
+def _synthetic_dataset(name: str, root, *, kind: str = "tabular", n: int = 8192):
+    """A dataset of the case's shape for the harness's loop (random values; speed only). Images are
+    8-bit values with the image loaders' preprocessing (dequantise, logit), as real runs have it."""
     from bench.data.base import DataInfo, Dataset, Split
 
     gen = torch.Generator().manual_seed(0)
     shape = SHAPE[kind]
-    x = torch.rand(n, *shape, generator=gen) if kind == "image" else torch.randn(n, *shape, generator=gen)
-    info = DataInfo(name, kind, shape, levels=256 if kind == "image" else None)
-    return Dataset(info, Split(x), Split(x[:256]), Split(x[:256]))
+    if kind == "image":
+        from bench.data.images import make_preprocess
+
+        x = torch.randint(0, 256, (n, *shape), generator=gen).float()
+        info = DataInfo(name, kind, shape, metric="bpd", levels=256)
+        return Dataset(info, Split(x), Split(x[:256]), Split(x[:256]), preprocess=make_preprocess(256))
+    x = torch.randn(n, *shape, generator=gen)
+    return Dataset(DataInfo(name, kind, shape), Split(x), Split(x[:256]), Split(x[:256]))
 
 
-def harness_steps(model: str, hp: dict, kind: str, steps: int, tmp: Path) -> list[float]:
-    """Seconds of each of ``bench.train.Trainer``'s training steps on a synthetic dataset of the shape."""
-    from bench.data import REGISTRY, DatasetEntry
+def make_trainer(model: str, hp: dict, kind: str, steps: int, tmp: Path):
+    """``bench.train.Trainer`` for ``model`` on a synthetic dataset of the kind's shape (registered
+    as ``bench-<kind>``), Adam lr 1e-4, no evaluation or checkpoint within ``steps``."""
+    from bench.data import REGISTRY
+    from bench.data.base import GENERATED
+    from bench.data.registry import register_dataset
     from bench.spec import TRAIN_DEFAULTS, RunSpec
     from bench.store import RunRecord
     from bench.train import Trainer
 
     name = f"bench-{kind}"
-    REGISTRY[name] = DatasetEntry("bench_discrete:_synthetic_dataset", kind, "synthetic", {"kind": kind})
-    train = {**TRAIN_DEFAULTS, "max_steps": steps + 3, "batch_size": BATCH[kind], "lr": 1e-4,
+    if name not in REGISTRY:
+        register_dataset(name, kind=kind, description=f"synthetic {kind} data of the benchmark's shape (speed only)",
+                         metric="bpd" if kind == "image" else "nll", files=GENERATED)(_synthetic_dataset)
+    train = {**TRAIN_DEFAULTS, "max_steps": steps + 10, "batch_size": BATCH[kind], "lr": 1e-4,
              "eval_every": 10**9, "checkpoint_every": 10**9, "eval_max_examples": 64, "eval_batch_size": 64}
-    spec = RunSpec("bench", model, name, 0, hp, {"kind": kind}, train, "nll")
+    spec = RunSpec("bench", model, name, 0, hp, {"kind": kind}, train, "bpd" if kind == "image" else "nll")
     record = RunRecord(tmp, "bench", spec.run_id)
     record.create(spec.to_dict())
-    trainer = Trainer(spec, record, device="cpu", progress=False)
+    return Trainer(spec, record, device="cpu", progress=False)
+
+
+def harness_step(trainer) -> None:
+    """One iteration of ``Trainer.fit``'s loop minus the progress bar: the solve limits, ``_step``
+    (batch draw, preprocessing, learning rate, training loss, backward, Adam), the NFE read and the
+    loop's bookkeeping and budget check."""
+    from bench.train import read_model_nfe
+
+    s = trainer.state
+    start = time.perf_counter()
+    with trainer._solve_limits(None):
+        loss = trainer._step()
+    s.train_seconds += time.perf_counter() - start
+    forward, backward = read_model_nfe(trainer.model)
+    s.step += 1
+    s.window_loss += loss
+    s.window_steps += 1
+    s.nfe_forward += forward
+    s.nfe_backward += backward
+    s.stop_reason = trainer._budget_reached()
+
+
+def harness_steps(model: str, hp: dict, kind: str, steps: int, tmp: Path) -> list[float]:
+    """Seconds of each of ``bench.train.Trainer``'s training steps on a synthetic dataset of the shape."""
+    trainer = make_trainer(model, hp, kind, steps, tmp)
     times = []
-    for i in range(3 + steps):  # the loop's step: batch draw, preprocess, lr, training_loss, backward, Adam
+    for i in range(3 + steps):
         start = time.perf_counter()
-        trainer._step()
+        harness_step(trainer)
         if i >= 3:
             times.append(time.perf_counter() - start)
     return times
+
+
+def interleaved_case(case: str, steps: int, warmup: int = 3, profile: bool = False) -> dict[str, dict[str, float]]:
+    """normflows' twin (bare loop), ours (bare loop) and ours in the harness's loop, in this process,
+    one step each in turn, the order reversed every step. Per variant: median and minimum CPU
+    (process) seconds and median wall seconds over the ``steps`` timed steps, and the parameter count."""
+    import cProfile
+    import pstats
+
+    from baselines.registry import get_builder
+    from bench.data.base import DataInfo
+
+    model, hp, kind, twin, _ = CASES[case]
+    shape = SHAPE[kind]
+    torch.manual_seed(0)
+    batch = torch.rand(BATCH[kind], *shape) if kind == "image" else torch.randn(BATCH[kind], *shape)
+    if kind == "image":  # our bare model sees what the harness feeds it: logit of dequantised pixels
+        from bench.data.images import make_preprocess
+
+        batch, _ = make_preprocess(256)((batch * 255).round(), True)
+    variants = {}
+    if twin:
+        nf_net = globals()[twin](shape[0] if len(shape) == 1 else shape, hp)
+        variants["normflows"] = bare_stepper(nf_net, getattr(nf_net, "log_prob_x", nf_net.log_prob), batch)
+    ours = get_builder(model)(DataInfo("bench", kind, shape), **hp)
+    ours.train()
+    variants["ours bare"] = bare_stepper(ours, ours.log_prob, batch)
+    tmp = tempfile.TemporaryDirectory()
+    trainer = make_trainer(model, hp, kind, warmup + steps, Path(tmp.name))
+    variants["ours harness"] = lambda: harness_step(trainer)
+    profiler = cProfile.Profile() if profile else None
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for i in range(warmup + steps):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            if profiler is not None and name == "ours harness" and i >= warmup:
+                profiler.enable()
+            c, w = time.process_time(), time.perf_counter()
+            variants[name]()
+            c, w = time.process_time() - c, time.perf_counter() - w
+            if profiler is not None:
+                profiler.disable()
+            if i >= warmup:
+                cpu[name].append(c)
+                wall[name].append(w)
+    tmp.cleanup()
+    if profiler is not None:
+        print(f"-- {case}: cProfile of the harness's {steps} steps, top 15 by own time")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    params = {"normflows": sum(p.numel() for p in nf_net.parameters() if p.requires_grad) if twin else 0,
+              "ours": sum(p.numel() for p in ours.parameters() if p.requires_grad)}
+    return {name: {"cpu": statistics.median(cpu[name]), "cpu_min": min(cpu[name]),
+                   "wall": statistics.median(wall[name]), "params": params["normflows" if name == "normflows" else "ours"]}
+            for name in variants}
+
+
+def bare_stepper(net: torch.nn.Module, log_prob, batch: torch.Tensor):
+    """A closure taking one mean-NLL Adam step of ``net`` on the fixed ``batch`` (the bare loop)."""
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        loss = -log_prob(batch).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def run_case(case: str, which: str, steps: int) -> dict:
@@ -192,6 +310,26 @@ def run_case(case: str, which: str, steps: int) -> dict:
             "params": params}
 
 
+def interleaved(cases: list[str], steps: int, threads: int, profile: bool) -> None:
+    """The interleaved table: per case CPU ms per step of each variant and the two ratios."""
+    torch.set_num_threads(threads)
+    print(f"one training step, interleaved in one process (order reversed every step), median CPU time of "
+          f"{steps} steps after 3 warm-up steps; torch {torch.__version__}, {threads} thread(s), CPU\n")
+    print(f"{'case':<12} {'params nf/ours':>17} {'normflows':>10} {'ours bare':>10} {'harness':>10} "
+          f"{'nf/harness':>11} {'harness/bare-1':>15}")
+    for case in cases:
+        r = interleaved_case(case, steps, profile=profile)
+        nf_r, bare, harness = r.get("normflows"), r["ours bare"], r["ours harness"]
+        params = f"{nf_r['params'] if nf_r else 0:,}/{bare['params']:,}"
+        speed = f"{nf_r['cpu'] / harness['cpu']:10.2f}x" if nf_r else f"{'-':>11}"
+        nf_ms = f"{1e3 * nf_r['cpu']:8.1f} ms" if nf_r else f"{'-':>10}"
+        print(f"{case:<12} {params:>17} {nf_ms} {1e3 * bare['cpu']:7.1f} ms {1e3 * harness['cpu']:7.1f} ms "
+              f"{speed} {100 * (harness['cpu'] / bare['cpu'] - 1):>+14.1f}%")
+        mins = "/".join(f"{1e3 * r[k]['cpu_min']:.1f}" for k in r)
+        walls = "/".join(f"{1e3 * r[k]['wall']:.1f}" for k in r)
+        print(f"{'':<12} {CASES[case][4]}; min CPU {mins} ms, median wall {walls} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 timed steps instead of 15")
@@ -199,10 +337,20 @@ def main() -> None:
     parser.add_argument("--which", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--only", help="comma-separated cases: " + ", ".join(CASES))
+    parser.add_argument("--separate", action="store_true", help="each measurement in its own process, not interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the interleaved run (default 1)")
+    parser.add_argument("--profile", action="store_true", help="interleaved: cProfile the harness's steps")
     args = parser.parse_args()
     steps = args.steps or (5 if args.quick else 15)
     if args.case:
         print(json.dumps(run_case(args.case, args.which, steps)))
+        return
+    cases = args.only.split(",") if args.only else (list(CASES) if args.separate else list(INTERLEAVED))
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise SystemExit(f"--only: unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if not args.separate:
+        interleaved(cases, steps, args.threads, args.profile)
         return
     torch_threads = torch.get_num_threads()
     print(f"one training step, fastest of {steps} (after 3 warm-up steps), torch {torch.__version__}, "
@@ -212,7 +360,6 @@ def main() -> None:
     here = Path(__file__).resolve()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parent.parent),
                                                          os.environ.get("PYTHONPATH", "")])}
-    cases = args.only.split(",") if args.only else list(CASES)
     for case in cases:
         twin = CASES[case][3]
         out = {}

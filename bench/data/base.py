@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch stays out of `flowbench list`
     from torch import Tensor
 
+__all__ = ["KINDS", "DEQUANTIZE", "CROP_PADDING", "DataInfo", "Split", "Dataset", "Preprocess", "Status", "NoFiles",
+           "GENERATED", "SKLEARN"]
+
 KINDS = ("toy", "tabular", "image", "conditional", "timeseries")
-# image preprocessing choices: implemented by bench/data/images.py, declared for validation in
-# bench/data/__init__.py (both read them from here, so they cannot drift apart)
+# image preprocessing choices: implemented by bench/data/images.py and declared in its loaders'
+# signatures (Choice(*DEQUANTIZE)), both read from here, so they cannot drift apart
 DEQUANTIZE = ("uniform", "center")  # test-time dequantisation: U(0,1) noise (FFJORD) or the bin centre (RNODE)
 CROP_PADDING = ("symmetric", "reflect", "zero")
 
@@ -50,6 +53,35 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+
+@dataclass
+class Status:
+    """One dataset's verdict from `flowbench data verify`: ``found``, ``missing``, ``corrupt``,
+    ``generated``, ``built-in`` (or ``error`` when a plug-in's check itself failed), with where it
+    looked and why; ``how`` says how to get missing or corrupt files."""
+
+    name: str
+    state: str
+    where: str
+    detail: str = ""
+    how: str = ""
+
+
+@dataclass(frozen=True)
+class NoFiles:
+    """A dataset's declaration that it reads no data files: its verdict (``generated``, ``built-in``)
+    and where the data comes from instead."""
+
+    state: str
+    where: str
+
+    def verify(self, name: str, root: Any = None) -> Status:
+        """The verdict is the declaration itself: there is nothing to check."""
+        return Status(name, self.state, self.where)
+
+
+GENERATED = NoFiles("generated", "generated from a seed")
+SKLEARN = NoFiles("built-in", "scikit-learn (ships with the package)")
 
 # preprocess(batch_x, train) -> (model_input, log|det d model_input / d batch_x| per example)
 Preprocess = Callable[["Tensor", bool], "tuple[Tensor, Tensor]"]

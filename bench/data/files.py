@@ -1,9 +1,10 @@
 """Finding, verifying and caching data files: paths under the data root, checksums, clear errors.
 
 Nothing here downloads. A missing file is a ``FlowbenchError`` naming the exact path expected and
-how to get it; a checksum or shape mismatch names the file and what was expected. Prepared arrays
-are cached next to the data (``<dir>/.flowbench-cache``), keyed by a checksum of the source files,
-or in the user cache folder when the data folder is read-only. No torch import here.
+how to get it (each loader module's own text); a checksum or shape mismatch names the file and what
+was expected. Prepared arrays are cached next to the data (``<dir>/.flowbench-cache``), keyed by a
+checksum of the source files, or in the user cache folder when the data folder is read-only. No
+torch import here.
 """
 
 from __future__ import annotations
@@ -22,16 +23,6 @@ import numpy as np
 
 from bench.errors import FlowbenchError
 
-MAF_HOW = ("download data.tar.gz of MAF's data on Zenodo (Papamakarios et al. 2017, "
-           "https://zenodo.org/record/1161203), unpack it and point --data-root (or $FLOWBENCH_DATA) "
-           "at the unpacked `data` folder")
-MNIST_HOW = ("get the four IDX files (gz or not) from torchvision's download "
-             "(torchvision.datasets.MNIST(root, download=True) puts them in ROOT/MNIST/raw) or the cluster's "
-             "shared copy, and point --data-root (or $FLOWBENCH_DATA) at ROOT")
-CIFAR_HOW = ("get cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a) from torchvision's download "
-             "(torchvision.datasets.CIFAR10(root, download=True)) or the cluster's shared copy, put it or its "
-             "unpacked cifar-10-batches-py folder in ROOT and point --data-root (or $FLOWBENCH_DATA) at ROOT")
-
 CACHE_FOLDER = ".flowbench-cache"
 
 
@@ -40,6 +31,15 @@ def no_root(dataset: str, expected: str, how: str) -> FlowbenchError:
     return FlowbenchError(f'dataset "{dataset}" needs its data files but no data root is set: expected '
                           f"DATA_ROOT/{expected}; pass --data-root DIR (or set FLOWBENCH_DATA, or the suite's "
                           f"data_root); to get the files: {how}")
+
+
+def npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in a ``.npy`` file's header (no data is read); ValueError or OSError when unreadable."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+    return tuple(shape)
 
 
 def find(root: Path, candidates: Sequence[str]) -> Path | None:

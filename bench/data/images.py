@@ -14,11 +14,33 @@ import gzip
 import tarfile
 from pathlib import Path
 
+from typing import Annotated
+
 import numpy as np
 
-from bench.data.base import CROP_PADDING, DEQUANTIZE, DataInfo, Dataset, Split
-from bench.data.files import CIFAR_HOW, MNIST_HOW, check_md5, corrupt, find, missing, no_root, unpickle_data
+from baselines.constraints import Choice, Count, NonNegInt, Range, Seed
+from bench.data.base import CROP_PADDING, DEQUANTIZE, SKLEARN, DataInfo, Dataset, Split, Status
+from bench.data.files import check_md5, corrupt, file_digest, find, missing, no_root, unpickle_data
+from bench.data.registry import register_dataset
+from bench.data.sklearn_sets import Fraction
 from bench.errors import FlowbenchError
+
+__all__ = ["MNIST_HOW", "CIFAR_HOW", "MNIST_FILES", "CIFAR_BATCHES", "read_idx", "mnist_path", "read_mnist",
+           "mnist_arrays", "cifar_batches", "check_image_options", "random_crop", "random_shift", "make_preprocess",
+           "pad_and_replicate", "verify_mnist", "verify_cifar10", "load_mnist", "load_cifar10", "load_mnist10k",
+           "load_digits"]
+
+MNIST_HOW = ("get the four IDX files (gz or not) from torchvision's download "
+             "(torchvision.datasets.MNIST(root, download=True) puts them in ROOT/MNIST/raw) or the cluster's "
+             "shared copy, and point --data-root (or $FLOWBENCH_DATA) at ROOT")
+CIFAR_HOW = ("get cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a) from torchvision's download "
+             "(torchvision.datasets.CIFAR10(root, download=True)) or the cluster's shared copy, put it or its "
+             "unpacked cifar-10-batches-py folder in ROOT and point --data-root (or $FLOWBENCH_DATA) at ROOT")
+
+# declared types and ranges of the image options (the loaders' signatures; bench.spec checks suites against them)
+BelowHalf = Annotated[float, Range(0, 0.5, max_open=True)]  # alpha, shift
+Dequantize = Annotated[str, Choice(*DEQUANTIZE)]
+CropPadding = Annotated[str, Choice(*CROP_PADDING)]
 
 # -- MNIST (IDX files) --------------------------------------------------------------------------
 MNIST_DIRS = ("mnist", "MNIST/raw", "MNIST", ".")  # where under the data root the IDX files may be
@@ -146,6 +168,71 @@ def cifar_batches(root: Path | None, verify: bool = True) -> dict[str, tuple[np.
         raise corrupt(tar, f"a gzipped tar with {CIFAR_FOLDER}/ and its six batches", f"{type(err).__name__}: {err}") \
             from None
     return out
+
+
+# -- `flowbench data verify`: cheap checks (MD5s, IDX headers), no full read --------------------------
+_NO_ROOT = "no data root (--data-root or $FLOWBENCH_DATA)"
+
+
+def _check_idx(path: Path, shape: tuple[int, ...], md5: str) -> str:
+    """'' when an IDX file looks right (a .gz by torchvision's MD5, a raw file by its header), else why not."""
+    if path.suffix == ".gz":
+        found = file_digest(path, "md5")
+        return "" if found == md5 else f"{path}: expected md5 {md5}, found {found}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * len(shape))
+    except OSError as err:
+        return f"{path}: unreadable ({err})"
+    if len(head) < 4 + 4 * len(shape) or head[:3] != b"\x00\x00\x08" or head[3] != len(shape):
+        return f"{path}: expected an IDX header for shape {shape}"
+    found_shape = tuple(int(d) for d in np.frombuffer(head[4:], dtype=">u4"))
+    return "" if found_shape == shape else f"{path}: expected shape {shape}, found {found_shape}"
+
+
+def verify_mnist(name: str, root: Path | None) -> Status:
+    """MNIST's IDX files (mnist10k: the two t10k files only), each by MD5 (gz) or header (raw)."""
+    if root is None:
+        return Status(name, "missing", "DATA_ROOT/mnist", _NO_ROOT, MNIST_HOW)
+    prefixes = ["t10k"] if name == "mnist10k" else ["train", "t10k"]
+    paths, problems = [], []
+    for stem in (f"{p}-{k}-idx{d}-ubyte" for p in prefixes for k, d in (("images", 3), ("labels", 1))):
+        try:
+            path = mnist_path(root, stem, name)
+        except FlowbenchError:
+            return Status(name, "missing", str(root / "mnist" / f"{stem}.gz"),
+                          "also looked in MNIST/raw, MNIST and the root, gz or not", MNIST_HOW)
+        paths.append(path)
+        problem = _check_idx(path, MNIST_FILES[stem][1], MNIST_FILES[stem][0])
+        if problem:
+            problems.append(problem)
+    where = str(paths[0].parent)
+    return Status(name, "corrupt", where, "; ".join(problems), MNIST_HOW) if problems else Status(name, "found", where)
+
+
+def verify_cifar10(name: str, root: Path | None) -> Status:
+    """CIFAR10's six batches by torchvision's MD5s, or else its tar.gz by its MD5."""
+    if root is None:
+        return Status(name, "missing", f"DATA_ROOT/{CIFAR_FOLDER}", _NO_ROOT, CIFAR_HOW)
+    folder = find(root, [f"{p}/{CIFAR_FOLDER}" for p in CIFAR_PLACES])
+    if folder is not None:
+        problems = []
+        for batch, md5 in CIFAR_BATCHES.items():
+            path = folder / batch
+            if not path.is_file():
+                return Status(name, "missing", str(path), how=CIFAR_HOW)
+            found = file_digest(path, "md5")
+            if found != md5:
+                problems.append(f"{path}: expected md5 {md5}, found {found}")
+        return Status(name, "corrupt" if problems else "found", str(folder), "; ".join(problems),
+                      CIFAR_HOW if problems else "")
+    tar = find(root, [f"{p}/{CIFAR_TAR[0]}" for p in CIFAR_PLACES])
+    if tar is None:
+        return Status(name, "missing", str(root / CIFAR_FOLDER), f"or {root / CIFAR_TAR[0]}", CIFAR_HOW)
+    found = file_digest(tar, "md5")
+    if found != CIFAR_TAR[1]:
+        return Status(name, "corrupt", str(tar), f"expected md5 {CIFAR_TAR[1]}, found {found}", CIFAR_HOW)
+    return Status(name, "found", str(tar))
 
 
 # -- preprocessing -------------------------------------------------------------------------------
@@ -312,9 +399,13 @@ def _hold_out(x: np.ndarray, y: np.ndarray, n_val: int, test, what: str):
     return [(x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:]), test], f"{what}; validation = last {n_val:,} training images"
 
 
-def load_mnist(name: str, root: Path | None = None, *, n_val: int = 5000, pad: int = 0, channels: int = 1,
-               logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform", flip: bool = False, crop: int = 0,
-               crop_padding: str = "symmetric", shift: float = 0.0, verify: bool = True):
+@register_dataset("mnist", kind="image", metric="bpd", files=verify_mnist,
+                  description="MNIST 1x28x28 from the IDX files (pad 2, channels 3: Glow/i-ResNet's 3x32x32), "
+                              "10 classes")
+def load_mnist(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000, pad: Annotated[int, Range(0, 16)] = 0,
+               channels: Annotated[int, Choice(1, 3)] = 1, logit: bool = True, alpha: BelowHalf = 1e-6,
+               dequantize: Dequantize = "uniform", flip: bool = False, crop: NonNegInt = 0,
+               crop_padding: CropPadding = "symmetric", shift: BelowHalf = 0.0, verify: bool = True):
     """MNIST from its four IDX files: 60,000 training (the last ``n_val`` held out) and 10,000 test
     images; ``pad``/``channels`` give the official Glow / i-ResNet 3x32x32 version (pad 2, channels 3)."""
     if pad < 0 or pad > 16:
@@ -334,9 +425,11 @@ def load_mnist(name: str, root: Path | None = None, *, n_val: int = 5000, pad: i
                     crop_padding, shift)
 
 
-def load_cifar10(name: str, root: Path | None = None, *, n_val: int = 5000, flip: bool = True, logit: bool = True,
-                 alpha: float = 1e-6, dequantize: str = "uniform", crop: int = 0, crop_padding: str = "symmetric",
-                 shift: float = 0.0, verify: bool = True):
+@register_dataset("cifar10", kind="image", metric="bpd", files=verify_cifar10,
+                  description="CIFAR10 3x32x32 from the pickled batches")
+def load_cifar10(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000, flip: bool = True,
+                 logit: bool = True, alpha: BelowHalf = 1e-6, dequantize: Dequantize = "uniform", crop: NonNegInt = 0,
+                 crop_padding: CropPadding = "symmetric", shift: BelowHalf = 0.0, verify: bool = True):
     """CIFAR10 from its pickled batches: 50,000 training (the last ``n_val`` held out) and 10,000 test images."""
     check_image_options(logit, alpha, dequantize, crop, crop_padding, shift, 32)
     batches = cifar_batches(root, verify)
@@ -346,8 +439,11 @@ def load_cifar10(name: str, root: Path | None = None, *, n_val: int = 5000, flip
     return _dataset(name, splits, 256, (3, 32, 32), logit, alpha, dequantize, flip, notes, crop, crop_padding, shift)
 
 
-def load_mnist10k(name: str, root: Path | None = None, *, n_train: int = 8000, n_val: int = 1000, seed: int = 0,
-                  logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform", verify: bool = True):
+@register_dataset("mnist10k", kind="image", metric="bpd", files=verify_mnist,
+                  description="8,000/1,000/1,000 split of the real MNIST TEST set (small runs, not the benchmark)")
+def load_mnist10k(name: str, root: Path | None = None, *, n_train: Count = 8000, n_val: Count = 1000, seed: Seed = 0,
+                  logit: bool = True, alpha: BelowHalf = 1e-6, dequantize: Dequantize = "uniform",
+                  verify: bool = True):
     """A seeded split of the real 10,000-image MNIST test set (t10k files only), for small real runs.
 
     Reported as such (DataInfo.notes): never the MNIST benchmark.
@@ -362,8 +458,10 @@ def load_mnist10k(name: str, root: Path | None = None, *, n_train: int = 8000, n
     return _dataset(name, [(x[p], y[p]) for p in parts], 256, (1, 28, 28), logit, alpha, dequantize, False, notes)
 
 
-def load_digits(name: str, root: Path | None = None, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                seed: int = 0, logit: bool = True, alpha: float = 1e-6, dequantize: str = "uniform"):
+@register_dataset("digits", kind="image", metric="bpd", files=SKLEARN,
+                  description="scikit-learn 8x8 digits as 1x8x8 images, 17 levels, 10 classes")
+def load_digits(name: str, root: Path | None = None, *, val_fraction: Fraction = 0.1, test_fraction: Fraction = 0.2,
+                seed: Seed = 0, logit: bool = True, alpha: BelowHalf = 1e-6, dequantize: Dequantize = "uniform"):
     """scikit-learn's 1,797 real 8x8 digits as 1x8x8 images with 17 grey levels (0..16), seeded split
     (the same rows as ``digits64`` for the same seed and fractions)."""
     from bench.data.sklearn_sets import raw, split_indices

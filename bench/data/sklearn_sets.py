@@ -8,14 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Annotated
+
 import numpy as np
 
-SOURCES = {  # dataset -> (scikit-learn loader, description)
-    "wine": ("load_wine", "UCI wine, 178 x 13, 3 classes"),
-    "breast_cancer": ("load_breast_cancer", "UCI breast cancer Wisconsin, 569 x 30, 2 classes"),
-    "iris": ("load_iris", "UCI iris, 150 x 4, 3 classes"),
-    "digits64": ("load_digits", "UCI optdigits 8x8 as 64-D vectors, 1,797 x 64, 10 classes"),
+from baselines.constraints import Range, Seed
+from bench.data.base import SKLEARN
+from bench.data.registry import register_dataset
+
+__all__ = ["SOURCES", "Fraction", "raw", "split_indices", "standardise", "load"]
+
+SOURCES = {  # dataset -> (scikit-learn loader, what it is, what `flowbench list datasets` says)
+    "wine": ("load_wine", "UCI wine, 178 x 13, 3 classes", "scikit-learn wine, 13-D, 3 classes"),
+    "breast_cancer": ("load_breast_cancer", "UCI breast cancer Wisconsin, 569 x 30, 2 classes",
+                      "scikit-learn breast cancer, 30-D, 2 classes"),
+    "iris": ("load_iris", "UCI iris, 150 x 4, 3 classes", "scikit-learn iris, 4-D, 3 classes"),
+    "digits64": ("load_digits", "UCI optdigits 8x8 as 64-D vectors, 1,797 x 64, 10 classes",
+                 "scikit-learn 8x8 digits as 64-D vectors, 10 classes"),
 }
+Fraction = Annotated[float, Range(0, 1, min_open=True, max_open=True)]  # of the rows, for a split
 
 
 def raw(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +56,8 @@ def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((a - mu) / sd).astype(np.float32) for a in (train, *others)]
 
 
-def load(name: str, root: Path | None = None, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
-         seed: int = 0):
+def load(name: str, root: Path | None = None, *, val_fraction: Fraction = 0.1, test_fraction: Fraction = 0.2,
+         seed: Seed = 0):
     """Seeded train/val/test splits of a scikit-learn set, standardised by train statistics."""
     import torch
 
@@ -60,3 +71,7 @@ def load(name: str, root: Path | None = None, *, val_fraction: float = 0.1, test
     info = DataInfo(name=name, kind="tabular", shape=(x.shape[1],), num_classes=int(y.max()) + 1, metric="nll",
                     notes=f"scikit-learn {SOURCES[name][0]}, seed {seed}, {sizes}, standardised by train statistics")
     return Dataset(info, *splits)
+
+
+for _name, (_, _, _description) in SOURCES.items():
+    register_dataset(_name, kind="tabular", description=_description, files=SKLEARN)(load)

@@ -14,9 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.files import MAF_HOW, cached_arrays, corrupt, missing, no_root, source_key, unpickle_dataframe
+from bench.data.base import Status
+from bench.data.files import cached_arrays, corrupt, missing, no_root, npy_shape, source_key, unpickle_dataframe
+from bench.data.registry import register_dataset
+
+__all__ = ["MAF_HOW", "SETS", "PREPARE", "PREP_VERSION", "prepared", "source_paths", "verify", "load"]
 
 log = logging.getLogger(__name__)
+
+MAF_HOW = ("download data.tar.gz of MAF's data on Zenodo (Papamakarios et al. 2017, "
+           "https://zenodo.org/record/1161203), unpack it and point --data-root (or $FLOWBENCH_DATA) "
+           "at the unpacked `data` folder")
 
 PREP_VERSION = 1  # bump when a preparation changes: old cache entries are then ignored
 
@@ -197,6 +205,51 @@ def prepared(name: str, root: Path | None, cache: bool = True) -> Arrays:
     return arrays
 
 
+def _check_sources(name: str, paths: list[Path]) -> str:
+    """'' when the source files look right by their headers, else what is wrong (raises nothing)."""
+    path = paths[0]
+    try:
+        if name in ("power", "miniboone"):
+            columns = 8 if name == "power" else 43
+            shape = npy_shape(path)
+            if len(shape) != 2 or shape[1] != columns:
+                return f"{path}: expected an array with {columns} columns, found shape {shape}"
+        elif name == "bsds300":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                for ds in ("train", "validation", "test"):
+                    if ds not in f or f[ds].ndim != 2 or f[ds].shape[1] != 63:
+                        return f"{path}: expected dataset {ds!r} of shape (N, 63)"
+        elif name == "hepmass":
+            for p in paths:
+                with open(p, encoding="utf-8", errors="replace") as f:
+                    if "," not in f.readline():
+                        return f"{p}: expected a comma-separated header line"
+        elif name == "gas":
+            with open(path, "rb") as f:
+                if f.read(1) != b"\x80":
+                    return f"{path}: expected a pickle (protocol 2 or later)"
+    except (OSError, ValueError) as err:
+        return f"{path}: unreadable ({err})"
+    return ""
+
+
+def verify(name: str, root: Path | None) -> Status:
+    """`flowbench data verify` for one of MAF's sets: every source file present, and its header
+    (columns of a ``.npy``, BSDS300's HDF5 datasets, HEPMASS's header line, GAS's pickle) right."""
+    files = SETS[name][0]
+    if root is None:
+        return Status(name, "missing", f"DATA_ROOT/{files[0]}", "no data root (--data-root or $FLOWBENCH_DATA)",
+                      MAF_HOW)
+    paths = [root / f for f in files]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        return Status(name, "missing", str(absent[0]), how=MAF_HOW)
+    problem = _check_sources(name, paths)
+    return Status(name, "corrupt", str(paths[0]), problem, MAF_HOW) if problem else Status(name, "found", str(paths[0]))
+
+
 def load(name: str, root: Path | None = None, *, cache: bool = True):
     """Train/validation/test splits of one of MAF's five UCI sets, prepared exactly as MAF published them."""
     import torch
@@ -214,3 +267,13 @@ def load(name: str, root: Path | None = None, *, cache: bool = True):
     info = DataInfo(name=name, kind="tabular", shape=(SETS[name][1],), metric="nll", notes=notes)
     splits = [Split(torch.from_numpy(np.ascontiguousarray(arrays[k]))) for k in ("train", "val", "test")]
     return Dataset(info, *splits)
+
+
+for _name, _description in {
+    "power": "UCI household power, 6-D (MAF's preparation)",
+    "gas": "UCI gas sensors (ethylene CO), 8-D (MAF's preparation)",
+    "hepmass": "UCI HEPMASS signal, 21-D (MAF's preparation)",
+    "miniboone": "UCI MiniBooNE, 43-D (MAF's preparation)",
+    "bsds300": "BSDS300 8x8 patches, 63-D (MAF's preparation)",
+}.items():
+    register_dataset(_name, kind="tabular", description=_description, files=verify)(load)

@@ -17,9 +17,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from typing import Annotated
+
 import numpy as np
 
+from baselines.constraints import Choice, Count, NonNegative, NonNegInt, Pattern, Range, Seed
+from bench.data.base import GENERATED
+from bench.data.registry import register_dataset
 from bench.errors import FlowbenchError
+
+__all__ = ["T_END", "Numbers", "spiral_curves", "make_spirals", "load_spirals", "parse_floats", "mixture_params",
+           "mixture_log_density", "load_mixture1d"]
+
+Numbers = Annotated[str, Pattern(r"\s*[-+]?[0-9.eE+-]+(\s*,\s*[-+]?[0-9.eE+-]+)*\s*",
+                                 'numbers separated by commas, e.g. "-2,0,2"')]
 
 T_END = 6 * math.pi
 
@@ -56,9 +67,12 @@ def make_spirals(n: int, length: int = 1000, window: int = 200, horizon: int = 2
             "a": a.astype(np.float32), "b": b.astype(np.float32), "start": start, "t": t.astype(np.float32)}
 
 
-def load_spirals(name: str, root: Path | None = None, *, n_spirals: int = 5000, n_val: int = 500, n_test: int = 500,
-                 length: int = 1000, window: int = 200, horizon: int = 200, noise: float = 0.3, seed: int = 0,
-                 targets: str = "direction"):
+@register_dataset("spirals", kind="timeseries", metric="mse", files=GENERATED,
+                  description="InfoCNF's bi-directional spirals: 200 noisy points + extrapolation horizon")
+def load_spirals(name: str, root: Path | None = None, *, n_spirals: Count = 5000, n_val: Count = 500,
+                 n_test: Count = 500, length: Count = 1000, window: Annotated[int, Range(min=2)] = 200,
+                 horizon: NonNegInt = 200, noise: NonNegative = 0.3, seed: Seed = 0,
+                 targets: Annotated[str, Choice("direction", "all")] = "direction"):
     """InfoCNF's bi-directional spirals, split into train/val/test by spiral.
 
     ``targets``: "direction" (``y`` = direction, int64 N) or "all" (``y`` = float32 N x 3, (direction, a, b)).
@@ -113,9 +127,11 @@ def mixture_log_density(x: np.ndarray, mu: np.ndarray, sd: np.ndarray, w: np.nda
     return (top + np.log(np.exp(comp - top).sum(1, keepdims=True)))[:, 0]
 
 
-def load_mixture1d(name: str, root: Path | None = None, *, n_train: int = 20_000, n_val: int = 5_000,
-                   n_test: int = 20_000, means: str = "-2,0,2", stds: str = "0.5,0.5,0.5", weights: str = "1,1,1",
-                   seed: int = 0):
+@register_dataset("mixture1d", kind="toy", files=GENERATED,
+                  description="1-D mixture of three Gaussians (InfoCNF appendix C)")
+def load_mixture1d(name: str, root: Path | None = None, *, n_train: Count = 20_000, n_val: Count = 5_000,
+                   n_test: Count = 20_000, means: Numbers = "-2,0,2", stds: Numbers = "0.5,0.5,0.5",
+                   weights: Numbers = "1,1,1", seed: Seed = 0):
     """A 1-D mixture of three Gaussians (InfoCNF appendix C's tolerance audit); component = label."""
     import torch
 

@@ -13,6 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from baselines.constraints import Count, Seed
+from bench.data.base import GENERATED
+from bench.data.registry import register_dataset
+
+__all__ = ["GENERATORS", "DESCRIPTIONS", "sample", "load"]
+
 Generator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 
@@ -100,8 +106,20 @@ def sample(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def load(name: str, root: Path | None = None, *, n_train: int = 20_000, n_val: int = 5_000,
-         n_test: int = 20_000, seed: int = 0):
+DESCRIPTIONS = {
+    "swissroll": "2-D swiss roll (FFJORD toy)",
+    "circles": "2-D two concentric circles (FFJORD toy)",
+    "rings": "2-D four concentric rings (FFJORD toy)",
+    "moons": "2-D two moons (FFJORD toy)",
+    "8gaussians": "2-D mixture of 8 Gaussians on a circle (FFJORD toy)",
+    "pinwheel": "2-D pinwheel with 5 arms (FFJORD toy)",
+    "2spirals": "2-D two interleaved spirals (FFJORD toy)",
+    "checkerboard": "2-D 4x4 checkerboard (FFJORD toy)",
+}
+
+
+def load(name: str, root: Path | None = None, *, n_train: Count = 20_000, n_val: Count = 5_000,
+         n_test: Count = 20_000, seed: Seed = 0):
     """Fixed-size train/val/test splits of one toy density, drawn from ``seed``."""
     import torch
 
@@ -114,3 +132,7 @@ def load(name: str, root: Path | None = None, *, n_train: int = 20_000, n_val: i
     info = DataInfo(name=name, kind="toy", shape=(2,), num_classes=GENERATORS[name][1], metric="nll",
                     notes=f"generated, seed {seed}, {n_train}/{n_val}/{n_test}")
     return Dataset(info, *splits)
+
+
+for _name, _description in DESCRIPTIONS.items():  # one loader, eight datasets
+    register_dataset(_name, kind="toy", description=_description, files=GENERATED)(load)

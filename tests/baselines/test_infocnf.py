@@ -11,7 +11,7 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.distributions import HalfNormal, Normal
 
-from baselines.cnf import read_nfe
+from baselines.cnf import collect_block_nfe
 from baselines.infocnf import (build_ccnf, build_infocnf, build_infocnf_learned, discounted_returns,
                                reinforce_surrogate, tolerance_returns)
 from bench.data.base import DataInfo
@@ -262,9 +262,9 @@ def test_learned_tolerances_drive_the_solver_and_are_logged():
         with torch.no_grad():
             for gate in model.policy.gates:
                 gate.head.bias.fill_(bias)
-        read_nfe(model)
+        collect_block_nfe(model)
         _, stats = model.training_loss(x, y)
-        counted = read_nfe(model)[0]
+        counted = collect_block_nfe(model)[0]
         runs[name] = (stats, sum(model.policy.record["nfe"]), counted)
     for name, target in (("loose", 1e-2), ("tight", 1e-8)):
         stats, nfe, counted = runs[name]
@@ -274,7 +274,7 @@ def test_learned_tolerances_drive_the_solver_and_are_logged():
     model.eval()
     with torch.no_grad():
         terms = evaluate_with_learned_tolerances(model, x, y)
-    assert terms["nfe_learned"][0] < read_nfe(model)[0]  # the learned pass is one of the two counted passes
+    assert terms["nfe_learned"][0] < collect_block_nfe(model)[0]  # the learned pass is one of the two counted passes
 
 
 def evaluate_with_learned_tolerances(model, x, y):
@@ -290,7 +290,7 @@ def evaluate_with_learned_tolerances(model, x, y):
 def test_manual_tolerances_apply_per_block_in_training_only():
     torch.manual_seed(0)
     model = build_infocnf(TOY3, hidden=[8], n_blocks=2, adjoint=False, tolerance="manual",
-                          manual_tolerances=["1e-3", 1e-7]).double()
+                          manual_tolerances=[1e-3, 1e-7]).double()
     x, y = torch.randn(64, 3, dtype=torch.float64), torch.randint(0, 3, (64,))
     _, stats = model.training_loss(x, y)
     assert stats["tol_block0"] == 1e-3 and stats["tol_block1"] == 1e-7

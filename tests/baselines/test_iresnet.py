@@ -70,6 +70,26 @@ def test_series_log_det_matches_the_brute_force_jacobian(flowcheck, shape, hp):
     assert torch.all((brute - actnorm).abs() > 5 * se), (brute, actnorm, se)
 
 
+@pytest.mark.parametrize("shape,hp", CASES[:2], ids=lambda c: str(c))
+def test_exact_log_prob_is_the_brute_force_jacobian_and_deterministic(flowcheck, shape, hp):
+    """The plots' density path: log N(z) + log|det dz/dx| of the full autograd Jacobian, to float64
+    precision, the same on every call; the series estimate it replaces varies from call to call."""
+    model = prepared(flowcheck, shape, hp, eval_series_terms=5, eval_probes=1)
+    x = torch.randn(6, *shape, dtype=torch.float64)
+    brute = brute_force(flowcheck, model, x)
+    with torch.no_grad():
+        z, _ = model.to_latent(x)
+        exact = model.log_prob_exact(x)
+        again = model.log_prob_exact(x)
+        series = torch.stack([model.log_prob(x) for _ in range(2)])
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1) + brute
+    torch.testing.assert_close(exact, expected, rtol=1e-10, atol=1e-10)
+    assert torch.equal(exact, again) and not exact.requires_grad
+    assert (series[0] - series[1]).abs().max() > 1e-6  # the stochastic path differs between calls
+    actnorm = sum(-f.s.sum() for f in model.modules() if isinstance(f, nf.flows.ActNorm))
+    assert (brute - actnorm).abs().min() > 1e-3  # the residual blocks contribute: not a trivial match
+
+
 @pytest.mark.parametrize("shape,hp", CASES, ids=lambda c: str(c))
 def test_fixed_point_inverse_and_samples(flowcheck, shape, hp):
     model = prepared(flowcheck, shape, hp, inverse_iters=200, inverse_tol=1e-12)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from baselines.latent_ode import (LatentODE, PartitionedLatentODE, build, build_partitioned, gaussian_kl,
-                                  gaussian_log_lik)
+from baselines.latent_ode import (LatentODE, LatentODEOptions, PartitionedLatentODE, build, build_partitioned,
+                                  gaussian_kl, gaussian_log_lik)
 from bench.data import load_dataset
 from bench.data.base import DataInfo
 
@@ -67,8 +67,11 @@ def test_shapes_terms_and_surface(data):
         model.encode(x[:, :30])
     with pytest.raises(ValueError, match="need a timeseries dataset"):
         build(DataInfo("moons", "toy", (2,)))
-    strings = build(data.info, atol="1e-6", rtol="1e-5", obs_std="0.5", rnn="rnn")  # YAML strings coerced
-    assert strings.solver.atol == 1e-6 and strings.obs_std == 0.5 and isinstance(strings.rnn, torch.nn.RNN)
+    # flat options (as suites give them) and the options dataclass build the same model
+    flat = build(data.info, atol=1e-6, rtol=1e-5, obs_std=0.5, rnn="rnn")
+    assert flat.solver.atol == 1e-6 and flat.obs_std == 0.5 and isinstance(flat.rnn, torch.nn.RNN)
+    packed = build(data.info, ode=LatentODEOptions(atol=1e-6, rtol=1e-5, obs_std=0.5, rnn="rnn"))
+    assert packed.solver == flat.solver and isinstance(packed.rnn, torch.nn.RNN)
 
 
 def test_kl_and_gaussian_likelihood_match_torch_distributions():

@@ -4,6 +4,7 @@ beyond tolerance, reports missing runs (exit 2); tolerances from defaults, the s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import textwrap
@@ -282,3 +283,17 @@ def test_a_pinned_seed_that_does_not_count_fails_the_check_by_name(pinned, tmp_p
     assert main(["check", "c", "--results", str(current), "--pinned", str(pinned)]) == 1
     out = capsys.readouterr().out
     assert f"  {named}" in out and "check: FAILED RUNS" in out, out
+
+
+def test_identical_records_show_no_change_and_every_row_its_unit(pinned, results, capsys):
+    """The pinned file rounds to 6 significant digits: a difference below what the table shows is "=",
+    never "+9.444e-08"; each quantity names its unit, and spreads their seed count."""
+    assert main(["check", "c", "--results", str(results), "--pinned", str(pinned), "-v"]) == 0
+    out = capsys.readouterr().out
+    body = [line for line in out.splitlines() if line.startswith(("  realnvp", "  ffjord"))]
+    assert len(body) == 2 * 2 + 2 * 5  # realnvp: nll, train_seconds; ffjord: and nfe forward/backward/test
+    assert all(re.search(r"\) {2,}= {2,}±", line) for line in body), out
+    assert not re.search(r"e[-+]0", out), out
+    for quantity in ("nll (nats)", "nfe_forward (evaluations)", "train_seconds (s)"):
+        assert quantity in out
+    assert "2.010 ± 0.010 (n=3)" in out and "±0.05 nats" in out

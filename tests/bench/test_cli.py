@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -154,3 +155,41 @@ def test_hostile_records_are_one_line_each_and_the_rest_is_still_reported(result
     for run in ("ffjord/moons/seed0", "ffjord/moons/seed1"):
         assert f"{run} (run " in error and "cannot load model.pt (not a plain weights file" in error
     assert not marker.exists()
+
+
+def test_status_names_each_metric_with_its_unit_and_run_writes_a_report_only_when_asked(write_suite, results,
+                                                                                        tmp_path, capsys):
+    """Spirals show their MSE under "test mse", never under "test nll"; `run --report DIR` writes the
+    whole report (figures too) to DIR/SUITE, and says where."""
+    path = write_suite("""
+        datasets:
+          moons: {n_train: 300, n_val: 100, n_test: 100}
+          spirals: {n_spirals: 40, n_val: 10, n_test: 10, length: 60, window: 20, horizon: 10}
+        models: {realnvp: {n_layers: 2, hidden: 8}, latent_ode: {}}
+        overrides:
+          - {match: {model: latent_ode, dataset: moons}, skip: true}
+          - {match: {model: realnvp, dataset: spirals}, skip: true}
+        train: {max_steps: 2, batch_size: 20, eval_every: 2}
+        """)
+    out_dir = tmp_path / "rep"
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--report", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"(report: {out_dir / 't' / 'report.md'}" in out and "no figures" not in out
+    assert (out_dir / "t" / "index.html").exists() and list((out_dir / "t" / "figures").glob("*.png"))
+    assert not (results / "reports").exists()
+    assert main(["status", str(path), "--results", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "run_id" in line)
+    assert "test nll (nats)" in header and "test mse" in header and "test mse (" not in header
+    spirals = next(line for line in lines if "latent_ode/spirals" in line)
+    assert spirals.index(re.search(r"\d+\.\d{4}", spirals).group()) >= header.index("test mse")
+
+
+def test_slurm_state_never_hides_a_failed_run():
+    from bench.cli import slurm_text
+
+    assert slurm_text("COMPLETED", "failed") == "COMPLETED (run: failed)"
+    assert slurm_text("COMPLETED", "diverged") == "COMPLETED (run: diverged)"
+    assert slurm_text("COMPLETED", "completed") == "COMPLETED"
+    assert slurm_text("FAILED", "failed") == "FAILED" and slurm_text("RUNNING", "running") == "RUNNING"
+    assert slurm_text("", "pending") == ""

@@ -167,3 +167,217 @@ def test_a_plugin_model_runs_in_worker_processes(write_suite, tmp_path, monkeypa
     record = RunRecord(results, spec.suite, spec.run_id)
     assert record.read_result()["status"] == "completed"
     assert json.loads(record.spec_path.read_text())["plugins"] == ["fb_tiny_plugin"]
+
+
+# -- the retry policy --------------------------------------------------------------------------------
+def _set_status(record: RunRecord, status: str, **extra) -> None:
+    record.write_result({**(record.read_result() or {}), "status": status, "steps": 7, **extra})
+
+
+def test_retry_policy_leaves_diverged_alone_and_status_says_why(write_suite, results, capsys):
+    from bench.launch import DEFAULT_RETRY, decide, parse_retry, pending, run_state
+
+    path = write_suite(SIX_RUNS.replace("max_steps: 60", "max_steps: 10"))
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
+    specs = load_suite(path).runs()
+    records = [RunRecord(results, s.suite, s.run_id) for s in specs]
+    # seed 0 stays completed; the others as a sweep leaves them (running without a live claim: lost)
+    for record, status in zip(records[1:], ["failed", "timeout", "preempted", "diverged", "running"]):
+        _set_status(record, status)
+    assert [run_state(r)[0] for r in records] == ["completed", "failed", "timeout", "preempted", "diverged", "lost"]
+    todo, done = pending(specs, results)
+    assert [s.seed for s in todo] == [1, 2, 3, 5] and done == 1  # diverged (seed 4) left alone
+    assert [s.seed for s in pending(specs, results, retry=parse_retry("diverged"))[0]] == [1, 2, 3, 4, 5]
+    assert len(pending(specs, results, force=True)[0]) == 6
+    assert decide("diverged", {"steps": 7}, DEFAULT_RETRY) == (False, "diverged at step 7; left alone "
+                                                                      "(--retry diverged re-runs it)")
+    assert decide("pending", {}, DEFAULT_RETRY, slurm={"executor": "slurm", "job_id": "9_1", "state": "FAILED"}) \
+        == (True, "lost: job 9_1 ended FAILED before the run started")
+    assert decide("preempted", {}, DEFAULT_RETRY, slurm={"executor": "slurm", "job_id": "9_1",
+                                                         "state": "PENDING"}) == (False, "job 9_1 is PENDING")
+    with pytest.raises(FlowbenchError, match='--retry divergd: unknown status "divergd" \\(did you mean "diverged"'):
+        parse_retry("divergd")
+
+    capsys.readouterr()
+    assert main(["status", str(path), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "run: lost: recorded running at step 7, but its process is gone" in out
+    assert "diverged at step 7; left alone (--retry diverged re-runs it)" in out
+    assert "would take up 4: 1 failed, 1 lost, 1 preempted, 1 timeout" in out
+    assert main(["status", str(path), "--results", str(results), "--retry", "diverged"]) == 0
+    assert "would take up 5" in capsys.readouterr().out
+
+    # run re-runs the four, leaves the diverged record as it was, and says so
+    diverged_before = records[4].result_path.read_bytes()
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "4 completed, 1 diverged left alone (--retry diverged re-runs it), 1 already completed" in out
+    assert records[4].result_path.read_bytes() == diverged_before
+    assert all(r.status == "completed" for i, r in enumerate(records) if i != 4)
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report", "--retry", "diverged"]) == 0
+    assert records[4].status == "completed"
+
+
+# -- resources per model and variant -------------------------------------------------------------------
+RESOURCES = """
+datasets:
+  moons: {n_train: 512, n_val: 128, n_test: 128}
+  rings: {n_train: 512, n_val: 128, n_test: 128}
+models: {realnvp: {n_layers: 2, hidden: 8}}
+seeds: [0]
+train: {max_steps: 10}
+slurm: {timeout_min: 5, mem_gb: 1}
+"""
+
+
+def test_slurm_resources_per_override_and_variant_stay_out_of_the_run_id(write_suite):
+    from bench.launch import describe_resources, resource_groups
+
+    plain = load_suite(write_suite(RESOURCES, "plain")).runs()
+    path = write_suite(RESOURCES + """
+overrides:
+  - {match: {dataset: rings}, slurm: {mem_gb: 2, partition: big}}
+variants:
+  wide: {model.hidden: 16, slurm: {gpus_per_node: 4}}
+  narrow: {model.hidden: 4}
+""", "res")
+    specs = load_suite(path).runs()
+    by = {(s.dataset, s.variant): s.slurm for s in specs}
+    assert by[("moons", "narrow")] == {"timeout_min": 5, "mem_gb": 1}
+    assert by[("rings", "narrow")] == {"timeout_min": 5, "mem_gb": 2, "partition": "big"}
+    assert by[("rings", "wide")] == {"timeout_min": 5, "mem_gb": 2, "partition": "big", "gpus_per_node": 4}
+    # the same computation with other resources is the same run
+    same = [s for s in specs if s.variant == "narrow"]
+    other = load_suite(write_suite(RESOURCES.replace("hidden: 8", "hidden: 4"), "other")).runs()
+    assert sorted(s.run_id for s in same) == sorted(s.run_id for s in other)
+    assert {s.run_id for s in plain}.isdisjoint({s.run_id for s in specs})  # hidden 8 is another computation
+    groups = resource_groups(specs, {"timeout_min": 9})  # the command line's --slurm wins over every run's
+    assert [len(g) for _, g in groups] == [1, 1, 1, 1] and all(o["timeout_min"] == 9 for o, _ in groups)
+    assert len(resource_groups([s for s in specs if s.variant == "narrow" or s.dataset == "moons"], {})) == 3
+    assert describe_resources({"partition": "gpu", "gpus_per_node": 4, "mem_gb": 2}) == "gpu x4 (mem_gb=2)"
+    # a bad key is one line naming where it is
+    bad = write_suite(RESOURCES + "overrides:\n  - {match: {dataset: rings}, slurm: {gpus: 2}}\n", "bad")
+    with pytest.raises(FlowbenchError, match=r'overrides\[0\]\.slurm: unknown SLURM option "gpus"'):
+        load_suite(bad)
+    bad = write_suite(RESOURCES + "variants:\n  big: {model.hidden: 16, slurm: [gpu]}\n", "bad2")
+    with pytest.raises(FlowbenchError, match=r"variants\.big\.slurm: expected a mapping of SLURM resources"):
+        load_suite(bad)
+
+
+# -- the local executor: bounded, one GPU each ---------------------------------------------------------
+def test_gpu_slots_round_robin():
+    from bench.launch import gpu_slots
+
+    assert gpu_slots(None, ["0", "1", "2", "3"], 1) == (4, ["0", "1", "2", "3"])
+    assert gpu_slots(None, [], 0) == (1, [""])
+    assert gpu_slots(3, [], 0) == (3, ["", "", ""])
+    assert gpu_slots(None, ["0", "1", "2", "3"], 2) == (2, ["0,1", "2,3"])  # a two-process run: two GPUs each
+    assert gpu_slots(3, ["GPU-a", "GPU-b"], 1) == (3, ["GPU-a", "GPU-b", "GPU-a"])  # more slots than GPUs
+    with pytest.raises(FlowbenchError, match="--jobs 0: expected a positive number"):
+        gpu_slots(0, ["0"], 1)
+
+
+TRACE_PLUGIN = '''
+import atexit, os, time
+from baselines import realnvp
+from baselines.registry import register
+
+_trace = os.environ.get("FB_TRACE")
+
+
+def _log(what):
+    if _trace:
+        with open(_trace, "a") as f:
+            f.write(f"{what} {os.getpid()} {time.time():.3f} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\\n")
+
+
+_log("start")
+atexit.register(_log, "end")
+
+
+@register("traceflow", "a two-layer RealNVP that logs when its process starts and ends")
+def build(data, hidden: int = 8):
+    return realnvp.build(data, n_layers=2, hidden=hidden)
+'''
+
+
+def test_local_jobs_bound_the_runs_alive_at_once(write_suite, tmp_path, monkeypatch):
+    """--jobs 2 over three runs: never more than two run processes alive, two at some point, and
+    the two alive at once hold different GPUs (CUDA_VISIBLE_DEVICES round-robin over the slots)."""
+    import os
+
+    from bench.launch import run_local
+
+    (tmp_path / "fb_trace_plugin.py").write_text(TRACE_PLUGIN)
+    trace = tmp_path / "trace.txt"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FB_TRACE", str(trace))
+    monkeypatch.setenv("FLOWBENCH_THREADS", "1")
+    path = write_suite(SIX_RUNS.replace("models: {realnvp: {n_layers: 2, hidden: 8}}", "models: [traceflow]")
+                       .replace("seeds: [0, 1, 2, 3, 4, 5]", "seeds: [0, 1, 2]").replace("max_steps: 60", "max_steps: 5")
+                       + "plugins: [fb_trace_plugin]\n", "jobs")
+    specs = load_suite(path).runs()
+    summary = run_local(specs, tmp_path / "results", {"timeout_min": 10}, jobs=2, gpus=["0", "1"], progress=False)
+    assert summary.statuses["completed"] == 3, summary
+    events: dict[int, dict] = {}
+    for line in trace.read_text().splitlines():
+        what, pid, t, gpu = line.split()
+        if int(pid) != os.getpid():
+            events.setdefault(int(pid), {})[what] = (float(t), gpu)
+    assert len(events) == 3 and all(set(e) == {"start", "end"} for e in events.values()), events
+    spans = sorted((e["start"][0], e["end"][0], e["start"][1]) for e in events.values())
+    alive = [[s for s in spans if s[0] <= t < s[1]] for t, _, _ in spans]  # who is alive as each one starts
+    assert max(len(a) for a in alive) == 2
+    assert all(len({s[2] for s in a}) == len(a) for a in alive)  # the processes alive at once: distinct GPUs
+    assert {s[2] for s in spans} == {"0", "1"}
+
+
+def test_local_executor_rejects_jobs_elsewhere(write_suite, results, capsys):
+    path = write_suite(SUITE)
+    assert main(["run", str(path), "--results", str(results), "--jobs", "2"]) == 2
+    assert "--jobs 2: only the local executor" in capsys.readouterr().err
+
+
+# -- the code a job runs -----------------------------------------------------------------------------------
+def test_code_snapshot_is_content_addressed_and_read_only(tmp_path):
+    import os
+
+    from bench.launch import code_hash, snapshot_code
+
+    first = snapshot_code(tmp_path / "a")
+    again = snapshot_code(tmp_path / "a")
+    snap = tmp_path / "a" / "code" / first["sha"]
+    assert set(os.listdir(snap)) == {"bench", "baselines"} and first["dir"] == str(snap)
+    assert not list(snap.rglob("__pycache__")) and (snap / "bench" / "launch.py").is_file()
+    assert code_hash({p.name: p for p in snap.iterdir()}) == first["sha"]  # named by what it holds
+    if again["sha"] == first["sha"]:  # (another process may edit the tree in between)
+        assert len(os.listdir(tmp_path / "a" / "code")) == 1
+    assert not os.access(snap / "bench" / "launch.py", os.W_OK) or os.geteuid() == 0
+    assert (os.stat(snap / "bench" / "launch.py").st_mode & 0o222) == 0
+    # any change to a file changes the hash
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(snap / "baselines", copy / "baselines")
+    before = code_hash({"baselines": copy / "baselines"})
+    target = copy / "baselines" / "__init__.py"
+    target.chmod(0o644)
+    target.write_text(target.read_text() + "\nMARKER = 1\n")
+    assert code_hash({"baselines": copy / "baselines"}) != before
+
+
+def test_status_flags_code_that_differs_from_the_submitted(write_suite, results, capsys):
+    from bench.launch import code_mismatch
+
+    assert code_mismatch({"code": {"submitted": "a1", "ran": "a1"}}) is None
+    assert code_mismatch({}) is None
+    path = write_suite(SUITE)
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report",
+                 "--set", "train.max_steps=10"]) == 0
+    spec = load_suite(path).runs(sets=["train.max_steps=10"])[0]
+    record = RunRecord(results, spec.suite, spec.run_id)
+    record.write_result({**record.read_result(), "code": {"submitted": "aaaa", "ran": "bbbb", "git": "1234+dirty"}})
+    capsys.readouterr()
+    assert main(["status", str(path), "--results", str(results), "--set", "train.max_steps=10"]) == 0
+    assert "code mismatch: realnvp/moons/seed0 (max_steps=10)" in capsys.readouterr().out
+    assert "ran code bbbb but was submitted with aaaa (git 1234+dirty)" in code_mismatch(record.read_result())
