@@ -316,6 +316,7 @@ class CNFDynamics(CountedDynamics):
         # T = sqrt_end_time^2 keeps T > 0; trains only when asked
         self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(end_time)), requires_grad=train_end_time)
         self.forward_mode = True  # Jacobian-vector products by forward propagation when the net offers them
+        self._jvp: Any = None  # the net's forward_jvp, or its torch.compile'd twin (compile_jvp)
         # per-solve settings, set by CNF before each solve
         self.probe: Tensor | None = None
         self.exact = False
@@ -355,19 +356,38 @@ class CNFDynamics(CountedDynamics):
             out.append(frob / dim)
         return tuple(out)
 
+    def compile_jvp(self, backend: str = "inductor") -> None:
+        """Replace the net's ``forward_jvp`` by its ``torch.compile``'d twin for this block's solves.
+
+        Same arithmetic, fused kernels: fewer small-op dispatches per evaluation, in the forward
+        solve and in the adjoint's vector-Jacobian products. Compiling costs seconds once per
+        process and input shape, so it pays on long runs only (docs/cnf.md, "Speed")."""
+        if not hasattr(self.net, "forward_jvp"):
+            raise ValueError(f"{type(self.net).__name__} has no forward_jvp to compile")
+        # torchdiffeq's adjoint keeps the graph of each evaluation (retain_graph), which compiled
+        # backward graphs allow only without donated buffers; the backward graph is compiled at its
+        # first use, outside any call here, so the setting is process-wide
+        from torch._functorch import config as functorch_config
+
+        functorch_config.donated_buffer = False
+        self._jvp = torch.compile(self.net.forward_jvp, dynamic=None, backend=backend)
+
+    def _call_jvp(self, t: Tensor, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        return (self._jvp or self.net.forward_jvp)(t, z, tangents)
+
     def _forward_mode(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Divergence from Jacobian-vector products (exact: the D basis vectors; Hutchinson: e^T (J e))."""
         batch = z.shape[0]
         if self.exact:
             dim = z[0].numel()
             basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
-            f, jv = self.net.forward_jvp(t, z, basis.expand(dim, *z.shape))
+            f, jv = self._call_jvp(t, z, basis.expand(dim, *z.shape))
             jv = jv.reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
             div = torch.diagonal(jv, dim1=0, dim2=2).sum(1)
             frob = jv.pow(2).sum((0, 2)) if self.n_regs else None
         else:
             e = self.probe
-            f, jv = self.net.forward_jvp(t, z, e.unsqueeze(0))
+            f, jv = self._call_jvp(t, z, e.unsqueeze(0))
             jv = jv[0]
             div = (jv * e).reshape(batch, -1).sum(1)
             frob = jv.pow(2).reshape(batch, -1).sum(1) if self.n_regs else None
@@ -551,6 +571,15 @@ class CNF(nn.Module):
     def read_nfe(self) -> tuple[int, int]:
         """(forward, backward) evaluations of this block's dynamics since the last call; resets."""
         return self.func.read_nfe()
+
+
+def compile_dynamics(module: nn.Module, backend: str = "inductor") -> int:
+    """``torch.compile`` the Jacobian-vector function of every CNF block in ``module`` (see
+    ``CNFDynamics.compile_jvp``); returns how many blocks were compiled (0: no CNF inside)."""
+    blocks = [m for m in module.modules() if isinstance(m, CNFDynamics) and hasattr(m.net, "forward_jvp")]
+    for block in blocks:
+        block.compile_jvp(backend)
+    return len(blocks)
 
 
 def collect_block_nfe(module: nn.Module) -> tuple[int, int]:

@@ -43,7 +43,7 @@ __all__ = ["EXECUTORS", "RETRYABLE", "DEFAULT_RETRY", "SweepSummary", "RunJob", 
            "parse_retry", "run_inline", "run_local", "local_gpus", "submit", "wait", "job_states", "slurm_view",
            "reconcile", "cancel", "snapshot_code", "code_hash", "running_code", "code_mismatch", "resource_groups",
            "parse_slurm_overrides", "slurm_parameters", "check_slurm_reachable", "environment_has_slurm",
-           "SLURM_QUERIES"]
+           "SLURM_QUERIES", "gpu_slots", "describe_resources", "still_queued", "read_slurm_info", "ACTIVE_STATES"]
 
 EXECUTORS = ("inline", "local", "slurm")
 

@@ -264,9 +264,10 @@ class _Wandb(_Tracker):
         self.run.summary.update(metrics)  # wandb steps only grow: the test metrics are the run's summary
 
     def close(self, status: str) -> None:
-        if status == "preempted":
-            self.run.mark_preempting()
-        self.run.finish(exit_code=0 if status in ("completed", "preempted") else 1)
+        import wandb
+
+        self.run.finish(exit_code=0 if status == "completed" else 1)
+        wandb.teardown()  # waits until the run's file is written out: a requeued run reads it back at once
 
 
 class Trackers:
@@ -421,7 +422,7 @@ def wandb_history(folder: str | os.PathLike, run_id: str) -> dict[str, int]:
     """For each metric, the last step the wandb run ``run_id``'s files under ``folder`` hold (every
     earlier session, offline or online); empty when there are none."""
     held: dict[str, int] = {}
-    for path in sorted(Path(folder).glob(f"*run-*-{run_id}/run-{run_id}.wandb")):
+    for path in sorted(Path(folder).glob(f"*run-*/run-{run_id}.wandb")):  # run-TIME-ID, or run-TIME-ID-1 ...
         try:
             for record in read_wandb_records(path):
                 if record.WhichOneof("record_type") != "history":

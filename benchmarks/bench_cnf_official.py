@@ -6,17 +6,21 @@ start from the same weights (ours copied into the official layers), see the same
 train interleaved step by step (the order alternates), so machine load hits both alike.
 
     python benchmarks/bench_cnf_official.py --official /path/to/ffjord [--steps 100] [--direct]
-        [--fixed-end-time] [--seminorm] [--float64]
+        [--fixed-end-time] [--seminorm] [--float64] [--compile] [--warmup 3]
 
 ``--official DIR`` is a checkout of rtqichen/ffjord; its model is imported from there (nothing of
 it is copied here). Without it, ours is measured alone. The official code cuts T's gradient
 (``tensor([0, sqrt_T ** 2])``), so its T never trains; ``--fixed-end-time`` fixes ours too, for
 a like-with-like count (ours otherwise spends one evaluation a step on T's gradient).
+``--compile`` adds a third model to the interleaved loop: ours with ``torch.compile``'d dynamics
+(``flowbench run --compile``), from the same weights. The first ``--warmup`` steps (where
+compilation happens) are left out of every model's figures; their wall time is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -78,6 +82,8 @@ def main() -> None:
     ap.add_argument("--seminorm", action="store_true", help="our adjoint with the seminorm (Kidger et al. 2021)")
     ap.add_argument("--float64", action="store_true", help="both in double precision (step sequences then agree exactly)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="ours with torch.compile'd dynamics")
+    ap.add_argument("--warmup", type=int, default=3, help="steps left out of the figures (compilation, caches)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.float64 else torch.float32
@@ -86,6 +92,10 @@ def main() -> None:
     ours = build(DataInfo("8gaussians", "toy", (2,)), adjoint=not args.direct, adjoint_seminorm=args.seminorm,
                  train_end_time=not args.fixed_end_time).to(dtype)
     models = {"flowbench": ours}
+    if args.compile:
+        from baselines.cnf import compile_dynamics
+        models["compiled"] = copy.deepcopy(ours)
+        compile_dynamics(models["compiled"])
     if args.official:
         official, count_nfe = official_model(args.official)
         official = official.to(dtype)
@@ -101,12 +111,13 @@ def main() -> None:
     optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     rows: dict[str, list[tuple[float, int, int]]] = {k: [] for k in models}
     gen = torch.Generator().manual_seed(2)
-    for step in range(args.steps):
+    warmup_wall: dict[str, float] = {}
+    for step in range(args.warmup + args.steps):
         x = eight_gaussians(100, gen).to(dtype)
         order = list(models) if step % 2 == 0 else list(reversed(models))
         for name in order:
             model, opt = models[name], optimizers[name]
-            start = time.process_time()
+            start, wall_start = time.process_time(), time.perf_counter()
             if name == "official":
                 loss = official_loss(model, x)
                 forward = count_nfe(model)
@@ -120,9 +131,15 @@ def main() -> None:
                 loss.backward()
                 opt.step()
                 forward, backward = model.read_nfe()
-            rows[name].append((time.process_time() - start, int(forward), int(backward)))
+            if step >= args.warmup:
+                rows[name].append((time.process_time() - start, int(forward), int(backward)))
+            else:
+                warmup_wall[name] = warmup_wall.get(name, 0.0) + time.perf_counter() - wall_start
 
     method = "direct backprop" if args.direct else ("adjoint, seminorm" if args.seminorm else "adjoint")
+    if args.warmup:
+        print(f"warm-up ({args.warmup} steps, left out), wall s: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in warmup_wall.items()))
     print(f"{args.steps} steps, batch 100, {method} (ours), "
           f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), {dtype}, {args.threads} thread(s), CPU s:")
     print(f"{'':10s} {'s/step':>8s} {'NFE fwd':>8s} {'NFE bwd':>8s} {'ms/eval':>8s}")
@@ -134,7 +151,8 @@ def main() -> None:
         summary[name] = sec
         print(f"{name:10s} {sec:8.4f} {fwd:8.1f} {bwd:8.1f} {1000 * sec / (fwd + bwd):8.2f}")
     if "official" in summary:
-        print(f"speed-up (official s/step / ours): {summary['official'] / summary['flowbench']:.2f}x")
+        for name in (n for n in summary if n != "official"):
+            print(f"speed-up, {name} (official s/step / {name} s/step): {summary['official'] / summary[name]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def run_case(case: str, which: str, steps: int) -> dict:
     batch = torch.rand(BATCH[kind], *shape) if kind == "image" else torch.randn(BATCH[kind], *shape)
     rss0 = _rss_mb()
     if which == "normflows":
-        net = globals()[twin](shape[0] if kind == "tabular" else shape, hp)
+        net = globals()[twin](shape[0] if len(shape) == 1 else shape, hp)
         fn = getattr(net, "log_prob_x", net.log_prob)
         seconds = bare_steps(net, fn, batch, steps)
     elif which == "bare":

@@ -290,7 +290,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--memory-of", choices=["ours", "official"], help=argparse.SUPPRESS)
+    ap.add_argument("--memory-of", choices=["flowbench", "official"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.official and not (Path(args.official) / "lib" / "odenvp.py").is_file():
         raise SystemExit(f"--official {args.official}: no lib/odenvp.py there; pass a checkout of rtqichen/ffjord")
@@ -355,9 +355,11 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rows[name].append((time.process_time() - cpu, time.perf_counter() - wall, forward, backward, loss))
-            print(f"  step {step + 1} {name:9s} {rows[name][-1][1]:7.2f} s wall, NFE {forward}+{backward}, "
+            print(f"  step {step + 1} {name:9s} {rows[name][-1][0]:6.2f} s CPU {rows[name][-1][1]:7.2f} s wall, NFE {forward}+{backward}, "
                   f"loss {loss:.4f}", flush=True)
 
+    if not args.no_memory:
+        print("peak memory: one step of each in a fresh process ...", flush=True)
     peaks = {name: memory_in_subprocess(name, args) for name in models} if not args.no_memory else {}
     what = "MNIST file" if args.mnist else "synthetic strokes"
     print(f"\n{args.steps} interleaved steps, batch {args.batch} of 1x28x28 ({what}), adjoint, dopri5 1e-5, "

@@ -71,7 +71,7 @@ def _wandb(run_dir: Path, run_id: str) -> tuple[dict[str, list[tuple[int, float]
     config, the run ids the files name and the number of files (sessions)."""
     history: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
     summary, config, ids = {}, {}, []
-    files = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    files = sorted((run_dir / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"))  # a session in the same second: -1
     for path in files:
         for record in read_wandb_records(path):
             kind = record.WhichOneof("record_type")
@@ -281,3 +281,17 @@ def test_wandb_resume_skips_the_steps_its_earlier_session_holds(tmp_path):
     for key in ("train_loss", "lr"):
         _close(sorted(history[key]), _expected(rows, key), key, "wandb")
     assert summary["test_nll"] == 0.75 and config["run_id"] == spec.run_id
+
+
+def test_a_package_missing_on_a_worker_is_one_warning_naming_the_extra(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as on a bare node
+    spec = RunSpec("t", "realnvp", "moons", 0, trackers=["wandb"])
+    trackers = Trackers(spec, RunRecord(tmp_path, "t", spec.run_id))
+    with caplog.at_level(logging.WARNING, logger="flowbench"):
+        trackers.log([{"step": 10, "train_loss": 1.0}])
+        trackers.log([{"step": 10, "train_loss": 1.0}, {"step": 20, "train_loss": 0.5}])
+        trackers.finish({"status": "completed", "steps": 20, "test": {"nll": 1.0}})
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("tracker wandb: starting failed (")
+    assert 'the wandb package is not installed here; pip install "flowbench[wandb]"' in messages[0]
+    assert not (tmp_path / "t" / spec.run_id / "wandb").exists()

@@ -17,9 +17,23 @@ log() { echo "cluster.sh: $*" >&2; }
 STARTED=$DIR/started   # "name pid" of every daemon this script started, for stop
 
 started() {  # started NAME: record the pid of the daemon just started under NAME
-  local pid
-  pid=$(pgrep -n -x "$1" || true)
-  [ -n "$pid" ] && echo "$1 $pid" >> "$STARTED"
+  # the daemon proper, from its pid file where it writes one (after daemonizing), else the process of that
+  # name whose parent is init; not a starter that forks and exits, nor slurmctld's helper slurmscriptd
+  local pid="" file=""
+  case "$1" in
+    slurmctld|slurmd|slurmdbd) file=$DIR/run/$1.pid ;;
+    munged) file=/run/munge/munged.pid ;;
+  esac
+  for _ in $(seq 60); do
+    if [ -n "$file" ]; then pid=$(cat "$file" 2>/dev/null || true); else pid=$(pgrep -o -x -P 1 "$1" || true); fi
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]; then
+      sleep 0.5
+      [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && break
+    fi
+    pid=""
+    sleep 0.25
+  done
+  if [ -n "$pid" ]; then echo "$1 $pid" >> "$STARTED"; fi
 }
 
 install() {
