@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+__all__ = ["FlowModel", "LatentFlowModel", "LOG_2PI", "normal_log_prob", "SoftClampScale", "std_normal_log_prob"]
+
 
 LOG_2PI = math.log(2 * math.pi)
 

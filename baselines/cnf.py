@@ -36,6 +36,12 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from baselines.constraints import Choice
 
+__all__ = ["act_and_slope", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM", "AUTO_EXACT_TRAIN_DIM", "CNF",
+           "CNFDynamics", "collect_block_nfe", "compile_dynamics", "CountedDynamics", "DIVERGENCES",
+           "exact_divergence", "FIXED_STEP", "forward_solve", "LAYER_TYPES", "NOISES", "sample_probe",
+           "solve_limits", "SolveLimits", "Solver", "SolverFailure", "SolverName", "SOLVERS", "SolveTimeout",
+           "squeeze", "TimeNet", "unsqueeze"]
+
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "swish": nn.SiLU}
 
 

@@ -23,6 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
+__all__ = ["Choice", "conform", "Count", "describe", "INT64_MAX", "Invalid", "NonNegative", "NonNegInt", "Pattern",
+           "Positive", "Range", "Seed", "UnitInterval"]
+
 INT64_MAX = 2**63 - 1
 
 

@@ -3,4 +3,6 @@
 Nothing here imports torch or pandas: the command line answers at once.
 """
 
+__all__: list[str] = []
+
 __version__ = "0.1.0"

@@ -2,4 +2,6 @@
 
 from bench.cli import entry
 
+__all__: list[str] = []
+
 entry()

@@ -23,6 +23,10 @@ from typing import Any
 from bench.errors import FlowbenchError
 from bench.variants import run_label
 
+__all__ = ["AUDIT_COLUMNS", "audit_model", "audit_suite", "DEFAULT_TOLERANCES", "integral_of_density",
+           "parse_tolerances", "Point", "riemann_grid", "RIEMANN_POINTS", "set_eval_tolerance", "to_markdown",
+           "with_deltas", "write_audit"]
+
 DEFAULT_TOLERANCES = tuple(10.0 ** -k for k in range(8, 0, -1))  # 1e-8 ... 1e-1
 RIEMANN_POINTS = 4000
 

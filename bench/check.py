@@ -31,6 +31,11 @@ from bench.errors import FlowbenchError, did_you_mean
 from bench.metrics import METRICS, TOLERANCE_FAMILIES
 from bench.stats import welch
 
+__all__ = ["check", "CheckResult", "compare", "DEFAULT_ALPHA", "family", "format_result", "KEYS", "parse_alpha",
+           "parse_tolerances", "pin", "PIN_COLUMNS", "PINNED_DIR", "pinned_folder", "pinned_path", "QUANTITIES",
+           "read_pinned", "shipped", "suite_alpha", "suite_tolerances", "summarise", "tolerance_for",
+           "unusable_pinned_runs", "VERDICTS"]
+
 PINNED_DIR = Path(__file__).resolve().parent.parent / "baselines" / "pinned"
 KEYS = ["model", "variant", "dataset"]
 # pinned besides the headline (named after its metric, e.g. "nll") and a conditional model's conditional NLL

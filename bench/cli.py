@@ -20,6 +20,10 @@ from typing import NoReturn
 from bench.errors import FlowbenchError
 from bench.paths import inside
 
+__all__ = ["build_parser", "check_device", "cmd_audit", "cmd_cancel", "cmd_check", "cmd_data", "cmd_history",
+           "cmd_list", "cmd_pin", "cmd_report", "cmd_run", "cmd_status", "COMMANDS", "default_reports", "DEVICE",
+           "entry", "figures_text", "main", "metric_header", "parse_seeds", "slurm_text", "SuiteContext"]
+
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_USAGE = 0, 1, 2
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
@@ -239,7 +243,8 @@ def check_device(device: str, here: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.launch import pending, run_inline
+    from bench.launch import run_inline
+    from bench.retry import pending
     from bench.trackers import add_trackers
 
     check_device(args.device, here=False)
@@ -247,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = add_trackers(specs, args.trackers)  # --tracker on top of the suite's; their packages installed
     check_device(args.device, here=args.executor != "slurm")  # SLURM's nodes have their own devices
     inside(args.results, suite.name)
-    from bench.launch import parse_retry
+    from bench.retry import parse_retry
     from bench.store import RunRecord
 
     retry = parse_retry(args.retry)
@@ -286,7 +291,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None, report_dir: str | None = None) -> int:
-    from bench.launch import parse_retry, parse_slurm_overrides, run_local, slurm_parameters, submit, wait
+    from bench.launch import run_local, submit, wait
+    from bench.retry import parse_retry
+    from bench.slurm import parse_slurm_overrides, slurm_parameters
 
     options = parse_slurm_overrides(args.slurm)  # over each run's own (suite < override < variant)
     slurm_parameters({**suite.slurm, **options}, f"{suite.path}: slurm")  # validate before anything is submitted
@@ -294,12 +301,7 @@ def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None,
         done = run_local(specs, args.results, {**suite.slurm, **options}, jobs=args.jobs, data_root=data_root,
                          device=args.device, force=args.force, retry=parse_retry(args.retry), progress=not args.quiet)
         how = f" ({done.arrays[0][2]})" if done.arrays else ""
-        print(f"suite {suite.name}: local processes{how}: {done.line()}")
-        if report_dir is not None:
-            _print_report(str(suite.path), args.results, None, report_dir, option="--report")
-        for label, message in done.errors:
-            print(f"  failed: {label}: {message}", file=sys.stderr)
-        return EXIT_RUNS_FAILED if done.failed else EXIT_OK
+        return _finish_sweep(args, suite, f"local processes{how}: {done.line()}", done, report_dir)
     summary, submitted, jobs = submit(specs, args.results, args.executor, options, data_root=data_root,
                                       device=args.device, force=args.force, retry=parse_retry(args.retry))
     if not jobs:
@@ -317,7 +319,13 @@ def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None,
                   f"{args.results} --out {report_dir}` writes it when they are)")
         return EXIT_OK
     done = wait(submitted, args.results, jobs, progress=not args.quiet)
-    print(f"suite {suite.name}: {done.line()}")
+    return _finish_sweep(args, suite, done.line(), done, report_dir)
+
+
+def _finish_sweep(args: argparse.Namespace, suite, line: str, done, report_dir: str | None) -> int:
+    """After the runs of a local or waited-for SLURM sweep: its line, the report when asked, one line a
+    failed run, and the exit status."""
+    print(f"suite {suite.name}: {line}")
     if report_dir is not None:
         _print_report(str(suite.path), args.results, None, report_dir, option="--report")
     for label, message in done.errors:
@@ -336,7 +344,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def _status_of_suite(args: argparse.Namespace) -> int:
     """One line per run: the record's status joined with SLURM's view of its job, and counts."""
-    from bench.launch import code_mismatch, decide, parse_retry, reconcile, run_state, slurm_view
+    from bench.launch import reconcile, slurm_view
+    from bench.retry import decide, parse_retry, run_state
+    from bench.snapshot import code_mismatch
     from bench.metrics import headline_of
     from bench.store import RunRecord
 
@@ -391,7 +401,7 @@ def metric_header(metric: str) -> str:
 def slurm_text(state: str, status: str) -> str:
     """SLURM's state of a run's job beside the run's own when they disagree: a job that ended
     COMPLETED around a failed run shows "COMPLETED (run: failed)", never a bare COMPLETED."""
-    from bench.launch import ACTIVE_STATES
+    from bench.slurm import ACTIVE_STATES
 
     if not state or state in ACTIVE_STATES or (state == "COMPLETED") == (status == "completed"):
         return state

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+__all__ = ["device_name", "environment", "git_sha", "PACKAGES", "versions"]
+
 PACKAGES = ("torch", "torchdiffeq", "normflows", "numpy", "pandas", "submitit")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+__all__ = ["did_you_mean", "FlowbenchError"]
+
 
 class FlowbenchError(Exception):
     """A problem the user can fix: the message names the file, field or run and what to do."""

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["fork_pool", "MAX_WORKERS", "usable_cores"]
+
 MAX_WORKERS = 4
 
 

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import FlowbenchError
 
+__all__ = ["append", "default_quantities", "figure", "HISTORY_FILE", "history_path", "read", "ROW_FIELDS", "table",
+           "to_markdown"]
+
 if TYPE_CHECKING:
     import pandas as pd
 

@@ -8,24 +8,21 @@ checkpoint and a ``preempted`` record, so the next ``flowbench run`` resumes it.
 in a run's folder remembers its job, so a run that is still queued is never submitted twice.
 
 Runs whose resources differ (``slurm:`` of an override or variant) go in one array per resource
-set. The submitted code is snapshotted (``snapshot_code``) into ``_slurm/code/SHA/`` and the jobs
-start there, so a queued or requeued task runs the code of its submission, whatever is edited
-meanwhile; the task records the hash of the code it ran next to the submitted one. ``decide`` is
-the retry policy: which records ``run`` takes up again and why. The local executor runs at most
-``--jobs`` processes at once, each on its own GPU(s).
+set. The submitted code is snapshotted (``bench.snapshot``) and the jobs start in the copy, so a
+queued or requeued task runs the code of its submission. Which records ``run`` takes up again is
+``bench.retry``'s policy; what SLURM says of the jobs comes from ``bench.slurm``. The local
+executor runs at most ``--jobs`` processes at once, each on its own GPU(s).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,31 +31,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import FlowbenchError, did_you_mean
+from bench.errors import FlowbenchError
 from bench.metrics import headline_of
-from bench.spec import RunSpec, parse_value
+from bench.retry import DEFAULT_RETRY, pending
+from bench.slurm import (ACTIVE_STATES, check_slurm_reachable, job_states, read_slurm_info, slurm_parameters,
+                         still_queued)
+from bench.snapshot import running_code, snapshot_code
+from bench.spec import RunSpec
 from bench.store import RunRecord, atomic_write_json
 
-__all__ = ["EXECUTORS", "RETRYABLE", "DEFAULT_RETRY", "SweepSummary", "RunJob", "pending", "decide", "run_state",
-           "parse_retry", "run_inline", "run_local", "local_gpus", "submit", "wait", "job_states", "slurm_view",
-           "reconcile", "cancel", "snapshot_code", "code_hash", "running_code", "code_mismatch", "resource_groups",
-           "parse_slurm_overrides", "slurm_parameters", "check_slurm_reachable", "environment_has_slurm",
-           "SLURM_QUERIES", "gpu_slots", "describe_resources", "still_queued", "read_slurm_info", "ACTIVE_STATES"]
+__all__ = ["EXECUTORS", "SweepSummary", "RunJob", "run_inline", "run_local", "local_gpus", "submit", "wait",
+           "slurm_view", "reconcile", "cancel", "resource_groups", "environment_has_slurm", "gpu_slots",
+           "describe_resources"]
 
 EXECUTORS = ("inline", "local", "slurm")
 
-# suite `slurm:` key -> submitit AutoExecutor parameter
-SLURM_OPTIONS = {
-    "partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
-    "constraint": "slurm_constraint", "timeout_min": "timeout_min", "gpus_per_node": "gpus_per_node",
-    "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "nodes": "nodes", "tasks_per_node": "tasks_per_node",
-    "array_parallelism": "slurm_array_parallelism", "signal_delay_s": "slurm_signal_delay_s",
-    "max_num_timeout": "slurm_max_num_timeout", "additional": "slurm_additional_parameters",
-    "setup": "slurm_setup", "job_name": "name", "exclude": "slurm_exclude",
-}
-SLURM_DEFAULTS = {"timeout_min": 60, "cpus_per_task": 2, "array_parallelism": 64, "signal_delay_s": 90}
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
-                 "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING"}
 FINAL_STATUSES = {"completed", "failed", "timeout", "preempted", "diverged"}
 NOT_FAILED = ("completed", "submitted", "queued", "claimed")  # claimed: another live process trains the run
 
@@ -83,93 +70,6 @@ class SweepSummary:
         parts += [f"{n} {s} left alone (--retry {s} re-runs {'it' if n == 1 else 'them'})"
                   for s, n in sorted(self.left.items())]
         return ", ".join(parts + [f"{self.skipped} already completed"]) if parts or self.skipped else "nothing to run"
-
-
-# -- the retry policy ---------------------------------------------------------------------------
-RETRYABLE = ("failed", "timeout", "preempted", "lost", "diverged")
-DEFAULT_RETRY = frozenset({"failed", "timeout", "preempted", "lost"})  # diverged re-runs diverge again
-
-
-def parse_retry(text: str | None) -> frozenset[str]:
-    """``--retry diverged`` (a comma list, or ``all``): statuses re-run on top of DEFAULT_RETRY."""
-    wanted = {p.strip() for p in (text or "").split(",") if p.strip()}
-    if "all" in wanted:
-        return frozenset(RETRYABLE)
-    for status in wanted:
-        if status not in RETRYABLE:
-            raise FlowbenchError(f'--retry {text}: unknown status "{status}"{did_you_mean(status, RETRYABLE)}; '
-                                 f"choose from {', '.join(RETRYABLE)} or all")
-    return DEFAULT_RETRY | wanted
-
-
-def run_state(record: RunRecord) -> tuple[str, dict[str, Any]]:
-    """(state, result) of a record as the retry policy sees it: "pending" (no result), "running" (a
-    live process holds it), "lost" (a running record whose process is gone: no live claim),
-    "unreadable", or the recorded status."""
-    if record.result_problem():
-        return "unreadable", {}
-    result = record.read_result()
-    if result is None:
-        return "pending", {}
-    status = result.get("status", "failed")
-    if status == "running":
-        return ("running" if record.claim_state() == "live" else "lost"), result
-    return status, result
-
-
-def decide(state: str, result: Mapping[str, Any] | None = None, retry: frozenset[str] = DEFAULT_RETRY,
-           force: bool = False, slurm: Mapping[str, Any] | None = None) -> tuple[bool, str]:
-    """Whether ``flowbench run`` takes a run up again, and why (shown by ``status``).
-
-    ``state`` comes from ``run_state``; ``slurm`` is the run's slurm.json joined with SLURM's state
-    of its job (``slurm_view``): a job still queued or running is never submitted twice, and a job
-    that ended while the record says nothing happened (or that the run still runs) lost the run.
-    """
-    result, slurm = result or {}, slurm or {}
-    job, job_state = slurm.get("job_id"), slurm.get("state", "")
-    if slurm.get("executor") == "slurm" and still_queued(slurm):
-        return False, f"job {job} is {job_state if job_state != 'UNKNOWN' else 'just submitted'}"
-    if force:
-        return True, "--force"
-    steps = result.get("steps")
-    at = f" at step {steps}" if steps else ""
-    if state == "completed":
-        return False, "completed"
-    if state == "running":
-        return False, "running now (claimed by a live process)"
-    if state == "unreadable":
-        return True, "result.json unreadable: the run says how to fix it"
-    if state == "pending":
-        if job and job_state and slurm.get("executor") == "slurm":
-            return "lost" in retry, f"lost: job {job} ended {job_state} before the run started"
-        return True, "not run yet"
-    if state == "lost":
-        ended = f"job {job} ended {job_state}" if job and job_state else "its process is gone"
-        return "lost" in retry, f"lost: recorded running{at}, but {ended}; resumes from its checkpoint"
-    if state in RETRYABLE:
-        if state not in retry:
-            return False, f"{state}{at}; left alone (--retry {state} re-runs it)"
-        resumes = "resumes from its checkpoint" if state in ("preempted", "timeout") else "re-runs"
-        return True, f"{state}{at}: {resumes}"
-    return True, f"status {state!r} unknown: re-runs"
-
-
-def pending(specs: Sequence[RunSpec], results_dir: str | Path, force: bool = False,
-            retry: frozenset[str] = DEFAULT_RETRY, left: Counter | None = None) -> tuple[list[RunSpec], int]:
-    """The specs ``run`` takes up (``decide``; all of them with ``force``), and how many are complete.
-    Runs held by a live process stay in (they are reported as claimed); runs the policy leaves alone
-    are counted by status in ``left``."""
-    todo, done = [], 0
-    for spec in specs:
-        state, result = run_state(RunRecord(results_dir, spec.suite, spec.run_id))
-        go, _ = decide(state, result, retry, force)
-        if go or state == "running":
-            todo.append(spec)
-        elif state == "completed":
-            done += 1
-        elif left is not None:
-            left[state] += 1
-    return todo, done
 
 
 def describe_result(spec: RunSpec, result: dict[str, Any]) -> str:
@@ -340,205 +240,6 @@ def _export_distributed_environment() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-# -- slurm and local ---------------------------------------------------------------------------
-def parse_slurm_overrides(text: str | None) -> dict[str, Any]:
-    """``"partition=gpu,timeout_min=120"`` -> {"partition": "gpu", "timeout_min": 120}."""
-    out: dict[str, Any] = {}
-    for piece in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, eq, value = piece.partition("=")
-        if not eq:
-            raise FlowbenchError(f'--slurm {text}: expected KEY=VALUE pairs, e.g. "partition=gpu,timeout_min=120"')
-        out[key.strip()] = parse_value(value.strip())
-    return out
-
-
-def slurm_parameters(options: Mapping[str, Any], where: str, defaults: bool = True) -> dict[str, Any]:
-    """Suite/CLI SLURM options -> submitit parameters, each key checked (``defaults``: SLURM_DEFAULTS
-    filled in for what is not given)."""
-    merged = {**SLURM_DEFAULTS, **options} if defaults else dict(options)
-    params: dict[str, Any] = {}
-    for key, value in merged.items():
-        if key not in SLURM_OPTIONS:
-            raise FlowbenchError(f'{where}: unknown SLURM option "{key}"{did_you_mean(key, SLURM_OPTIONS)}')
-        if key == "setup" and isinstance(value, str):
-            value = [value]
-        if key == "additional" and not isinstance(value, Mapping):
-            raise FlowbenchError(f"{where}.additional: expected a mapping of extra sbatch options, got {value!r}")
-        params[SLURM_OPTIONS[key]] = value
-    return params
-
-
-def check_slurm_reachable() -> None:
-    """One clear message, and nothing submitted, when SLURM's tools or controller are missing."""
-    if shutil.which("sbatch") is None:
-        raise FlowbenchError("sbatch not found: SLURM's client tools are not installed or not on PATH; "
-                             "nothing was submitted (use --executor local or inline on this machine)")
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise FlowbenchError(f"the SLURM controller did not answer ({err}); nothing was submitted") from None
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        detail = (ping.stdout + ping.stderr).strip().splitlines()
-        raise FlowbenchError(f"the SLURM controller is not reachable ({detail[-1] if detail else 'scontrol ping failed'});"
-                             " check SLURM_CONF and that slurmctld runs; nothing was submitted")
-
-
-SLURM_QUERIES: Counter = Counter()  # sacct / squeue calls made by this process (benchmarks/bench_slurm.py counts them)
-QUERY_CHUNK = 200  # array job ids per sacct / squeue call
-
-
-def _expand_task_ids(job: str) -> list[str]:
-    """sacct's and squeue's compressed array tasks, ``123_[0-3,7]`` -> 123_0 ... 123_3, 123_7."""
-    base, _, rest = job.partition("_[")
-    if not rest:
-        return [job]
-    out = []
-    for piece in rest.rstrip("]").split("%")[0].split(","):
-        lo, dash, hi = piece.partition("-")
-        try:
-            out += [f"{base}_{i}" for i in range(int(lo), int(hi if dash else lo) + 1)]
-        except ValueError:
-            continue
-    return out
-
-
-def _query(cmd: list[str]) -> str:
-    SLURM_QUERIES[cmd[0]] += 1
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-
-
-def job_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """SLURM's state of each job id (array tasks as ``123_4``): one sacct call (accounting, final
-    states) and one squeue call (live states, fresher) per QUERY_CHUNK arrays, never one per run;
-    "UNKNOWN" for a job neither knows."""
-    states: dict[str, str] = {}
-    ids = sorted({j for j in job_ids if j})
-    if not ids:
-        return states
-    arrays = sorted({i.split("_")[0] for i in ids})
-    try:
-        for k in range(0, len(arrays), QUERY_CHUNK):
-            chunk = ",".join(arrays[k:k + QUERY_CHUNK])
-            for command in (["sacct", "-n", "-P", "-X", "--format=JobID,State", "-j", chunk],
-                            ["squeue", "-h", "-r", "-j", chunk, "-o", "%i|%T"]):
-                for line in _query(command).splitlines():
-                    job, _, state = line.partition("|")
-                    for task in _expand_task_ids(job.strip()):
-                        states[task] = state.split()[0] if state.strip() else "UNKNOWN"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return {j: states.get(j, "UNKNOWN") for j in ids}
-
-
-def read_slurm_info(record: RunRecord) -> dict[str, Any]:
-    """The run's slurm.json (its job, executor, logs, submitted code), {} when absent or unreadable."""
-    try:
-        info = json.loads((record.dir / "slurm.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-UNKNOWN_GRACE_S = 600  # a job SLURM does not know yet (accounting lags) counts as queued this long after submission
-
-
-def still_queued(info: Mapping[str, Any]) -> bool:
-    """Whether the job of a slurm.json joined with its state (``slurm_view``) may still run the run."""
-    state = info.get("state", "")
-    if state in ACTIVE_STATES:
-        return True
-    submitted = info.get("submitted")
-    return state == "UNKNOWN" and isinstance(submitted, (int, float)) and time.time() - submitted < UNKNOWN_GRACE_S
-
-
-# -- the code a job runs ------------------------------------------------------------------------
-SNAPSHOT_PACKAGES = ("bench", "baselines")
-
-
-def code_hash(entries: Mapping[str, Path]) -> str:
-    """A content hash of code: every file under each entry (a package folder or a module file), by
-    its path below the entry's name, bytecode caches and hidden files left out."""
-    digest = hashlib.sha256()
-    files: list[tuple[str, Path]] = []
-    for name, path in entries.items():
-        path = Path(path)
-        if path.is_file():
-            files.append((name, path))
-            continue
-        for root, dirs, names in os.walk(path):
-            dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
-            rel = Path(name) / Path(root).relative_to(path)
-            files += [((rel / n).as_posix(), Path(root) / n) for n in names
-                      if not n.startswith(".") and not n.endswith((".pyc", ".pyo"))]
-    for rel, path in sorted(files):
-        data = path.read_bytes()
-        digest.update(f"{rel}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()[:16]
-
-
-def _code_sources(plugins: Sequence[str] = (), plugin_path: str = "") -> dict[str, Path]:
-    """The code a run imports: the bench and baselines packages, and the suite's plugin modules that
-    live in ``plugin_path`` (the user's own; plugins installed elsewhere are not copied)."""
-    import importlib
-
-    out: dict[str, Path] = {}
-    for package in SNAPSHOT_PACKAGES:
-        out[package] = Path(importlib.import_module(package).__file__).resolve().parent
-    root = Path(plugin_path).resolve() if plugin_path else None
-    for module in plugins:
-        top = sys.modules.get(module.split(".")[0])
-        where = Path(getattr(top, "__file__", None) or "").resolve() if top is not None else None
-        if where is None or not where.is_file() or root is None or root not in where.parents:
-            continue
-        path = where.parent if where.name == "__init__.py" else where
-        out[path.name] = path
-    return out
-
-
-def running_code(plugins: Sequence[str] = ()) -> str:
-    """The hash of the code this process imported (``code_hash``): bench, baselines and the plugins
-    that sit next to them (as in a snapshot)."""
-    sources = _code_sources()
-    root = sources["bench"].parent
-    extra = _code_sources(plugins, str(root))
-    return code_hash({**extra, **sources})
-
-
-def snapshot_code(folder: Path, plugins: Sequence[str] = (), plugin_path: str = "") -> dict[str, Any]:
-    """Copy the code the jobs will run (``_code_sources``) into ``folder/code/SHA/`` (rsync when
-    installed, else a plain copy; read-only), SHA being the copy's ``code_hash``. Returns {"sha",
-    "git" (the checkout's commit, "+dirty" with uncommitted changes; None outside git), "dir"}."""
-    from bench.env import git_sha
-
-    sources = _code_sources(plugins, plugin_path)
-    base = Path(folder) / "code"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
-        for name, src in sources.items():
-            if shutil.which("rsync"):
-                target = f"{tmp / name}/" if src.is_dir() else str(tmp / name)
-                subprocess.run(["rsync", "-a", "--exclude", "__pycache__", "--exclude", "*.pyc",
-                                f"{src}/" if src.is_dir() else str(src), target], check=True, capture_output=True)
-            elif src.is_dir():
-                shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            else:
-                shutil.copy2(src, tmp / name)
-        sha = code_hash({p.name: p for p in tmp.iterdir()})
-        for root, _, names in os.walk(tmp):
-            for n in names:
-                os.chmod(os.path.join(root, n), 0o444)
-        final = base / sha
-        try:
-            os.rename(tmp, final)
-        except OSError:  # the same code was snapshotted before: keep that copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    except (OSError, subprocess.CalledProcessError) as err:
-        raise FlowbenchError(f"cannot snapshot the code into {base} ({err}); nothing was submitted") from None
-    return {"sha": sha, "git": git_sha(), "dir": str(final)}
-
-
 @contextlib.contextmanager
 def _cwd(path: str | Path) -> Iterator[None]:
     """Work in ``path`` for a while: jobs started now start there, with its code first on sys.path."""
@@ -548,15 +249,6 @@ def _cwd(path: str | Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(before)
-
-
-def code_mismatch(result: Mapping[str, Any] | None) -> str | None:
-    """What ``status`` flags when a run ran other code than was submitted, else None."""
-    code = (result or {}).get("code") or {}
-    if code.get("submitted") and code.get("ran") and code["submitted"] != code["ran"]:
-        return (f"ran code {code['ran']} but was submitted with {code['submitted']}"
-                + (f" (git {code['git']})" if code.get("git") else ""))
-    return None
 
 
 # -- submission ---------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["bits_per_dim", "get_metric", "headline_of", "LN2", "Metric", "METRICS", "nll_from_bits_per_dim",
+           "peak_memory_mb", "register_metric", "reported_metrics", "SUITE_METRICS", "TOLERANCE_FAMILIES"]
+
 LN2 = math.log(2.0)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from bench.errors import FlowbenchError
 
+__all__ = ["inside"]
+
 
 def inside(root: str | os.PathLike, *parts: str) -> Path:
     """``root/parts...``, refused with a FlowbenchError when it does not lie strictly under ``root``

@@ -17,6 +17,8 @@ from typing import Any
 
 from bench.metrics import METRICS
 
+__all__ = ["COLUMNS", "index", "Key", "load_published", "lookup", "PUBLISHED_CSV", "Reference", "rows_for"]
+
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "baselines" / "published.csv"
 COLUMNS = ["model", "dataset", "metric", "unit", "value", "std", "setting", "source", "table", "notes"]
 

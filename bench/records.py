@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 from bench.metrics import METRICS, get_metric
 from bench.variants import row_label
 
+__all__ = ["AGG_COLUMNS", "aggregate", "FAILED_STATUSES", "headline_values", "KEYS", "LABELS", "latest", "ModelRows",
+           "prepare", "Records", "run_counts", "UNFINISHED_STATUSES", "with_labels"]
+
 if TYPE_CHECKING:
     import pandas as pd
 

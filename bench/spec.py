@@ -30,6 +30,12 @@ from bench.errors import FlowbenchError, did_you_mean
 from bench.trackers import check_trackers
 from bench.metrics import SUITE_METRICS
 
+__all__ = ["check_field", "check_seeds", "check_suite_name", "check_train", "checked", "declaration", "Field",
+           "find_suite", "import_suite_plugins", "load_suite", "MAX_NODES", "METRICS", "MODULE_NAME", "ONLY_KEYS",
+           "Override", "OVERRIDE_KEYS", "parse_only", "parse_sets", "parse_value", "read_yaml",
+           "resolve_data_options", "resolve_model_config", "RunSpec", "Suite", "SUITE_KEYS", "suite_metrics",
+           "SUITE_NAME", "suite_names", "SUITES_DIR", "TRAIN_DEFAULTS", "TRAIN_FIELDS"]
+
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defines each)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+__all__ = ["betainc", "standard_error", "t_sf", "Welch", "welch"]
+
 
 def standard_error(std: float, n: int) -> float:
     """std / sqrt(n) for n > 1 (NaN otherwise: one seed says nothing about the spread)."""

@@ -19,6 +19,11 @@ from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
 
+__all__ = ["acquire_claim", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "build_model",
+           "CACHE_VERSION", "Claim", "claim_alive", "CLAIM_FILE", "current_umask", "flatten", "heartbeat_seconds",
+           "load_model", "load_tensors", "PARALLEL_READS", "read_claim", "read_row", "RunClaimed", "RunRecord",
+           "scan", "SCAN_CACHE", "SPEC_FIELDS", "stale_seconds", "STATUSES", "UnreadableFile"]
+
 log = logging.getLogger("flowbench")
 
 _UMASK_LOCK = threading.Lock()

@@ -20,6 +20,10 @@ from bench.metrics import METRICS, Metric, get_metric
 from bench.published import Reference, index as published_index, lookup
 from bench.records import ModelRows, Records, aggregate
 
+__all__ = ["build_tables", "fmt_cell", "fmt_gap", "fmt_number", "headline_tables", "LONG_COLUMNS", "make_table",
+           "reference_values", "SECONDARY", "sources_text", "Table", "tex_escape", "to_html", "to_latex", "to_long",
+           "to_markdown", "to_wide"]
+
 if TYPE_CHECKING:
     import pandas as pd
 

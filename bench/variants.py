@@ -20,6 +20,10 @@ from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
 
+__all__ = ["Axes", "combine", "fmt_value", "from_sets", "label_of", "matches", "optional_text", "parse_grid",
+           "parse_match", "parse_settings", "parse_variants", "PLAIN", "row_label", "run_label", "SECTIONS",
+           "short_names", "slurm_resources", "Variant", "VARIANT_KEYS"]
+
 SECTIONS = ("train", "model", "data")
 VARIANT_KEYS = ("match", "setting", "published_model", "slurm", *SECTIONS)
 _NAME = re.compile(r"[A-Za-z0-9_.+-]+")
@@ -161,7 +165,7 @@ def slurm_resources(raw: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise FlowbenchError(f"{where}: expected a mapping of SLURM resources, e.g. {{gpus_per_node: 4}}, got {raw!r}")
-    from bench.launch import slurm_parameters  # launch imports spec, which imports this module
+    from bench.slurm import slurm_parameters  # bench.slurm imports spec, which imports this module
 
     slurm_parameters(raw, where, defaults=False)
     return dict(raw)

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from bench.cli import main
-from bench.launch import SLURM_QUERIES, job_states, submit
+from bench.launch import submit
+from bench.slurm import SLURM_QUERIES, job_states
 from bench.spec import load_suite
 from bench.store import RunRecord
 

@@ -23,6 +23,10 @@ import numpy as np
 
 from bench.errors import FlowbenchError
 
+__all__ = ["CACHE_FOLDER", "cache_folders", "cached_arrays", "check_md5", "corrupt", "file_digest", "find",
+           "missing", "no_root", "npy_shape", "PICKLE_ROOTS", "source_key", "unpickle_data", "unpickle_dataframe",
+           "user_cache_dir"]
+
 CACHE_FOLDER = ".flowbench-cache"
 
 

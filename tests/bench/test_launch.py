@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.launch import parse_slurm_overrides, slurm_parameters
+from bench.slurm import parse_slurm_overrides, slurm_parameters
 from bench.errors import FlowbenchError
 from bench.spec import load_suite
 from bench.store import RunRecord
@@ -175,7 +175,7 @@ def _set_status(record: RunRecord, status: str, **extra) -> None:
 
 
 def test_retry_policy_leaves_diverged_alone_and_status_says_why(write_suite, results, capsys):
-    from bench.launch import DEFAULT_RETRY, decide, parse_retry, pending, run_state
+    from bench.retry import DEFAULT_RETRY, decide, parse_retry, pending, run_state
 
     path = write_suite(SIX_RUNS.replace("max_steps: 60", "max_steps: 10"))
     assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
@@ -342,7 +342,7 @@ def test_local_executor_rejects_jobs_elsewhere(write_suite, results, capsys):
 def test_code_snapshot_is_content_addressed_and_read_only(tmp_path):
     import os
 
-    from bench.launch import code_hash, snapshot_code
+    from bench.snapshot import code_hash, snapshot_code
 
     first = snapshot_code(tmp_path / "a")
     again = snapshot_code(tmp_path / "a")
@@ -367,7 +367,7 @@ def test_code_snapshot_is_content_addressed_and_read_only(tmp_path):
 
 
 def test_status_flags_code_that_differs_from_the_submitted(write_suite, results, capsys):
-    from bench.launch import code_mismatch
+    from bench.snapshot import code_mismatch
 
     assert code_mismatch({"code": {"submitted": "a1", "ran": "a1"}}) is None
     assert code_mismatch({}) is None

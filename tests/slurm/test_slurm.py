@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.launch import ACTIVE_STATES, SLURM_QUERIES, job_states
+from bench.slurm import ACTIVE_STATES, SLURM_QUERIES, job_states
 from bench.spec import load_suite
 from bench.store import RunRecord
 
@@ -234,7 +234,7 @@ def test_a_queued_task_runs_the_code_of_its_submission(slurm_cluster, write_suit
     import bench
     from baselines import realnvp
     from bench.data import load_dataset
-    from bench.launch import code_hash
+    from bench.snapshot import code_hash
 
     checkout = tmp_path / "checkout"
     for package in ("bench", "baselines"):
