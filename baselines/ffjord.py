@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from baselines.base import FlowModel
+from baselines.base import FlowModel, std_normal_log_prob
 from baselines.cnf import CNF, Solver, TimeNet, collect_block_nfe, squeeze, unsqueeze
 from baselines.cnf_options import CNFOptions, FFJORDOptions
-from baselines.layers import RunningBatchNorm, std_normal_log_prob
+from baselines.layers import RunningBatchNorm
 from baselines.registry import flat_options
 
 __all__ = ["CNFFlowModel", "MultiScaleCNF", "VectorCNF", "auto_scales", "build", "make_cnf_model"]
@@ -35,15 +35,16 @@ __all__ = ["CNFFlowModel", "MultiScaleCNF", "VectorCNF", "auto_scales", "build",
 class CNFFlowModel(FlowModel):
     """Base of the CNF models (FFJORD, Grathwohl et al. 2019; RNODE, Finlay et al. 2020):
     ``to_latent(x) -> (latent pieces, log-det, regularisers)``, the loss
-    ``mean NLL + reg_scale * (kinetic * K + jacobian * B)`` and NFE reading.
+    ``mean NLL / loss_scale + kinetic * K + jacobian * B`` and NFE reading.
 
-    ``kinetic``, ``jacobian``: the regularisers' weights (0: plain FFJORD); ``reg_scale``: their
-    scale (D ln 2 for images, the bits/dim scale of the loss; 1 otherwise).
+    ``kinetic``, ``jacobian``: the regularisers' weights (0: plain FFJORD); ``loss_scale``: nats per
+    unit of the loss, D ln 2 for images (the loss is in bits/dim, as the official code trains them:
+    the adjoint's backward solve and gradient clipping see the official magnitudes), 1 otherwise.
     """
 
-    def __init__(self, kinetic: float = 0.0, jacobian: float = 0.0, reg_scale: float = 1.0):
+    def __init__(self, kinetic: float = 0.0, jacobian: float = 0.0, loss_scale: float = 1.0):
         super().__init__()
-        self.kinetic, self.jacobian, self.reg_scale = kinetic, jacobian, reg_scale
+        self.kinetic, self.jacobian, self.loss_scale = kinetic, jacobian, loss_scale
 
     def to_latent(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor | None]:
         raise NotImplementedError
@@ -55,11 +56,11 @@ class CNFFlowModel(FlowModel):
     def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         pieces, log_det, regs = self.to_latent(x)
         nll = -(sum(std_normal_log_prob(p) for p in pieces) + log_det).mean()
-        loss = nll
+        loss = nll / self.loss_scale
         stats = {"nll": float(nll.detach())}
         if regs is not None:
             kinetic, jac = regs.mean(0).unbind()
-            loss = loss + self.reg_scale * (self.kinetic * kinetic + self.jacobian * jac)
+            loss = loss + self.kinetic * kinetic + self.jacobian * jac
             stats.update(kinetic=float(kinetic.detach()), jacobian=float(jac.detach()))
         return loss, stats
 
@@ -250,8 +251,9 @@ def make_cnf_model(data: Any, options: CNFOptions) -> CNFFlowModel:
                    eval_divergence=o.eval_divergence, noise=noise, train_solver=train_solver, eval_solver=test_solver,
                    adjoint=o.adjoint, steer=o.steer, regularize=regularize, adjoint_seminorm=o.adjoint_seminorm)
 
-    # images: regularisers on the bits/dim scale of the loss, as RNODE weighs them
-    loss = dict(kinetic=kinetic, jacobian=jacobian, reg_scale=math.prod(shape) * math.log(2) if image else 1.0)
+    # images: the loss in bits/dim (less a constant) with the regularisers added to it, as FFJORD's and
+    # RNODE's code train them
+    loss = dict(kinetic=kinetic, jacobian=jacobian, loss_scale=math.prod(shape) * math.log(2) if image else 1.0)
     if image:
         return MultiScaleCNF(shape, make_block, n_blocks=o.n_blocks or 2, n_scales=o.n_scales, **loss)
     return VectorCNF(shape[0], make_block, n_blocks=o.n_blocks or 1, batch_norm=o.batch_norm, **loss)

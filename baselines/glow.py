@@ -21,6 +21,8 @@ from baselines.constraints import Count, NonNegInt
 from baselines.layers import (ConditionalGaussianPrior, GaussianPrior, GlowStep, LearnedTopPrior, MultiScaleFlow,
                               MultiScaleModel, StandardNormalPrior, VectorFlowModel, squeezable, squeezed)
 
+__all__ = ["build", "glow_image", "GlowVector"]
+
 
 class GlowVector(VectorFlowModel):
     """K Glow steps (ActNorm, invertible linear map, sigmoid-scale affine coupling with an MLP) over N(0, I)."""

@@ -22,10 +22,10 @@ The latent is the concatenation of the flow's latent pieces in ``to_latent``'s o
 the piece factored out first comes first), and ``z_y`` is its first ``int(condition_ratio * D)``
 coordinates, as the author's code slices the first ``condition_ratio`` of its flattened ``z``.
 
-Objective (per batch, nats): ``mean NLL(x | y) + s * (weight_y * CE + rl_weight * REINFORCE)``
-with ``s = D ln 2`` for images and 1 otherwise, i.e. for images ``s`` times the author's
-``bpd + weight_y * CE + rl_loss`` up to a constant (the same scaling as FFJORD/RNODE's
-``reg_scale``). The REINFORCE returns follow the paper's Eq. 6 by default (``tolerance_returns``).
+Objective (per batch): ``mean NLL(x | y) / s + weight_y * CE + rl_weight * REINFORCE`` with
+``s = D ln 2`` for images and 1 otherwise, i.e. for images the author's ``bpd + weight_y * CE +
+rl_loss`` up to a constant (the flow's ``loss_scale``, as FFJORD/RNODE's losses). The REINFORCE
+returns follow the paper's Eq. 6 by default (``tolerance_returns``).
 
 Evaluation terms: ``nll`` = -log p(x | y) and ``nll_marginal`` = -log sum_c p(c) p(x | c), both at
 the tight evaluation tolerance; ``error`` = 100 * [argmax q_theta(z_y) != y] (dropout off).
@@ -393,10 +393,10 @@ class ConditionalCNF(FlowModel):
 
     # training
     def _loss_scale(self) -> float:
-        return float(self.flow.reg_scale)  # D ln 2 for images (the bits/dim scale), 1 otherwise
+        return float(self.flow.loss_scale)  # D ln 2 for images (the loss in bits/dim), 1 otherwise
 
     def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Mean NLL(x | y) + s weight_y CE (+ s rl_weight REINFORCE with learned tolerances) and its stats."""
+        """Mean NLL(x | y) / s + weight_y CE (+ rl_weight REINFORCE with learned tolerances) and its stats."""
         if y is None:
             raise ValueError("conditional CNFs (ccnf, infocnf) need labelled data (a dataset with classes)")
         if self.class_prior == "train":
@@ -408,18 +408,18 @@ class ConditionalCNF(FlowModel):
         logits = self.logits(z)
         ce = F.cross_entropy(logits, y)
         scale = self._loss_scale()
-        loss = nll + scale * self.weight_y * ce
+        loss = nll / scale + self.weight_y * ce
         stats = {"nll": float(nll.detach()), "ce": float(ce.detach()),
                  "error": 100.0 * float((logits.argmax(1) != y).float().mean())}
         if record is not None and record["tol"]:
             stats.update({f"tol_block{i}": t for i, t in enumerate(record["tol"])})
         if self.tolerance == "learned":
             # L on the author's scale (bpd + weight_y CE, less terms the tolerance choice cannot change)
-            base = float(loss.detach()) / scale
+            base = float(loss.detach())
             nfe = torch.tensor(record["nfe"], dtype=x.dtype, device=x.device)
             returns = tolerance_returns(self.reward, base, nfe, self.alpha, self.gamma)
             rl = reinforce_surrogate(torch.stack(record["log_prob"]).to(x.dtype), returns)
-            loss = loss + scale * self.rl_weight * rl
+            loss = loss + self.rl_weight * rl
             stats["rl"] = float(rl.detach())
         return loss, stats
 

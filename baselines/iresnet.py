@@ -26,6 +26,8 @@ from baselines.layers import (PROBES, GaussianPrior, InvertibleResidualBlock, Mu
                               StandardNormalPrior, VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms,
                               squeezable, squeezed)
 
+__all__ = ["build", "iresnet_image", "IResNetImage", "IResNetVector"]
+
 
 class _SpectralRefresh:
     """Mixin: one power-iteration refresh of every spectral norm per training forward."""

@@ -35,7 +35,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from baselines.base import LatentFlowModel, SoftClampScale, std_normal_log_prob  # noqa: F401 (re-exported)
+from baselines.base import LatentFlowModel
+
+__all__ = ["checkerboard", "ConditionalGaussianPrior", "EdgePaddedConv2d", "GaussianPrior", "GlowActNorm",
+           "GlowAffineCoupling", "GlowStep", "InvertibleResidualBlock", "LearnedTopPrior", "lipschitz_cnn",
+           "lipschitz_mlp", "MultiScaleFlow", "MultiScaleModel", "OutputBatchNorm", "PROBES", "RealNVPCoupling",
+           "RealNVPResNet", "refresh_spectral_norms", "RunningBatchNorm", "ShiftBatchNorm", "squeezable", "squeezed",
+           "StandardNormalPrior", "sum_per_example", "VectorFlowModel", "WNConv2d"]
 
 
 def sum_per_example(t: Tensor) -> Tensor:

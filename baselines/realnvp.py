@@ -24,6 +24,8 @@ from baselines.constraints import Count, NonNegInt, Positive
 from baselines.layers import (MultiScaleFlow, MultiScaleModel, RealNVPCoupling, RunningBatchNorm, StandardNormalPrior,
                               VectorFlowModel, WNConv2d, checkerboard, squeezable, squeezed)
 
+__all__ = ["build", "RealNVP", "realnvp_image", "RealNVPImage"]
+
 
 class RealNVP(VectorFlowModel):
     """A stack of ``n_layers`` affine couplings over a standard-normal base (vector data)."""

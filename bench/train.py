@@ -36,6 +36,10 @@ from bench.spec import RunSpec
 from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
 from bench.trackers import Trackers
 
+__all__ = ["CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate", "init_distributed", "LoopState",
+           "lr_at", "make_optimizer", "owned_cores", "Polyak", "Preempted", "read_model_nfe", "request_stop",
+           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer"]
+
 _stop = threading.Event()
 
 

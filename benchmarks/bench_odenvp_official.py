@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -228,6 +227,26 @@ def batches(args: argparse.Namespace, n: int) -> torch.Tensor:
     return mnist_like(n * args.batch, gen)
 
 
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"/proc/self/status has no {field}: peak memory needs Linux; use --no-memory")
+
+
+def _reset_peak_rss() -> float:
+    """Reset the process's peak resident set (Linux ``clear_refs`` 5) to its current size and return
+    it (MB): imports and model building may have peaked higher than the step will, so the lifetime
+    maximum (``ru_maxrss``) would hide the step's own peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def _peak_rss() -> float:
+    return _status_mb("VmHWM")
+
+
 def measure_memory(args: argparse.Namespace) -> dict[str, float]:
     """In this fresh process: one training step of ``args.memory_of``; the peak memory it adds (MB)."""
     device = torch.device(args.device)
@@ -245,7 +264,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        base = _reset_peak_rss()
     if args.memory_of == "official":
         step_official(model, opt, u, count_nfe)
     else:
@@ -254,7 +273,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, float]:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = _peak_rss() - base
     return {"peak_mb": peak}
 
 

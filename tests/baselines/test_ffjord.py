@@ -8,7 +8,7 @@ from torch.autograd.functional import jacobian
 
 from baselines.cnf import CNF, Solver
 from baselines.ffjord import VectorCNF, build
-from baselines.layers import std_normal_log_prob
+from baselines.base import std_normal_log_prob
 from baselines.registry import register
 from bench.data.base import DataInfo
 
@@ -160,3 +160,17 @@ def test_batch_norm_is_ffjords_moving_batch_norm():
                                              dtype=torch.float64))
     assert torch.allclose(bn.running_mean[0], 0.9 * 0.5 + 0.1 * x.mean(0))
     assert torch.allclose(bn.running_var[0], 0.9 * 2.0 + 0.1 * x.var(0, unbiased=True))
+
+
+@pytest.mark.parametrize("kind, shape", [("image", (1, 4, 4)), ("tabular", (3,))])
+def test_training_loss_is_on_the_official_scale(kind, shape):
+    """Images train on bits/dim (mean NLL / (D ln 2)), as the official code does: the adjoint's error
+    control and gradient clipping see its magnitudes. Vectors train on nats."""
+    import math
+
+    torch.manual_seed(0)
+    model = build(DataInfo("random", kind, shape, levels=256), hidden=[4], adjoint=False)
+    x = torch.rand(6, *shape)
+    loss, stats = model.training_loss(x)
+    scale = math.prod(shape) * math.log(2) if kind == "image" else 1.0
+    assert float(loss) == pytest.approx(stats["nll"] / scale, rel=1e-6)

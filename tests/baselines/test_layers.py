@@ -183,3 +183,43 @@ def test_multiscale_container_whitens_and_inverts():
     torch.testing.assert_close(z[:, 8:], x[:, :2].flatten(1))
     torch.testing.assert_close(log_det, -log_scale.flatten(1).sum(1))
     assert std_normal_log_prob(z).shape == (3,)
+
+
+def test_glow_conditioner_folds_its_actnorms_into_the_convolutions():
+    """The coupling's network applies each ActNorm (and the zero-conv's output scale) folded into the
+    convolution before it, for speed: outputs and gradients equal the layers applied one by one."""
+    import torch.nn.functional as F
+
+    from baselines.layers import EdgePaddedConv2d, GlowAffineCoupling
+
+    torch.manual_seed(0)
+    coupling = GlowAffineCoupling(4, 16).double()
+    for m in coupling.modules():  # a zero-initialised last conv would hide its scale's gradient
+        if isinstance(m, EdgePaddedConv2d) and m.zeros:
+            for p in (m.conv.weight, m.conv.bias, m.logs):
+                torch.nn.init.normal_(p, std=0.1)
+
+    def conv_one_by_one(m: EdgePaddedConv2d, x: torch.Tensor) -> torch.Tensor:
+        if m.pad:  # zero padding plus an indicator channel of the padded border
+            p = m.pad
+            edge = F.pad(x.new_zeros(1, 1, *x.shape[2:]), (p, p, p, p), value=1.0).expand(x.shape[0], -1, -1, -1)
+            x = torch.cat([F.pad(x, (p, p, p, p)), edge], dim=1)
+        h = m.conv(x)
+        return h * torch.exp(m.logscale_factor * m.logs) if m.zeros else h
+
+    def one_by_one(x: torch.Tensor) -> torch.Tensor:
+        for m in coupling.net:
+            x = conv_one_by_one(m, x) if isinstance(m, EdgePaddedConv2d) else m(x)
+        return x
+
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(coupling.net(x), one_by_one(x))  # the first call initialises the ActNorms
+    y = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(coupling.net(y), one_by_one(y))
+    params = list(coupling.net.parameters())
+    fused = torch.autograd.grad(coupling.net(y).pow(2).sum(), params, allow_unused=True)
+    plain = torch.autograd.grad(one_by_one(y).pow(2).sum(), params, allow_unused=True)
+    for a, b in zip(fused, plain):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

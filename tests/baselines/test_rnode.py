@@ -81,7 +81,7 @@ def test_reference_defaults():
     assert last.weight.abs().sum().item() == 0.0  # RNODE zeroes the last layer's weights only
     assert last.bias.abs().sum().item() > 0.0
     img = build(DataInfo("mnist", "image", (1, 28, 28), levels=256))
-    assert img.reg_scale == pytest.approx(784 * math.log(2))
+    assert img.loss_scale == pytest.approx(784 * math.log(2))
 
 
 def test_short_run_with_rk4_lowers_nll(short_run):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bench.store import RunRecord, atomic_write_json, scan
+from bench.store import RunRecord, scan
 
 WRITER = """
 import sys
