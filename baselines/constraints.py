@@ -203,7 +203,19 @@ def _fits(value: Any, base: Any) -> tuple[bool, Any]:
 def conform(value: Any, annotation: Any) -> Any:
     """``value`` checked against ``annotation`` (type, ``Range``, ``Choice``, ``Pattern``) and
     normalised; raises ``Invalid`` saying what was expected. Undeclared (``Any``, no annotation,
-    an annotation that did not evaluate): only kept sane."""
+    an annotation that did not evaluate): only kept sane.
+
+    >>> conform(3, Annotated[int, Range(min=1)]), conform(1, Positive)  # a declared float comes back a float
+    (3, 1.0)
+    >>> conform(0, Annotated[int, Range(min=1)])
+    Traceback (most recent call last):
+    ...
+    baselines.constraints.Invalid: expected an integer >= 1, got 0
+    >>> conform("normal", Annotated[str, Choice("gaussian", "rademacher")])
+    Traceback (most recent call last):
+    ...
+    baselines.constraints.Invalid: expected one of gaussian, rademacher, got 'normal'
+    """
     base, marks = _parts(annotation)
     if _unchecked(base):
         try:

@@ -28,7 +28,27 @@ __all__ = ["build", "RealNVP", "realnvp_image", "RealNVPImage"]
 
 
 class RealNVP(VectorFlowModel):
-    """A stack of ``n_layers`` affine couplings over a standard-normal base (vector data)."""
+    """RealNVP for vectors (Dinh, Sohl-Dickstein & Bengio 2017): ``n_layers`` affine couplings over
+    N(0, I) whose halves swap between layers, each conditioner an MLP of ``n_hidden`` layers of
+    ``hidden`` units with a zero-initialised last layer (so the model starts as the identity), its
+    log-scales bounded smoothly to (-``scale_bound``, ``scale_bound``), and with ``batch_norm`` a
+    ``RunningBatchNorm`` bijection between couplings. ``dim`` must be at least 2.
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = RealNVP(3, n_layers=2, hidden=8).eval()
+    >>> with torch.no_grad():  # the couplings start as the identity: give them random weights
+    ...     for p in model.parameters():
+    ...         _ = p.normal_(0, 0.3)
+    >>> x = torch.randn(4, 3)
+    >>> z, log_det = model.to_latent(x)
+    >>> z.shape, torch.allclose(model.from_latent(z), x, atol=1e-5), bool(log_det.abs().min() > 0)
+    (torch.Size([4, 3]), True, True)
+    >>> RealNVP(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: RealNVP needs at least 2 dimensions, got 1
+    """
 
     def __init__(self, dim: int, n_layers: int = 8, hidden: int = 64, n_hidden: int = 2, scale_bound: float = 3.0,
                  batch_norm: bool = True):
@@ -51,7 +71,21 @@ class RealNVP(VectorFlowModel):
 
 
 class RealNVPImage(MultiScaleModel):
-    """The multi-scale RealNVP; ``weight_decay_params`` returns its "weight scale" parameters."""
+    """RealNVP's multi-scale image model (Dinh, Sohl-Dickstein & Bengio 2017, section 3.6), as
+    ``realnvp_image`` and ``build`` make it: checkerboard and channel couplings per scale with half
+    the channels factored out between scales, all latent pieces whitened into one flat vector
+    (``to_latent``/``from_latent``); ``weight_decay_params`` returns its "weight scale" parameters.
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = realnvp_image((1, 4, 4), n_checker=1, n_channel=1, hidden=4, n_blocks=1).eval()
+    >>> x = torch.rand(3, 1, 4, 4)
+    >>> z, log_det = model.to_latent(x)
+    >>> z.shape, model.flow.latent_shapes, torch.allclose(model.from_latent(z), x, atol=1e-5)
+    (torch.Size([3, 16]), [(2, 2, 2), (2, 2, 2)], True)
+    >>> len(model.weight_decay_params()), model.num_params()
+    (19, 5699)
+    """
 
     def weight_decay_params(self) -> list[nn.Parameter]:
         """The parameters the official code's L2 term (coefficient 5e-5) acts on: every
@@ -100,9 +134,31 @@ def realnvp_image(shape: tuple[int, int, int], n_scales: int = 2, n_checker: int
 def build(data, n_layers: Count = 8, hidden: Count = 64, n_hidden: NonNegInt = 2, scale_bound: Positive = 3.0,
           batch_norm: bool = True, n_scales: Count = 2, n_checker: NonNegInt = 3, n_channel: NonNegInt = 3,
           n_blocks: NonNegInt = 8, weight_norm: bool = True, double_width: bool = True) -> FlowModel:
-    """RealNVP: couplings with MLP conditioners for vectors (n_layers, hidden, n_hidden, scale_bound,
-    batch_norm between couplings); the multi-scale architecture for images (n_scales, n_checker,
-    n_channel, hidden channels, n_blocks, batch_norm and weight_norm in the couplings, double_width)."""
+    """RealNVP (Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP"): affine
+    coupling layers trained by maximum likelihood; ``RealNVP`` for vectors, ``RealNVPImage`` for images.
+
+    ``data``: what the model is for (``name``, ``shape``: ``(D,)`` for toy and tabular data,
+    ``(C, H, W)`` for images); an option of the other kind is ignored. Vectors: ``n_layers``
+    couplings (8) with MLP conditioners of ``n_hidden`` (2) layers of ``hidden`` (64) units, log-scales
+    bounded to (-``scale_bound``, ``scale_bound``) (3.0), ``batch_norm`` between couplings (true).
+    Images: ``n_scales`` scales (2), ``n_checker`` checkerboard (3) and ``n_channel`` channel (3)
+    couplings per scale, residual conditioners of ``n_blocks`` blocks (8) with ``hidden`` feature maps
+    at the first scale (64), batch norm in and after every coupling (``batch_norm``, true),
+    weight-normalised convolutions (``weight_norm``, true), widths doubling per scale as the official
+    code has them (``double_width``, true). docs/models.md has the full table.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> toy = SimpleNamespace(name="toy", kind="toy", shape=(2,))
+    >>> model = build(toy, n_layers=2, hidden=8).eval()
+    >>> lp = model.log_prob(torch.randn(5, 2))
+    >>> type(model).__name__, lp.shape, bool(lp.isfinite().all()), model.num_params()
+    ('RealNVP', torch.Size([5]), True, 216)
+    >>> digits = SimpleNamespace(name="digits", kind="image", shape=(1, 8, 8), levels=17, num_classes=10)
+    >>> model = build(digits, hidden=4, n_blocks=1, n_checker=1, n_channel=1)
+    >>> type(model).__name__, model.log_prob(torch.rand(2, 1, 8, 8)).shape
+    ('RealNVPImage', torch.Size([2]))
+    """
     if len(data.shape) == 1:
         return RealNVP(data.shape[0], n_layers=n_layers, hidden=hidden, n_hidden=n_hidden, scale_bound=scale_bound,
                        batch_norm=batch_norm)

@@ -23,12 +23,22 @@ LN2 = math.log(2.0)
 
 
 def bits_per_dim(nll_unit: float, dim: int, levels: int = 256) -> float:
-    """Bits/dim of ``levels``-valued data from the mean NLL (nats) of its [0, 1)-scaled version."""
+    """Bits/dim of ``levels``-valued data from the mean NLL (nats) of its [0, 1)-scaled version.
+
+    The uniform density on [0, 1)^D (NLL 0) spends log2(levels) bits on every dimension:
+
+    >>> bits_per_dim(0.0, 3 * 32 * 32), bits_per_dim(0.0, 64, levels=2)
+    (8.0, 1.0)
+    """
     return (nll_unit + dim * math.log(levels)) / (dim * LN2)
 
 
 def nll_from_bits_per_dim(bpd: float, dim: int, levels: int = 256) -> float:
-    """The inverse of ``bits_per_dim``: mean NLL (nats) in the [0, 1)-scaled space."""
+    """The inverse of ``bits_per_dim``: mean NLL (nats) in the [0, 1)-scaled space.
+
+    >>> round(nll_from_bits_per_dim(bits_per_dim(-1000.0, 784), 784), 6)
+    -1000.0
+    """
     return bpd * dim * LN2 - dim * math.log(levels)
 
 
@@ -150,7 +160,11 @@ SUITE_METRICS = tuple(name for name, m in METRICS.items() if m.suite_metric)
 
 def headline_of(metric: str, test: Mapping[str, Any]) -> tuple[str, Any]:
     """(field, value) of a run's headline among its test terms: the marginal twin where the model
-    reports one (a conditional model's -log p(x)), else the metric itself."""
+    reports one (a conditional model's -log p(x)), else the metric itself.
+
+    >>> headline_of("nll", {"nll": 1.2, "nll_marginal": 1.1}), headline_of("nll", {"nll": 1.2})
+    (('nll_marginal', 1.1), ('nll', 1.2))
+    """
     twin = METRICS[metric].marginal if metric in METRICS else None
     if twin and isinstance(test.get(twin), (int, float)):
         return twin, test[twin]
@@ -158,7 +172,16 @@ def headline_of(metric: str, test: Mapping[str, Any]) -> tuple[str, Any]:
 
 
 def get_metric(name: str, where: str = "metric") -> Metric:
-    """The definition of ``name``; a FlowbenchError naming ``where`` for an unknown one."""
+    """The definition of ``name``; a FlowbenchError naming ``where`` for an unknown one.
+
+    >>> bpd = get_metric("bpd")
+    >>> bpd.unit, bpd.direction, bpd.source, get_metric("nfe_train").source
+    ('bits/dim', 'lower', 'test.bpd', 'nfe.train_total')
+    >>> get_metric("bdp", where="suites/tiny.yaml: metric")
+    Traceback (most recent call last):
+    ...
+    bench.errors.FlowbenchError: suites/tiny.yaml: metric: unknown metric "bdp" (did you mean "bpd"?)
+    """
     from bench.errors import FlowbenchError, did_you_mean
 
     try:

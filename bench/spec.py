@@ -639,7 +639,29 @@ def check_seeds(seeds: Any, where: str) -> list[int]:
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:
-    """Read and validate a suite file; every problem is a FlowbenchError naming the file and field."""
+    """Read and validate a suite file (a path, or a name looked up as ``suites/NAME.yaml``); every
+    problem is a FlowbenchError naming the file and field. ``Suite.runs()`` expands the grid into
+    one ``RunSpec`` per dataset x model x variant x seed, each model's settings completed from its
+    builder's defaults.
+
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = Path(tmp.name, "tiny.yaml")
+    >>> _ = path.write_text("datasets: {moons: {n_train: 500}}\\n"
+    ...                     "models: {realnvp: {n_layers: 2}, glow: {}}\\n"
+    ...                     "seeds: [0, 1]\\n")
+    >>> runs = load_suite(path).runs()
+    >>> [run.label for run in runs]
+    ['realnvp/moons/seed0', 'realnvp/moons/seed1', 'glow/moons/seed0', 'glow/moons/seed1']
+    >>> runs[0].model_config["n_layers"], runs[0].model_config["hidden"]  # the suite's, the default
+    (2, 64)
+    >>> _ = path.write_text("datasets: {moons: {}}\\nmodels: {realnvpp: {}}\\n")
+    >>> load_suite(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bench.errors.FlowbenchError: .../tiny.yaml: models: unknown model "realnvpp" (did you mean "realnvp"?)
+    >>> tmp.cleanup()
+    """
     from baselines.registry import model_names
     from bench.data import REGISTRY
 

@@ -185,14 +185,15 @@ def fixed_probes(odefunc_module: Any, seed: int = 3) -> Iterator[None]:
 
 # -- one step of each ----------------------------------------------------------------------------
 def step_ours(model: torch.nn.Module, opt: torch.optim.Optimizer, u: torch.Tensor,
-              bpd_loss: bool = False) -> tuple[float, int, int]:
-    """One harness-style step of ours (logit preprocessing, mean NLL in nats, adjoint backward, Adam);
-    ``bpd_loss`` divides the loss by D ln 2 (the official bits/dim scale, up to a constant), which
-    scales the adjoint state and so the backward solve's error control."""
+              nats_loss: bool = False) -> tuple[float, int, int]:
+    """One harness-style step of ours (logit preprocessing, the model's loss: bits/dim up to a
+    constant, adjoint backward, Adam); ``nats_loss`` multiplies the loss by D ln 2 (mean NLL in nats,
+    the scale the harness trained images on before), which scales the adjoint state and so the
+    backward solve's error control."""
     y, _ = logit(u)
     loss, _ = model.training_loss(y)
-    if bpd_loss:
-        loss = loss / (math.prod(SHAPE) * math.log(2))
+    if nats_loss:
+        loss = loss * model.loss_scale
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -268,7 +269,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, float]:
     if args.memory_of == "official":
         step_official(model, opt, u, count_nfe)
     else:
-        step_ours(model, opt, u, args.bpd_loss)
+        step_ours(model, opt, u, args.nats_loss)
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
@@ -288,8 +289,8 @@ def memory_in_subprocess(which: str, args: argparse.Namespace) -> float:
         cmd += ["--mnist", args.mnist]
     if args.fixed_end_time:
         cmd.append("--fixed-end-time")
-    if args.bpd_loss:
-        cmd.append("--bpd-loss")
+    if args.nats_loss:
+        cmd.append("--nats-loss")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -304,8 +305,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--mnist", metavar="FILE", help="MNIST IDX images (e.g. t10k-images-idx3-ubyte.gz)")
     ap.add_argument("--fixed-end-time", action="store_true", help="do not train our T (the official T never trains)")
-    ap.add_argument("--bpd-loss", action="store_true",
-                    help="train ours on the bits/dim scale of the official loss (the harness trains on nats)")
+    ap.add_argument("--nats-loss", action="store_true",
+                    help="train ours on mean NLL in nats (D ln 2 times the official bits/dim loss)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=1)
@@ -370,7 +371,7 @@ def main() -> None:
             if name == "official":
                 loss, forward, backward = step_official(model, opt, u, count_nfe)
             else:
-                loss, forward, backward = step_ours(model, opt, u, args.bpd_loss)
+                loss, forward, backward = step_ours(model, opt, u, args.nats_loss)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rows[name].append((time.process_time() - cpu, time.perf_counter() - wall, forward, backward, loss))
@@ -382,7 +383,7 @@ def main() -> None:
     peaks = {name: memory_in_subprocess(name, args) for name in models} if not args.no_memory else {}
     what = "MNIST file" if args.mnist else "synthetic strokes"
     print(f"\n{args.steps} interleaved steps, batch {args.batch} of 1x28x28 ({what}), adjoint, dopri5 1e-5, "
-          f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), loss {'bits/dim' if args.bpd_loss else 'nats'} "
+          f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), loss {'nats' if args.nats_loss else 'bits/dim'} "
           f"(ours), {args.device}, {args.threads} thread(s)")
     mem_head = "peak MB (RSS growth)" if device.type == "cpu" else "peak MB (allocator)"
     print(f"{'':10s} {'CPU s/step':>10s} {'wall s/step':>11s} {'NFE fwd':>8s} {'NFE bwd':>8s} {mem_head:>21s}")

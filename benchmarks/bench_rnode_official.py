@@ -21,8 +21,8 @@ once at the initial weights (last layers zero, so the Jacobian term is 0 on both
 on copies whose last layers are perturbed (then the Jacobian term differs by estimator: ours
 ``|J e|^2``, the official ``|e^T J|^2``).
 
-    python benchmarks/bench_rnode_official.py --official /tmp/rnode_official [--solver dopri5|rk4]
-        [--steps 3] [--warmup 1] [--batch 16] [--mnist FILE] [--bpd-loss] [--no-memory] [--threads 1]
+    python benchmarks/bench_rnode_official.py --official DIR [--solver dopri5|rk4] [--steps 3]
+        [--warmup 1] [--batch 16] [--mnist FILE] [--nats-loss] [--no-check] [--no-memory] [--threads 1]
 
 ``--official DIR`` is a folder holding the official code (``lib/`` and ``train_misc.py``); its
 model is imported from there through ``sys.path`` and nothing of it is copied here. Without it,
@@ -39,14 +39,15 @@ container, cnf, odefunc, squeeze and ``diffeq_layers``), ``lib/layers/wrappers/_
 and empty ``lib/layers/diffeq_layers/container.py`` / ``wrappers.py`` (imported by
 ``diffeq_layers/__init__.py``, nothing of them used by this model).
 
-Losses: the official step minimises bits/dim + 0.01 K + 0.01 B; ours, as the harness trains it,
-mean NLL in nats + D ln 2 (0.01 K + 0.01 B), the same objective times D ln 2 (543.4), which scales
-the adjoint state and so the adaptive backward solve's error control; ``--bpd-loss`` divides ours
-by D ln 2 to put both on one scale.
+Losses: the official step minimises bits/dim + 0.01 K + 0.01 B; ours ``training_loss``, mean NLL
+/ D ln 2 + 0.01 K + 0.01 B for images, the same up to a constant (the logit layer's log-determinant
+and 8 bits). ``--nats-loss`` multiplies ours by D ln 2 (543.4): the scale the harness trained images
+on before, which scales the adjoint state and so the adaptive backward solve's error control.
 
-Peak memory: each model again in a fresh subprocess, one training step, the growth of the
-process's maximum resident set over what the built model and batch hold (on CUDA the allocator's
-peak, ``torch.cuda.max_memory_allocated``).
+Peak memory: each model again in a fresh subprocess, one training step, the growth of the peak
+resident set over what the built model and batch hold (the peak reset by Linux ``clear_refs``
+after building: the lifetime maximum would include the parent's size, which a child inherits
+across ``exec``); on CUDA the allocator's peak, ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ import contextlib
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -237,34 +237,36 @@ def fixed_probes(odefunc_module: ModuleType, seed: int = 3) -> Iterator[None]:
 def compare_losses(ours: torch.nn.Module, official: torch.nn.Module, coeffs: tuple[float, ...],
                    odefunc_module: ModuleType, u: torch.Tensor) -> dict[str, float]:
     """Both training losses on batch ``u`` (train mode, no gradient, the same probes), ours put on
-    the official scale: (ours - mean logit log-det) / (D ln 2) + 8 bits."""
+    the official scale from its parts: (mean NLL - mean logit log-det) / (D ln 2) + 8 bits, plus the
+    weighted regularisers."""
     with torch.no_grad(), fixed_probes(odefunc_module):
         y, logdet = logit(u)
-        loss, stats = ours.training_loss(y)
+        _, stats = ours.training_loss(y)
         theirs, bpd, regs = official_loss(official, u, coeffs)
     ours.read_nfe()
-    mine = (float(loss) - float(logdet.mean())) / D_LN2 + 8
     mine_bpd = (stats["nll"] - float(logdet.mean())) / D_LN2 + 8
+    mine = mine_bpd + WEIGHT * (stats["kinetic"] + stats["jacobian"])
     return {"ours": mine, "official": float(theirs), "ours_bpd": mine_bpd, "official_bpd": float(bpd),
             "ours_K": stats["kinetic"], "official_K": float(regs[0]), "ours_B": stats["jacobian"],
             "official_B": float(regs[1])}
 
 
 def print_comparison(title: str, c: dict[str, float]) -> None:
-    print(f"{title}: loss ours {c['ours']:.6f}, official {c['official']:.6f} (gap {abs(c['ours'] - c['official']):.1e}); "
+    gap = abs(c["ours"] - c["official"])
+    print(f"{title}: loss ours {c['ours']:.6f}, official {c['official']:.6f} (gap {gap:.1e}); "
           f"bits/dim gap {abs(c['ours_bpd'] - c['official_bpd']):.1e}; kinetic {c['ours_K']:.4e} vs "
           f"{c['official_K']:.4e}; Jacobian {c['ours_B']:.4e} vs {c['official_B']:.4e}")
 
 
 # -- one step of each -------------------------------------------------------------------------------
 def step_ours(model: torch.nn.Module, opt: torch.optim.Optimizer, u: torch.Tensor,
-              bpd_loss: bool = False) -> tuple[float, int, int]:
-    """One harness-style step of ours (logit preprocessing, mean NLL in nats + D ln 2 x weighted
-    regularisers, adjoint backward, Adam); ``bpd_loss`` divides the loss by D ln 2 (the official scale)."""
+              nats_loss: bool = False) -> tuple[float, int, int]:
+    """One harness-style step of ours (logit preprocessing, ``training_loss``, adjoint backward, Adam);
+    ``nats_loss`` multiplies the loss by the model's ``loss_scale`` (D ln 2: mean NLL in nats)."""
     y, _ = logit(u)
     loss, _ = model.training_loss(y)
-    if bpd_loss:
-        loss = loss / D_LN2
+    if nats_loss:
+        loss = loss * model.loss_scale
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -298,6 +300,23 @@ def batches(args: argparse.Namespace, n: int) -> torch.Tensor:
     return mnist_like(n * args.batch, gen)
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise FlowbenchError(f"/proc/self/status has no {field} line: the CPU peak memory needs Linux; use --no-memory")
+
+
+def _reset_peak_rss() -> float:
+    """Set the peak resident set (VmHWM) back to the current one (Linux ``clear_refs`` 5); returns it (MB)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as err:
+        raise FlowbenchError(f"cannot reset the peak resident set ({err}); use --no-memory") from None
+    return _status_mb("VmRSS")
+
+
 def measure_memory(args: argparse.Namespace) -> dict[str, float]:
     """In this fresh process: one training step of ``args.memory_of``; the peak memory it adds (MB)."""
     device = torch.device(args.device)
@@ -314,16 +333,16 @@ def measure_memory(args: argparse.Namespace) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        base = _reset_peak_rss()
     if args.memory_of == "official":
         step_official(model, opt, u, coeffs, count_nfe)
     else:
-        step_ours(model, opt, u, args.bpd_loss)
+        step_ours(model, opt, u, args.nats_loss)
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = _status_mb("VmHWM") - base
     return {"peak_mb": peak}
 
 
@@ -336,8 +355,8 @@ def memory_in_subprocess(which: str, args: argparse.Namespace) -> float:
         cmd += ["--official", args.official]
     if args.mnist:
         cmd += ["--mnist", args.mnist]
-    if args.bpd_loss:
-        cmd.append("--bpd-loss")
+    if args.nats_loss:
+        cmd.append("--nats-loss")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -372,8 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="steps before them, left out of the figures")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--mnist", metavar="FILE", help="MNIST IDX images (e.g. t10k-images-idx3-ubyte.gz)")
-    ap.add_argument("--bpd-loss", action="store_true",
-                    help="train ours on the official loss scale (bits/dim; the harness trains on nats)")
+    ap.add_argument("--nats-loss", action="store_true",
+                    help="train ours on mean NLL in nats (its loss times D ln 2; the official trains on bits/dim)")
     ap.add_argument("--no-check", action="store_true", help="skip the initial-loss comparison")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -397,6 +416,7 @@ def run(args: argparse.Namespace) -> None:
     images = batches(args, args.warmup + args.steps + 1)
     noise = torch.Generator().manual_seed(2)
     count_nfe, coeffs = None, ()
+    u = dequantize(images[: args.batch], noise).to(device)  # the check's batch (drawn either way: same noise after)
     print(f"parameters: flowbench {sum(p.numel() for p in ours.parameters() if p.requires_grad):,}", end="")
     if args.official:
         official, coeffs, count_nfe, odefunc_module = official_model(args.official, args.solver, args.batch)
@@ -404,7 +424,6 @@ def run(args: argparse.Namespace) -> None:
         models["official"] = official
         print(f", official {sum(p.numel() for p in official.parameters() if p.requires_grad):,}")
         pairs = block_pairs(ours, official)
-        u = dequantize(images[: args.batch], noise).to(device)
         if isinstance(pairs, str):
             print(f"layouts differ ({pairs}): each model keeps its own seeded initialisation")
         else:
@@ -445,7 +464,7 @@ def run(args: argparse.Namespace) -> None:
             if name == "official":
                 loss, forward, backward = step_official(model, opt, u, coeffs, count_nfe)
             else:
-                loss, forward, backward = step_ours(model, opt, u, args.bpd_loss)
+                loss, forward, backward = step_ours(model, opt, u, args.nats_loss)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             row = (time.process_time() - cpu, time.perf_counter() - wall, forward, backward, loss)
@@ -455,11 +474,12 @@ def run(args: argparse.Namespace) -> None:
             print(f"  step {step + 1}{'' if kept else ' (warm-up)'} {name:9s} {row[1]:7.2f} s wall, "
                   f"{row[0]:7.2f} s CPU, NFE {forward}+{backward}, loss {loss:.4f}", flush=True)
 
-    peaks = {name: memory_in_subprocess(name, args) for name in models} if not args.no_memory else {}
+    peaks = ({name: memory_in_subprocess("ours" if name == "flowbench" else name, args) for name in models}
+             if not args.no_memory else {})
     what = "MNIST file" if args.mnist else "synthetic strokes"
     solver = "dopri5 1e-5, first step 0.166667" if args.solver == "dopri5" else "rk4, step 0.25"
     print(f"\n{args.steps} interleaved steps after {args.warmup} warm-up, batch {args.batch} of 1x28x28 ({what}), "
-          f"adjoint, {solver}, weights {WEIGHT}/{WEIGHT}, loss {'bits/dim' if args.bpd_loss else 'nats'} (ours), "
+          f"adjoint, {solver}, weights {WEIGHT}/{WEIGHT}, loss {'nats' if args.nats_loss else 'bits/dim'} (ours), "
           f"{args.device}, {args.threads} thread(s)")
     mem_head = "peak MB (RSS growth)" if device.type == "cpu" else "peak MB (allocator)"
     print(f"{'':10s} {'CPU s/step':>10s} {'wall s/step':>11s} {'NFE fwd':>8s} {'NFE bwd':>8s} {'ms/eval':>8s} "

@@ -36,13 +36,36 @@ _cache: dict[tuple, Dataset] = {}
 
 
 def load_dataset(name: str, options: dict[str, Any] | None = None, root: str | os.PathLike | None = None) -> Dataset:
-    """Load (once per process) the dataset ``name`` with its options."""
+    """Load (once per process) the dataset ``name`` with its options (merged over the registered
+    defaults) from ``root`` (else $FLOWBENCH_DATA; generated sets need none): a ``Dataset`` with
+    ``info`` (what a model's builder reads) and the ``train``/``val``/``test`` splits.
+    Options are checked against the loader's declarations (as a suite's are, ``bench.spec``): an
+    unknown or out-of-range option is one FlowbenchError naming it.
+
+    >>> data = load_dataset("moons", {"n_train": 500, "n_val": 100, "n_test": 200})
+    >>> data.info.kind, data.info.shape, data.info.num_classes
+    ('toy', (2,), 2)
+    >>> [tuple(split.x.shape) for split in (data.train, data.val, data.test)], tuple(data.train.y.shape)
+    ([(500, 2), (100, 2), (200, 2)], (500,))
+    >>> load_dataset("moons", {"n_train": 500, "n_val": 100, "n_test": 200}) is data  # cached
+    True
+    >>> load_dataset("moon")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bench.errors.FlowbenchError: unknown dataset "moon" (did you mean "moons"?); `flowbench list datasets` shows...
+    >>> load_dataset("moons", {"ntrain": 500})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bench.errors.FlowbenchError: load_dataset("moons"): dataset "moons" has no option "ntrain" (did you mean "n_train"?)
+    """
     if name not in REGISTRY:
         raise FlowbenchError(f'unknown dataset "{name}"{did_you_mean(name, REGISTRY)}; '
                              "`flowbench list datasets` shows them all (a plug-in dataset needs its module imported "
                              "first: the suite's plugins:)")
+    from bench.spec import resolve_data_options  # (bench.spec imports this package)
+
     entry = REGISTRY[name]
-    options = {**entry.options, **(options or {})}
+    options = resolve_data_options(name, options or {}, f'load_dataset("{name}")')
     root_path = resolve_root(root)
     key = (name, id(entry.loader), json.dumps(options, sort_keys=True, default=str), str(root_path))
     if key not in _cache:

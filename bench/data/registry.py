@@ -56,6 +56,13 @@ class DatasetEntry:
 
     ``options`` (defaults) and ``checks`` (declared types and ranges) are read from the loader's
     signature on first use, so there is nothing to restate and nothing that can drift.
+
+    >>> from baselines.constraints import describe
+    >>> moons = REGISTRY["moons"]
+    >>> moons.kind, moons.metric, moons.where, REGISTRY["digits"].metric
+    ('toy', 'nll', 'bench.data.toy:load', 'bpd')
+    >>> moons.options["n_train"], describe(moons.checks["n_train"])
+    (20000, 'an integer >= 1')
     """
 
     name: str

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from baselines.base import std_normal_log_prob
 from baselines.layers import (ConditionalGaussianPrior, EdgePaddedConv2d, GlowActNorm, LearnedTopPrior, MultiScaleFlow,
                               OutputBatchNorm, RealNVPCoupling, RunningBatchNorm, StandardNormalPrior, WNConv2d,
-                              checkerboard, std_normal_log_prob)
+                              checkerboard)
 
 
 def jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:

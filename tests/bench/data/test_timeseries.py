@@ -70,7 +70,7 @@ def test_mixture1d_samples_its_density():
     assert abs(integral - 1) < 1e-6
     floor = data.info.extra["test_nll_of_true_density"]
     assert 0.5 * math.log(2 * math.pi * math.e * 0.25) < floor < 0.5 * math.log(2 * math.pi * math.e * 0.25) + math.log(3)
-    with pytest.raises(FlowbenchError, match=r'means "a,b": expected numbers separated by commas'):
+    with pytest.raises(FlowbenchError, match=r'load_dataset\("mixture1d"\)\.means: expected numbers separated by commas'):
         load_dataset("mixture1d", {"means": "a,b"})
 
 
@@ -84,5 +84,5 @@ def test_spirals_targets_all_carries_direction_and_parameters():
         assert torch.equal(p.x, f.x) and f.y.shape == (len(p), 3) and f.y.dtype == torch.float32
         assert torch.equal(f.y[:, 0].long(), p.y)  # the direction, as the default targets give it
         assert torch.equal(f.y[:, 1:], full.info.extra["params"][name])  # (a, b) of each spiral
-    with pytest.raises(FlowbenchError, match=r'targets "both": expected "direction" or "all"'):
+    with pytest.raises(FlowbenchError, match=r'load_dataset\("spirals"\)\.targets: expected one of direction, all'):
         load_dataset("spirals", {**opts, "targets": "both"})
