@@ -91,10 +91,11 @@ def read(results_dir: str | os.PathLike, suite: str) -> pd.DataFrame:
 
 def default_quantities(frame: pd.DataFrame) -> list[str]:
     """The headline quantities (the test metrics a suite's `metric:` may name), else every quantity."""
-    from bench.metrics import SUITE_METRICS
+    from bench.metrics import suite_metric_names
 
     present = list(dict.fromkeys(frame["quantity"]))
-    return [q for q in present if q in SUITE_METRICS] or present
+    headline = suite_metric_names()
+    return [q for q in present if q in headline] or present
 
 
 def _commit(sha: str, date: str) -> str:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["bits_per_dim", "get_metric", "headline_of", "LN2", "Metric", "METRICS", "nll_from_bits_per_dim",
-           "peak_memory_mb", "register_metric", "reported_metrics", "SUITE_METRICS", "TOLERANCE_FAMILIES"]
+           "peak_memory_mb", "register_metric", "reported_metrics", "SUITE_METRICS", "suite_metric_names",
+           "TOLERANCE_FAMILIES"]
 
 LN2 = math.log(2.0)
 
@@ -155,7 +156,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("rel_error_reduction", "%", "relative test-error reduction (%)", None, "higher", column="-"),
     Metric("rel_nfe_reduction", "%", "relative NFE reduction (%)", None, "higher", column="-"),
 )}
-SUITE_METRICS = tuple(name for name, m in METRICS.items() if m.suite_metric)
+SUITE_METRICS = tuple(name for name, m in METRICS.items() if m.suite_metric)  # the built-in ones
+
+
+def suite_metric_names() -> tuple[str, ...]:
+    """The metrics a suite's `metric:` may name, those of registered plugins included (read now)."""
+    return tuple(name for name, m in METRICS.items() if m.suite_metric)
 
 
 def headline_of(metric: str, test: Mapping[str, Any]) -> tuple[str, Any]:

@@ -43,9 +43,9 @@ METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defi
 def suite_metrics() -> tuple[str, ...]:
     """A suite's `metric:` choices now: METRICS plus any headline metric a registered dataset declared
     (``register_dataset(metric=Metric(...))`` adds it to ``bench.metrics.METRICS``)."""
-    from bench import metrics
+    from bench.metrics import suite_metric_names
 
-    return (*METRICS, *(n for n, m in metrics.METRICS.items() if m.suite_metric and n not in METRICS))
+    return ("auto", *suite_metric_names())
 
 
 # -- YAML: 1e-3 is a float (YAML 1.1 wants 1.0e-3); no duplicate keys; aliases bounded ----------

@@ -528,6 +528,26 @@ class Trainer:
         """The weights evaluations see: the Polyak average when it is on, else the live ones."""
         return self.polyak.swapped_in() if self.polyak is not None else contextlib.nullcontext()
 
+    def timed_step(self, seconds_left: float | None) -> float:
+        """One optimisation step inside the solve limits (a solve still running when ``seconds_left``
+        is spent stops: SolveTimeout), its seconds, NFE and loss counted into the state; the loss."""
+        s = self.state
+        start = time.perf_counter()
+        try:
+            with self._solve_limits(seconds_left):
+                loss = self._step()
+        finally:
+            s.train_seconds += time.perf_counter() - start
+        forward, backward = read_model_nfe(self.model)
+        s.step += 1
+        s.window_loss += loss
+        s.window_steps += 1
+        s.nfe_forward += forward
+        s.nfe_backward += backward
+        s.window_nfe_forward += forward
+        s.window_nfe_backward += backward
+        return loss
+
     def fit(self) -> None:
         from tqdm.auto import tqdm
 
@@ -543,27 +563,15 @@ class Trainer:
                 if (_stop.is_set() if self.dist.world == 1 else self._stop_agreed):
                     self.checkpoint()
                     raise Preempted(f"stop requested at step {s.step}; checkpointed")
-                start = time.perf_counter()
                 left = 60 * t["max_minutes"] - s.train_seconds if t["max_minutes"] else None
                 try:
-                    with self._solve_limits(left):  # a solve still running when the budget is spent stops
-                        loss = self._step()
+                    self.timed_step(left)
                 except SolveTimeout:  # the budget ran out inside this step: it is dropped, as a budget stops
-                    s.train_seconds += time.perf_counter() - start
                     s.stop_reason = "max_minutes"
                     self.optimizer.zero_grad(set_to_none=True)
                     if not s.history or s.history[-1]["step"] != s.step:
                         self._validate(pbar)
                     break
-                s.train_seconds += time.perf_counter() - start
-                forward, backward = read_model_nfe(self.model)
-                s.step += 1
-                s.window_loss += loss
-                s.window_steps += 1
-                s.nfe_forward += forward
-                s.nfe_backward += backward
-                s.window_nfe_forward += forward
-                s.window_nfe_backward += backward
                 pbar.update(1)
                 s.stop_reason = self._budget_reached()
                 if s.step % t["eval_every"] == 0 or s.stop_reason:

@@ -184,23 +184,11 @@ def make_trainer(model: str, hp: dict, kind: str, steps: int, tmp: Path):
 
 
 def harness_step(trainer) -> None:
-    """One iteration of ``Trainer.fit``'s loop minus the progress bar: the solve limits, ``_step``
-    (batch draw, preprocessing, learning rate, training loss, backward, Adam), the NFE read and the
-    loop's bookkeeping and budget check."""
-    from bench.train import read_model_nfe
-
-    s = trainer.state
-    start = time.perf_counter()
-    with trainer._solve_limits(None):
-        loss = trainer._step()
-    s.train_seconds += time.perf_counter() - start
-    forward, backward = read_model_nfe(trainer.model)
-    s.step += 1
-    s.window_loss += loss
-    s.window_steps += 1
-    s.nfe_forward += forward
-    s.nfe_backward += backward
-    s.stop_reason = trainer._budget_reached()
+    """One iteration of ``Trainer.fit``'s loop minus the progress bar: ``timed_step`` (the solve
+    limits, the batch draw, preprocessing, learning rate, training loss, backward, Adam, the NFE
+    read and the step's bookkeeping) and the budget check."""
+    trainer.timed_step(None)
+    trainer.state.stop_reason = trainer._budget_reached()
 
 
 def harness_steps(model: str, hp: dict, kind: str, steps: int, tmp: Path) -> list[float]:
