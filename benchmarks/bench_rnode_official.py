@@ -53,72 +53,27 @@ across ``exec``); on CUDA the allocator's peak, ``torch.cuda.max_memory_allocate
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
-import statistics
-import subprocess
-import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
 
 import torch
 
 from baselines.rnode import build
 from bench.data.base import DataInfo
 from bench.errors import FlowbenchError
+from official_mnist import (SHAPE, Row, add_run_arguments, batches, block_pairs, check_common_args, cli, copy_weights,
+                            dequantize, fixed_probes, import_official, interleaved_steps, logit, mean_row,
+                            memory_in_subprocess, official_bits_per_dim, official_over_ours, peak_memory_mb, start,
+                            step_ours, trainable)
 
-__all__ = ["SHAPE", "ALPHA", "official_args", "official_model", "official_loss", "build_ours", "block_pairs",
-           "copy_weights", "fixed_probes", "logit", "mnist_like", "step_ours", "step_official", "main"]
+__all__ = ["ALPHA", "WEIGHT", "official_args", "official_model", "official_loss", "build_ours", "compare_losses",
+           "step_official", "measure_memory", "check_args", "parse_args", "run", "main"]
 
-SHAPE = (1, 28, 28)
 ALPHA = 1e-5  # example-scripts/mnist.sh's --alpha (train.py's default is 1e-6)
 WEIGHT = 0.01  # mnist.sh's --kinetic-energy and --jacobian-norm2
 D_LN2 = math.prod(SHAPE) * math.log(2)
-
-
-# -- data -------------------------------------------------------------------------------------------
-def mnist_like(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` 8-bit 28x28 stroke images (uint8 [n, 1, 28, 28]): three thick random segments each on
-    black, softened at the edges; MNIST's mostly-zero statistics without the data files."""
-    img = torch.zeros(n, 28, 28)
-    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
-    for _ in range(3):
-        a = 4 + 20 * torch.rand(n, 2, generator=gen)
-        d = 4 + 20 * torch.rand(n, 2, generator=gen) - a
-        ay, ax, dy, dx = (v[:, None, None] for v in (a[:, 0], a[:, 1], d[:, 0], d[:, 1]))
-        # position along the segment of each pixel's nearest point, then the distance to it
-        s = (((ys - ay) * dy + (xs - ax) * dx) / (dy * dy + dx * dx).clamp_min(1e-6)).clamp(0, 1)
-        img = torch.maximum(img, (2.0 - torch.hypot(ys - ay - s * dy, xs - ax - s * dx)).clamp(0, 1))
-    return (img * 255).round().to(torch.uint8)[:, None]
-
-
-def read_mnist(path: str) -> torch.Tensor:
-    """The images of an MNIST IDX file (``.gz`` or raw) as uint8 [n, 1, 28, 28]."""
-    from bench.data.images import read_idx
-
-    images = read_idx(Path(path))
-    if images.ndim != 3 or images.shape[1:] != SHAPE[1:]:
-        raise FlowbenchError(f"--mnist {path}: holds an array of shape {images.shape}, not 28x28 images; "
-                             "pass an MNIST images file (e.g. t10k-images-idx3-ubyte.gz)")
-    return torch.from_numpy(images.copy()).view(-1, *SHAPE)
-
-
-def dequantize(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """train.py's ``add_noise`` (8 bits): (x + U(0, 1)) / 256 in [0, 1)."""
-    return (x.to(torch.float32) + torch.rand(x.shape, generator=gen)) / 256
-
-
-def logit(u: torch.Tensor, alpha: float = ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
-    """The harness's image preprocessing on a dequantised batch: logit(alpha + (1 - 2 alpha) u) and
-    its log-determinant per example (``bench.data.images.make_preprocess``)."""
-    s = alpha + (1 - 2 * alpha) * u
-    return torch.log(s) - torch.log1p(-s), (math.log1p(-2 * alpha) - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
 
 
 # -- the official model -----------------------------------------------------------------------------
@@ -138,14 +93,9 @@ def official_model(path: str, solver: str, batch: int
                    ) -> tuple[torch.nn.Module, tuple[float, ...], Callable[[torch.nn.Module], float], ModuleType]:
     """train.py's model (``create_model`` + ``create_regularization_fns`` + ``set_cnf_options``), its
     regulariser weights, its NFE counter and the imported ``lib.layers.odefunc`` module."""
-    sys.path.insert(0, str(Path(path).resolve()))
     # its solver options carry step_size and first_step to every solver (torchdiffeq warns), and
     # its dynamics call requires_grad_ on non-leaf tensors
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(lib\.|torchdiffeq|train_misc)")
-    import lib.layers.odefunc as odefunc  # noqa: E402  (from the official folder)
-    import lib.odenvp as odenvp  # noqa: E402
-    import train_misc  # noqa: E402
-
+    odefunc, odenvp, train_misc = import_official(path, quiet=r"(lib\.|torchdiffeq|train_misc)")
     args = official_args(solver, batch)
     regularization_fns, coeffs = train_misc.create_regularization_fns(args)
     model = odenvp.ODENVP(
@@ -164,8 +114,7 @@ def official_loss(model: torch.nn.Module, u: torch.Tensor, coeffs: tuple[float, 
     bits/dim, the regularisers' batch means)."""
     z, delta_logp, reg_states = model(u, torch.zeros(u.shape[0], 1, dtype=u.dtype, device=u.device))
     regs = [r.mean() for r in reg_states]
-    logpz = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).view(z.shape[0], -1).sum(1, keepdim=True)
-    bpd = -((logpz - delta_logp).sum() / u.nelement() - math.log(256)) / math.log(2)
+    bpd = official_bits_per_dim(z, delta_logp, u)
     return bpd + sum(r * c for r, c in zip(regs, coeffs) if c != 0), bpd, regs
 
 
@@ -180,67 +129,13 @@ def build_ours(solver: str) -> torch.nn.Module:
                  eval_solver="dopri5", eval_atol=1e-5, eval_rtol=1e-5, adjoint=True)
 
 
-def block_pairs(ours: torch.nn.Module, official: torch.nn.Module) -> list[tuple[Any, Any]] | str:
-    """Our CNF blocks paired with the official ones in flow order, or why they do not map one to one."""
-    from baselines.cnf import CNF
-
-    mine = [m for m in ours.modules() if isinstance(m, CNF)]
-    theirs = [m for m in official.modules() if type(m).__name__ == "CNF"]
-    if len(mine) != len(theirs):
-        return f"{len(mine)} CNF blocks (ours) vs {len(theirs)} (official)"
-    for i, (a, b) in enumerate(zip(mine, theirs)):
-        ours_shapes = [tuple(layer.weight.shape) for layer in a.func.net.layers]
-        their_shapes = [tuple(layer._layer.weight.shape) for layer in _diffeq(b).layers]
-        if ours_shapes != their_shapes:
-            return f"block {i}: conv weights {ours_shapes} (ours) vs {their_shapes} (official)"
-    return list(zip(mine, theirs))
-
-
-def _diffeq(block: Any) -> Any:
-    """The official block's ODEnet (under the regularising wrapper when there is one)."""
-    return getattr(block.odefunc, "odefunc", block.odefunc).diffeq
-
-
-def copy_weights(pairs: list[tuple[Any, Any]]) -> None:
-    """Our blocks' weights into the official ones: each concat conv (time channel first in both) and sqrt(T)."""
-    with torch.no_grad():
-        for a, b in pairs:
-            for mine, theirs in zip(a.func.net.layers, _diffeq(b).layers):
-                theirs._layer.weight.copy_(mine.weight)
-                theirs._layer.bias.copy_(mine.bias)
-            b.sqrt_end_time.copy_(a.func.sqrt_end_time)
-
-
-@contextlib.contextmanager
-def fixed_probes(odefunc_module: ModuleType, seed: int = 3) -> Iterator[None]:
-    """Both models draw the same Gaussian probe for a block of a given shape (ours through
-    ``baselines.cnf.sample_probe``, the official through ``sample_gaussian_like``), so their
-    Hutchinson estimates of the same flow agree; restored on exit."""
-    import baselines.cnf as cnf
-
-    cache: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def probe(like: torch.Tensor, noise: str = "gaussian") -> torch.Tensor:
-        key = tuple(like.shape)
-        if key not in cache:
-            cache[key] = torch.randn(key, generator=torch.Generator().manual_seed(seed + len(cache)))
-        return cache[key].to(like)
-
-    saved = cnf.sample_probe, odefunc_module.sample_gaussian_like
-    cnf.sample_probe, odefunc_module.sample_gaussian_like = probe, probe
-    try:
-        yield
-    finally:
-        cnf.sample_probe, odefunc_module.sample_gaussian_like = saved
-
-
 def compare_losses(ours: torch.nn.Module, official: torch.nn.Module, coeffs: tuple[float, ...],
                    odefunc_module: ModuleType, u: torch.Tensor) -> dict[str, float]:
     """Both training losses on batch ``u`` (train mode, no gradient, the same probes), ours put on
     the official scale from its parts: (mean NLL - mean logit log-det) / (D ln 2) + 8 bits, plus the
     weighted regularisers."""
-    with torch.no_grad(), fixed_probes(odefunc_module):
-        y, logdet = logit(u)
+    with torch.no_grad(), fixed_probes(odefunc_module, "gaussian"):
+        y, logdet = logit(u, ALPHA)
         _, stats = ours.training_loss(y)
         theirs, bpd, regs = official_loss(official, u, coeffs)
     ours.read_nfe()
@@ -252,28 +147,14 @@ def compare_losses(ours: torch.nn.Module, official: torch.nn.Module, coeffs: tup
 
 
 def print_comparison(title: str, c: dict[str, float]) -> None:
+    """One line of ``compare_losses``'s figures: total loss, bits/dim, kinetic and Jacobian terms."""
     gap = abs(c["ours"] - c["official"])
     print(f"{title}: loss ours {c['ours']:.6f}, official {c['official']:.6f} (gap {gap:.1e}); "
           f"bits/dim gap {abs(c['ours_bpd'] - c['official_bpd']):.1e}; kinetic {c['ours_K']:.4e} vs "
           f"{c['official_K']:.4e}; Jacobian {c['ours_B']:.4e} vs {c['official_B']:.4e}")
 
 
-# -- one step of each -------------------------------------------------------------------------------
-def step_ours(model: torch.nn.Module, opt: torch.optim.Optimizer, u: torch.Tensor,
-              nats_loss: bool = False) -> tuple[float, int, int]:
-    """One harness-style step of ours (logit preprocessing, ``training_loss``, adjoint backward, Adam);
-    ``nats_loss`` multiplies the loss by the model's ``loss_scale`` (D ln 2: mean NLL in nats)."""
-    y, _ = logit(u)
-    loss, _ = model.training_loss(y)
-    if nats_loss:
-        loss = loss * model.loss_scale
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    forward, backward = model.read_nfe()
-    return float(loss.detach()), int(forward), int(backward)
-
-
+# -- one step of the official (ours: official_mnist.step_ours) --------------------------------------
 def step_official(model: torch.nn.Module, opt: torch.optim.Optimizer, u: torch.Tensor, coeffs: tuple[float, ...],
                   count_nfe: Callable[[torch.nn.Module], float]) -> tuple[float, int, int]:
     """One train.py step (bits/dim + weighted regularisers, adjoint backward, clip_grad_norm_ with
@@ -288,81 +169,20 @@ def step_official(model: torch.nn.Module, opt: torch.optim.Optimizer, u: torch.T
     return float(loss.detach()), int(forward), int(backward)
 
 
-def batches(args: argparse.Namespace, n: int) -> torch.Tensor:
-    """``n`` batches' worth of 8-bit images from the fixed generator (or the MNIST file)."""
-    gen = torch.Generator().manual_seed(1)
-    if args.mnist:
-        images = read_mnist(args.mnist)
-        if len(images) < n * args.batch:
-            raise FlowbenchError(f"--mnist {args.mnist}: {len(images)} images, fewer than the {n * args.batch} "
-                                 "the steps need; lower --steps or --batch")
-        return images[torch.randperm(len(images), generator=gen)[: n * args.batch]]
-    return mnist_like(n * args.batch, gen)
-
-
-def _status_mb(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (VmRSS, VmHWM) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise FlowbenchError(f"/proc/self/status has no {field} line: the CPU peak memory needs Linux; use --no-memory")
-
-
-def _reset_peak_rss() -> float:
-    """Set the peak resident set (VmHWM) back to the current one (Linux ``clear_refs`` 5); returns it (MB)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError as err:
-        raise FlowbenchError(f"cannot reset the peak resident set ({err}); use --no-memory") from None
-    return _status_mb("VmRSS")
-
-
 def measure_memory(args: argparse.Namespace) -> dict[str, float]:
     """In this fresh process: one training step of ``args.memory_of``; the peak memory it adds (MB)."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    u = dequantize(batches(args, 1), torch.Generator().manual_seed(2)).to(device)
+    u = dequantize(batches(1, args.batch, args.mnist), torch.Generator().manual_seed(2)).to(device)
     if args.memory_of == "official":
         model, coeffs, count_nfe, _ = official_model(args.official, args.solver, args.batch)
     else:
         model = build_ours(args.solver)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_peak_rss()
     if args.memory_of == "official":
-        step_official(model, opt, u, coeffs, count_nfe)
-    else:
-        step_ours(model, opt, u, args.nats_loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = _status_mb("VmHWM") - base
-    return {"peak_mb": peak}
-
-
-def memory_in_subprocess(which: str, args: argparse.Namespace) -> float:
-    """Peak MB of one step of ``which`` in a fresh interpreter (this script with ``--memory-of``)."""
-    here = Path(__file__).resolve()
-    cmd = [sys.executable, str(here), "--memory-of", which, "--batch", str(args.batch), "--device", args.device,
-           "--threads", str(args.threads), "--solver", args.solver]
-    if args.official:
-        cmd += ["--official", args.official]
-    if args.mnist:
-        cmd += ["--mnist", args.mnist]
-    if args.nats_loss:
-        cmd.append("--nats-loss")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent.parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise FlowbenchError(f"the peak-memory measurement of {which} failed (rerun with --no-memory to skip it):\n"
-                             f"{proc.stderr[-2000:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+        return {"peak_mb": peak_memory_mb(device, lambda: step_official(model, opt, u, coeffs, count_nfe))}
+    return {"peak_mb": peak_memory_mb(device, lambda: step_ours(model, opt, u, ALPHA, args.nats_loss))}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -371,18 +191,13 @@ def check_args(args: argparse.Namespace) -> None:
                               and (Path(args.official) / "train_misc.py").is_file()):
         raise FlowbenchError(f"--official {args.official}: no lib/odenvp.py and train_misc.py there; pass a folder "
                              "holding cfinlay/ffjord-rnode's code")
-    if args.mnist and not Path(args.mnist).is_file():
-        raise FlowbenchError(f"--mnist {args.mnist}: no such file; pass an MNIST IDX images file or leave it out")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise FlowbenchError("--device cuda: torch sees no CUDA device here; use --device cpu")
-    for name in ("steps", "batch", "threads"):
-        if getattr(args, name) < 1:
-            raise FlowbenchError(f"--{name} {getattr(args, name)}: must be at least 1")
+    check_common_args(args)
     if args.warmup < 0:
         raise FlowbenchError(f"--warmup {args.warmup}: must be 0 or more")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official", metavar="DIR", help="folder with cfinlay/ffjord-rnode's lib/ and train_misc.py")
     ap.add_argument("--solver", choices=["dopri5", "rk4"], default="dopri5",
@@ -394,35 +209,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nats-loss", action="store_true",
                     help="train ours on mean NLL in nats (its loss times D ln 2; the official trains on bits/dim)")
     ap.add_argument("--no-check", action="store_true", help="skip the initial-loss comparison")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--memory-of", choices=["ours", "official"], help=argparse.SUPPRESS)
+    add_run_arguments(ap, ["ours", "official"])
     return ap.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> None:
     """The comparison (or, with ``--memory-of``, one memory measurement)."""
     check_args(args)
-    torch.set_num_threads(args.threads)
-    if args.memory_of:
-        print(json.dumps(measure_memory(args)))
+    if start(args, measure_memory):
         return
     device = torch.device(args.device)
 
     torch.manual_seed(0)
     ours = build_ours(args.solver).to(device)
     models: dict[str, torch.nn.Module] = {"flowbench": ours}
-    images = batches(args, args.warmup + args.steps + 1)
+    images = batches(args.warmup + args.steps + 1, args.batch, args.mnist)
     noise = torch.Generator().manual_seed(2)
     count_nfe, coeffs = None, ()
     u = dequantize(images[: args.batch], noise).to(device)  # the check's batch (drawn either way: same noise after)
-    print(f"parameters: flowbench {sum(p.numel() for p in ours.parameters() if p.requires_grad):,}", end="")
+    print(f"parameters: flowbench {trainable(ours):,}", end="")
     if args.official:
         official, coeffs, count_nfe, odefunc_module = official_model(args.official, args.solver, args.batch)
         official = official.to(device)
         models["official"] = official
-        print(f", official {sum(p.numel() for p in official.parameters() if p.requires_grad):,}")
+        print(f", official {trainable(official):,}")
         pairs = block_pairs(ours, official)
         if isinstance(pairs, str):
             print(f"layouts differ ({pairs}): each model keeps its own seeded initialisation")
@@ -452,30 +262,21 @@ def run(args: argparse.Namespace) -> None:
     images = images[args.batch:]
 
     optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
-    rows: dict[str, list[tuple[float, float, int, int, float]]] = {k: [] for k in models}
-    for step in range(args.warmup + args.steps):
-        u = dequantize(images[step * args.batch:(step + 1) * args.batch], noise).to(device)
-        order = list(models) if step % 2 == 0 else list(reversed(models))
-        for name in order:
-            model, opt = models[name], optimizers[name]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            cpu, wall = time.process_time(), time.perf_counter()
-            if name == "official":
-                loss, forward, backward = step_official(model, opt, u, coeffs, count_nfe)
-            else:
-                loss, forward, backward = step_ours(model, opt, u, args.nats_loss)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            row = (time.process_time() - cpu, time.perf_counter() - wall, forward, backward, loss)
-            kept = step >= args.warmup
-            if kept:
-                rows[name].append(row)
-            print(f"  step {step + 1}{'' if kept else ' (warm-up)'} {name:9s} {row[1]:7.2f} s wall, "
-                  f"{row[0]:7.2f} s CPU, NFE {forward}+{backward}, loss {loss:.4f}", flush=True)
+    steps: dict[str, Callable[[torch.Tensor], tuple[float, int, int]]] = {
+        "flowbench": lambda u: step_ours(ours, optimizers["flowbench"], u, ALPHA, args.nats_loss)}
+    if args.official:
+        steps["official"] = lambda u: step_official(official, optimizers["official"], u, coeffs, count_nfe)
+    rows: dict[str, list[Row]] = {k: [] for k in models}
+    for step, name, row in interleaved_steps(steps, images, args.batch, args.warmup + args.steps, noise, device):
+        kept = step >= args.warmup
+        if kept:
+            rows[name].append(row)
+        print(f"  step {step + 1}{'' if kept else ' (warm-up)'} {name:9s} {row[1]:7.2f} s wall, "
+              f"{row[0]:7.2f} s CPU, NFE {row[2]}+{row[3]}, loss {row[4]:.4f}", flush=True)
 
-    peaks = ({name: memory_in_subprocess("ours" if name == "flowbench" else name, args) for name in models}
-             if not args.no_memory else {})
+    extra = ["--solver", args.solver]
+    peaks = ({name: memory_in_subprocess(__file__, "ours" if name == "flowbench" else name, args, extra)
+              for name in models} if not args.no_memory else {})
     what = "MNIST file" if args.mnist else "synthetic strokes"
     solver = "dopri5 1e-5, first step 0.166667" if args.solver == "dopri5" else "rk4, step 0.25"
     print(f"\n{args.steps} interleaved steps after {args.warmup} warm-up, batch {args.batch} of 1x28x28 ({what}), "
@@ -486,25 +287,17 @@ def run(args: argparse.Namespace) -> None:
           f"{mem_head:>21s}")
     summary = {}
     for name, r in rows.items():
-        cpu, wall, fwd, bwd = (statistics.mean(x[i] for x in r) for i in range(4))
+        cpu, wall, fwd, bwd = mean_row(r)
         summary[name] = (cpu, wall, fwd, bwd, peaks.get(name))
         mem = f"{peaks[name]:.0f}" if name in peaks else "-"
         print(f"{name:10s} {cpu:10.2f} {wall:11.2f} {fwd:8.1f} {bwd:8.1f} {1000 * cpu / (fwd + bwd):8.1f} {mem:>21s}")
     if "official" in summary:
-        o, f = summary["official"], summary["flowbench"]
-        ratios = [f"CPU {o[0] / f[0]:.2f}x", f"wall {o[1] / f[1]:.2f}x", f"NFE {(o[2] + o[3]) / (f[2] + f[3]):.2f}x",
-                  f"CPU per evaluation {(o[0] / (o[2] + o[3])) / (f[0] / (f[2] + f[3])):.2f}x"]
-        if o[4] is not None and f[4]:
-            ratios.append(f"peak memory {o[4] / f[4]:.2f}x")
-        print("official / ours: " + ", ".join(ratios))
+        print(official_over_ours(summary["official"], summary["flowbench"], per_evaluation=True))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: a bad option or input ends with one message, not a traceback."""
-    try:
-        run(parse_args(argv))
-    except FlowbenchError as err:
-        raise SystemExit(f"error: {err}") from None
+    cli(run, parse_args, argv)
 
 
 if __name__ == "__main__":

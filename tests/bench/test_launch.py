@@ -7,7 +7,6 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.slurm import parse_slurm_overrides, slurm_parameters
 from bench.errors import FlowbenchError
 from bench.spec import load_suite
 from bench.store import RunRecord
@@ -36,17 +35,6 @@ def test_two_processes_train_like_one(write_suite, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_nll"] == pytest.approx(b["val_nll"], rel=1e-4)
     assert two.read_result()["test"]["nll"] == pytest.approx(one.read_result()["test"]["nll"], rel=1e-4)
-
-
-def test_slurm_options_are_checked():
-    assert parse_slurm_overrides("partition=gpu,timeout_min=120") == {"partition": "gpu", "timeout_min": 120}
-    params = slurm_parameters({"partition": "gpu", "setup": "module load cuda", "additional": {"requeue": True}}, "s")
-    assert params["slurm_partition"] == "gpu" and params["slurm_setup"] == ["module load cuda"]
-    assert params["timeout_min"] == 60 and params["slurm_additional_parameters"] == {"requeue": True}
-    with pytest.raises(FlowbenchError, match='unknown SLURM option "partiton" \\(did you mean "partition"\\?\\)'):
-        slurm_parameters({"partiton": "gpu"}, "suites/x.yaml: slurm")
-    with pytest.raises(FlowbenchError, match="expected KEY=VALUE"):
-        parse_slurm_overrides("gpu")
 
 
 # -- one run, one owner ----------------------------------------------------------------------------
@@ -170,54 +158,6 @@ def test_a_plugin_model_runs_in_worker_processes(write_suite, tmp_path, monkeypa
 
 
 # -- the retry policy --------------------------------------------------------------------------------
-def _set_status(record: RunRecord, status: str, **extra) -> None:
-    record.write_result({**(record.read_result() or {}), "status": status, "steps": 7, **extra})
-
-
-def test_retry_policy_leaves_diverged_alone_and_status_says_why(write_suite, results, capsys):
-    from bench.retry import DEFAULT_RETRY, decide, parse_retry, pending, run_state
-
-    path = write_suite(SIX_RUNS.replace("max_steps: 60", "max_steps: 10"))
-    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
-    specs = load_suite(path).runs()
-    records = [RunRecord(results, s.suite, s.run_id) for s in specs]
-    # seed 0 stays completed; the others as a sweep leaves them (running without a live claim: lost)
-    for record, status in zip(records[1:], ["failed", "timeout", "preempted", "diverged", "running"]):
-        _set_status(record, status)
-    assert [run_state(r)[0] for r in records] == ["completed", "failed", "timeout", "preempted", "diverged", "lost"]
-    todo, done = pending(specs, results)
-    assert [s.seed for s in todo] == [1, 2, 3, 5] and done == 1  # diverged (seed 4) left alone
-    assert [s.seed for s in pending(specs, results, retry=parse_retry("diverged"))[0]] == [1, 2, 3, 4, 5]
-    assert len(pending(specs, results, force=True)[0]) == 6
-    assert decide("diverged", {"steps": 7}, DEFAULT_RETRY) == (False, "diverged at step 7; left alone "
-                                                                      "(--retry diverged re-runs it)")
-    assert decide("pending", {}, DEFAULT_RETRY, slurm={"executor": "slurm", "job_id": "9_1", "state": "FAILED"}) \
-        == (True, "lost: job 9_1 ended FAILED before the run started")
-    assert decide("preempted", {}, DEFAULT_RETRY, slurm={"executor": "slurm", "job_id": "9_1",
-                                                         "state": "PENDING"}) == (False, "job 9_1 is PENDING")
-    with pytest.raises(FlowbenchError, match='--retry divergd: unknown status "divergd" \\(did you mean "diverged"'):
-        parse_retry("divergd")
-
-    capsys.readouterr()
-    assert main(["status", str(path), "--results", str(results)]) == 0
-    out = capsys.readouterr().out
-    assert "run: lost: recorded running at step 7, but its process is gone" in out
-    assert "diverged at step 7; left alone (--retry diverged re-runs it)" in out
-    assert "would take up 4: 1 failed, 1 lost, 1 preempted, 1 timeout" in out
-    assert main(["status", str(path), "--results", str(results), "--retry", "diverged"]) == 0
-    assert "would take up 5" in capsys.readouterr().out
-
-    # run re-runs the four, leaves the diverged record as it was, and says so
-    diverged_before = records[4].result_path.read_bytes()
-    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
-    out = capsys.readouterr().out
-    assert "4 completed, 1 diverged left alone (--retry diverged re-runs it), 1 already completed" in out
-    assert records[4].result_path.read_bytes() == diverged_before
-    assert all(r.status == "completed" for i, r in enumerate(records) if i != 4)
-    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report", "--retry", "diverged"]) == 0
-    assert records[4].status == "completed"
-
-
 # -- resources per model and variant -------------------------------------------------------------------
 RESOURCES = """
 datasets:
@@ -339,45 +279,5 @@ def test_local_executor_rejects_jobs_elsewhere(write_suite, results, capsys):
 
 
 # -- the code a job runs -----------------------------------------------------------------------------------
-def test_code_snapshot_is_content_addressed_and_read_only(tmp_path):
-    import os
-
-    from bench.snapshot import code_hash, snapshot_code
-
-    first = snapshot_code(tmp_path / "a")
-    again = snapshot_code(tmp_path / "a")
-    snap = tmp_path / "a" / "code" / first["sha"]
-    assert set(os.listdir(snap)) == {"bench", "baselines"} and first["dir"] == str(snap)
-    assert not list(snap.rglob("__pycache__")) and (snap / "bench" / "launch.py").is_file()
-    assert code_hash({p.name: p for p in snap.iterdir()}) == first["sha"]  # named by what it holds
-    if again["sha"] == first["sha"]:  # (another process may edit the tree in between)
-        assert len(os.listdir(tmp_path / "a" / "code")) == 1
-    assert not os.access(snap / "bench" / "launch.py", os.W_OK) or os.geteuid() == 0
-    assert (os.stat(snap / "bench" / "launch.py").st_mode & 0o222) == 0
-    # any change to a file changes the hash
-    copy = tmp_path / "copy"
-    import shutil
-
-    shutil.copytree(snap / "baselines", copy / "baselines")
-    before = code_hash({"baselines": copy / "baselines"})
-    target = copy / "baselines" / "__init__.py"
-    target.chmod(0o644)
-    target.write_text(target.read_text() + "\nMARKER = 1\n")
-    assert code_hash({"baselines": copy / "baselines"}) != before
 
 
-def test_status_flags_code_that_differs_from_the_submitted(write_suite, results, capsys):
-    from bench.snapshot import code_mismatch
-
-    assert code_mismatch({"code": {"submitted": "a1", "ran": "a1"}}) is None
-    assert code_mismatch({}) is None
-    path = write_suite(SUITE)
-    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report",
-                 "--set", "train.max_steps=10"]) == 0
-    spec = load_suite(path).runs(sets=["train.max_steps=10"])[0]
-    record = RunRecord(results, spec.suite, spec.run_id)
-    record.write_result({**record.read_result(), "code": {"submitted": "aaaa", "ran": "bbbb", "git": "1234+dirty"}})
-    capsys.readouterr()
-    assert main(["status", str(path), "--results", str(results), "--set", "train.max_steps=10"]) == 0
-    assert "code mismatch: realnvp/moons/seed0 (max_steps=10)" in capsys.readouterr().out
-    assert "ran code bbbb but was submitted with aaaa (git 1234+dirty)" in code_mismatch(record.read_result())
