@@ -10,14 +10,8 @@ from bench.cli import main
 from bench.errors import FlowbenchError
 from bench.spec import load_suite
 from bench.store import RunRecord
-
-SUITE = """
-datasets:
-  moons: {n_train: 1024, n_val: 256, n_test: 256}
-models: {realnvp: {n_layers: 2, hidden: 16, batch_norm: false}}  # batch statistics would differ per process
-seeds: [0]
-train: {max_steps: 30, batch_size: 128, eval_every: 10, lr: 1e-2}
-"""
+from tiny_suites import REALNVP_MOONS as SUITE
+from tiny_suites import SIX_SEEDS as SIX_RUNS
 
 
 def test_two_processes_train_like_one(write_suite, tmp_path):
@@ -38,13 +32,6 @@ def test_two_processes_train_like_one(write_suite, tmp_path):
 
 
 # -- one run, one owner ----------------------------------------------------------------------------
-SIX_RUNS = """
-datasets:
-  moons: {n_train: 512, n_val: 128, n_test: 128}
-models: {realnvp: {n_layers: 2, hidden: 8}}
-seeds: [0, 1, 2, 3, 4, 5]
-train: {max_steps: 60, batch_size: 64, eval_every: 10, checkpoint_every: 20}
-"""
 
 
 @pytest.mark.parametrize("processes", [2, 6])

@@ -8,14 +8,9 @@ from bench.cli import main
 from bench.errors import FlowbenchError
 from bench.spec import load_suite
 from bench.store import RunRecord
+from tiny_suites import SIX_SEEDS
 
-TEN_STEP_RUNS = """
-datasets:
-  moons: {n_train: 512, n_val: 128, n_test: 128}
-models: {realnvp: {n_layers: 2, hidden: 8}}
-seeds: [0, 1, 2, 3, 4, 5]
-train: {max_steps: 10, batch_size: 64, eval_every: 10, checkpoint_every: 20}
-"""
+TEN_STEP_RUNS = SIX_SEEDS.replace("max_steps: 60", "max_steps: 10")
 
 
 def _set_status(record: RunRecord, status: str, **extra) -> None:

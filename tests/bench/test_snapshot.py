@@ -5,14 +5,8 @@ from __future__ import annotations
 from bench.cli import main
 from bench.spec import load_suite
 from bench.store import RunRecord
+from tiny_suites import REALNVP_MOONS as SUITE
 
-SUITE = """
-datasets:
-  moons: {n_train: 1024, n_val: 256, n_test: 256}
-models: {realnvp: {n_layers: 2, hidden: 16, batch_norm: false}}  # batch statistics would differ per process
-seeds: [0]
-train: {max_steps: 30, batch_size: 128, eval_every: 10, lr: 1e-2}
-"""
 
 
 def test_code_snapshot_is_content_addressed_and_read_only(tmp_path):
