@@ -37,8 +37,8 @@ from torchdiffeq import odeint, odeint_adjoint
 from baselines.constraints import Choice
 
 __all__ = ["act_and_slope", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM", "AUTO_EXACT_TRAIN_DIM", "CNF",
-           "CNFDynamics", "collect_block_nfe", "compile_dynamics", "CountedDynamics", "DIVERGENCES",
-           "exact_divergence", "FIXED_STEP", "forward_solve", "LAYER_TYPES", "NOISES", "sample_probe",
+           "CNFDynamics", "collect_block_nfe", "compile_dynamics", "CountedDynamics", "divergence_terms",
+           "DIVERGENCES", "exact_divergence", "FIXED_STEP", "forward_solve", "LAYER_TYPES", "NOISES", "sample_probe",
            "solve_limits", "SolveLimits", "Solver", "SolverFailure", "SolverName", "SOLVERS", "SolveTimeout",
            "squeeze", "TimeNet", "unsqueeze"]
 
@@ -306,6 +306,27 @@ def exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor,
     return div, frob
 
 
+def divergence_terms(net: nn.Module, t: Tensor, z: Tensor, probe: Tensor | None,
+                     want_frob: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(f(t, z), divergence, squared Jacobian norm or None)`` from ``net.forward_jvp``'s
+    Jacobian-vector products: with ``probe=None`` the exact trace (the D basis vectors propagate
+    with the state in one pass) and ``||J||_F^2``; else Hutchinson's ``e^T J e`` and ``||J e||^2``."""
+    batch = z.shape[0]
+    if probe is None:
+        dim = z[0].numel()
+        basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
+        f, jv = net.forward_jvp(t, z, basis.expand(dim, *z.shape))
+        jv = jv.reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
+        div = torch.diagonal(jv, dim1=0, dim2=2).sum(1)
+        frob = jv.pow(2).sum((0, 2)) if want_frob else None
+    else:
+        f, jv = net.forward_jvp(t, z, probe.unsqueeze(0))
+        jv = jv[0]
+        div = (jv * probe).reshape(batch, -1).sum(1)
+        frob = jv.pow(2).reshape(batch, -1).sum(1) if want_frob else None
+    return f, div, frob
+
+
 class CNFDynamics(CountedDynamics):
     """The augmented dynamics ``(z, logdet, *regs) -> derivatives`` in the original time ``t in [0, T]``.
 
@@ -322,7 +343,7 @@ class CNFDynamics(CountedDynamics):
         # T = sqrt_end_time^2 keeps T > 0; trains only when asked
         self.sqrt_end_time = nn.Parameter(torch.tensor(math.sqrt(end_time)), requires_grad=train_end_time)
         self.forward_mode = True  # Jacobian-vector products by forward propagation when the net offers them
-        self._jvp: Any = None  # the net's forward_jvp, or its torch.compile'd twin (compile_jvp)
+        self._terms: Any = divergence_terms  # or its torch.compile'd twin (compile_divergence)
         # per-solve settings, set by CNF before each solve
         self.probe: Tensor | None = None
         self.exact = False
@@ -362,8 +383,8 @@ class CNFDynamics(CountedDynamics):
             out.append(frob / dim)
         return tuple(out)
 
-    def compile_jvp(self, backend: str = "inductor") -> None:
-        """Replace the net's ``forward_jvp`` by its ``torch.compile``'d twin for this block's solves.
+    def compile_divergence(self, backend: str = "inductor") -> None:
+        """Evaluate this block's dynamics and divergence (``divergence_terms``) through ``torch.compile``.
 
         Same arithmetic, fused kernels: fewer small-op dispatches per evaluation, in the forward
         solve and in the adjoint's vector-Jacobian products. Compiling costs seconds once per
@@ -372,32 +393,18 @@ class CNFDynamics(CountedDynamics):
             raise ValueError(f"{type(self.net).__name__} has no forward_jvp to compile")
         # torchdiffeq's adjoint keeps the graph of each evaluation (retain_graph), which compiled
         # backward graphs allow only without donated buffers; the backward graph is compiled at its
-        # first use, outside any call here, so the setting is process-wide
+        # first use, outside any call here, so the setting is process-wide. Every block, mode
+        # (exact, Hutchinson, regularised) and batch shape is one more compiled entry of the same code.
+        from torch._dynamo import config as dynamo_config
         from torch._functorch import config as functorch_config
 
         functorch_config.donated_buffer = False
-        self._jvp = torch.compile(self.net.forward_jvp, dynamic=None, backend=backend)
-
-    def _call_jvp(self, t: Tensor, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
-        return (self._jvp or self.net.forward_jvp)(t, z, tangents)
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
+        self._terms = torch.compile(divergence_terms, dynamic=None, backend=backend)
 
     def _forward_mode(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Divergence from Jacobian-vector products (exact: the D basis vectors; Hutchinson: e^T (J e))."""
-        batch = z.shape[0]
-        if self.exact:
-            dim = z[0].numel()
-            basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
-            f, jv = self._call_jvp(t, z, basis.expand(dim, *z.shape))
-            jv = jv.reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
-            div = torch.diagonal(jv, dim1=0, dim2=2).sum(1)
-            frob = jv.pow(2).sum((0, 2)) if self.n_regs else None
-        else:
-            e = self.probe
-            f, jv = self._call_jvp(t, z, e.unsqueeze(0))
-            jv = jv[0]
-            div = (jv * e).reshape(batch, -1).sum(1)
-            frob = jv.pow(2).reshape(batch, -1).sum(1) if self.n_regs else None
-        return f, div, frob
+        """Divergence from Jacobian-vector products (``divergence_terms``)."""
+        return self._terms(self.net, t, z, None if self.exact else self.probe, bool(self.n_regs))
 
     def _autograd(self, t: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Divergence by reverse-mode autograd (any dynamics module): e^T J e, or one call a dimension."""
@@ -581,10 +588,10 @@ class CNF(nn.Module):
 
 def compile_dynamics(module: nn.Module, backend: str = "inductor") -> int:
     """``torch.compile`` the Jacobian-vector function of every CNF block in ``module`` (see
-    ``CNFDynamics.compile_jvp``); returns how many blocks were compiled (0: no CNF inside)."""
+    ``CNFDynamics.compile_divergence``); returns how many blocks were compiled (0: no CNF inside)."""
     blocks = [m for m in module.modules() if isinstance(m, CNFDynamics) and hasattr(m.net, "forward_jvp")]
     for block in blocks:
-        block.compile_jvp(backend)
+        block.compile_divergence(backend)
     return len(blocks)
 
 

@@ -222,6 +222,10 @@ def run(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     ours = build_ours(args.solver).to(device)
+    if args.compile:
+        from baselines.cnf import compile_dynamics
+
+        compile_dynamics(ours)
     models: dict[str, torch.nn.Module] = {"flowbench": ours}
     images = batches(args.warmup + args.steps + 1, args.batch, args.mnist)
     noise = torch.Generator().manual_seed(2)

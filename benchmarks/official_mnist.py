@@ -98,12 +98,14 @@ def batches(n: int, batch: int, mnist: str | None = None) -> torch.Tensor:
 
 # -- command line -----------------------------------------------------------------------------------
 def add_run_arguments(ap: argparse.ArgumentParser, memory_names: Sequence[str]) -> None:
-    """The options both scripts end with: ``--no-memory``, ``--device``, ``--threads`` and the hidden
+    """The options both scripts end with: ``--no-memory``, ``--device``, ``--threads``, ``--compile`` and the hidden
     ``--memory-of`` (one of ``memory_names``: how the memory child, see ``memory_in_subprocess``, is
     told which model to measure)."""
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="ours with torch.compile'd dynamics (baselines.cnf.compile_dynamics); warm-up steps compile")
     ap.add_argument("--memory-of", choices=list(memory_names), help=argparse.SUPPRESS)
 
 

@@ -428,23 +428,23 @@ def test_solve_limits_step_size_floor(adjoint):
         (z.sum() + logdet.sum()).backward()
 
 
-@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
-def test_compiled_dynamics_give_the_eager_gradients_and_nfe(divergence):
-    """compile_dynamics swaps in a torch.compile'd forward_jvp: through the adjoint (which keeps each
+@pytest.mark.parametrize("divergence, regularize", [("exact", False), ("hutchinson", False), ("exact", True)])
+def test_compiled_dynamics_give_the_eager_gradients_and_nfe(divergence, regularize):
+    """compile_dynamics swaps in torch.compile'd divergence terms: through the adjoint (which keeps each
     evaluation's graph) it gives the eager model's loss, gradients and NFE. The aot_eager backend
     traces forward and backward graphs as inductor does, in seconds instead of a compile."""
-    from baselines.cnf import compile_dynamics
+    from baselines.cnf import compile_dynamics, divergence_terms
 
     results = []
     for compiled in (False, True):
         torch.manual_seed(3)
         block = cnf(TimeNet((2,), (16, 16), "concatsquash", "tanh"), 2, end_time=0.5, divergence=divergence,
-                    train_solver=Solver("dopri5", 1e-5, 1e-5))
+                    regularize=regularize, train_solver=Solver("dopri5", 1e-5, 1e-5))
         if compiled:
-            assert compile_dynamics(block, backend="aot_eager") == 1 and block.func._jvp is not None
+            assert compile_dynamics(block, backend="aot_eager") == 1 and block.func._terms is not divergence_terms
         x = torch.randn(32, 2, dtype=torch.float64)
-        z, logdet, _ = block(x)
-        loss = (0.5 * z.pow(2).sum(1) - logdet).mean()
+        z, logdet, regs = block(x)
+        loss = (0.5 * z.pow(2).sum(1) - logdet).mean() + (regs.sum(1).mean() if regularize else 0.0)
         loss.backward()
         results.append((loss.detach(), torch.cat([p.grad.reshape(-1) for p in block.parameters()
                                                   if p.grad is not None]), block.read_nfe()))
