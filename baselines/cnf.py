@@ -400,7 +400,9 @@ class CNFDynamics(CountedDynamics):
 
         functorch_config.donated_buffer = False
         dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
-        self._terms = torch.compile(divergence_terms, dynamic=None, backend=backend)
+        # static shapes: one entry per block shape and batch size (inductor's dynamic shapes fail on the
+        # multi-scale conv nets: "cannot determine truth value of Relational")
+        self._terms = torch.compile(divergence_terms, dynamic=False, backend=backend)
 
     def _forward_mode(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Divergence from Jacobian-vector products (``divergence_terms``)."""

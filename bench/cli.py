@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", dest="trackers", action="append", default=[], metavar="NAME",
                    help="also log every run to tensorboard, mlflow or wandb (repeatable; adds to the suite's "
                         "trackers:, never changes run ids)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the CNF models' dynamics: about 1.2x faster steps after about 30 s of "
+                        "compiling per run (worth it for long runs; never changes run ids)")
     p.add_argument("--no-report", action="store_true", help="do not print the table after the sweep")
     p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
                    help="also write the report (tables, figures, index.html) to DIR/SUITE (default DIR: ./reports "
@@ -250,6 +253,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_device(args.device, here=False)
     suite, specs = _specs(args)
     specs = add_trackers(specs, args.trackers)  # --tracker on top of the suite's; their packages installed
+    if args.compile:
+        import dataclasses
+
+        specs = [dataclasses.replace(s, compile=True) for s in specs]
     check_device(args.device, here=args.executor != "slurm")  # SLURM's nodes have their own devices
     inside(args.results, suite.name)
     from bench.retry import parse_retry

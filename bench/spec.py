@@ -272,6 +272,7 @@ class RunSpec:
     plugin_path: str = ""  # the folder plugins were imported from (the submitting process's working directory)
     slurm: dict[str, Any] = field(default_factory=dict)  # SLURM resources (suite < override < variant); not in the run id
     trackers: list[str] = field(default_factory=list)  # experiment trackers (bench.trackers); not in the run id
+    compile: bool = False  # torch.compile the CNF dynamics (`run --compile`): same arithmetic; not in the run id
 
     def content(self) -> dict[str, Any]:
         """Everything that determines the result (the suite's name, the variant's label and the
@@ -296,7 +297,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "suite": self.suite, "variant": self.variant, "sweep": self.sweep,
                 "setting": self.setting, "published_model": self.published_model, "plugins": self.plugins,
-                "plugin_path": self.plugin_path, "slurm": self.slurm, "trackers": self.trackers, **self.content()}
+                "plugin_path": self.plugin_path, "slurm": self.slurm, "trackers": self.trackers, "compile": self.compile, **self.content()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
@@ -306,7 +307,7 @@ class RunSpec:
                    sweep=dict(d.get("sweep") or {}), setting=d.get("setting") or "",
                    published_model=d.get("published_model") or "", plugins=list(d.get("plugins") or []),
                    plugin_path=d.get("plugin_path") or "", slurm=dict(d.get("slurm") or {}),
-                   trackers=list(d.get("trackers") or []))
+                   trackers=list(d.get("trackers") or []), compile=bool(d.get("compile", False)))
 
     def import_plugins(self) -> None:
         """Import the suite's plugin modules in this process (a worker started by an executor), so their

@@ -323,6 +323,11 @@ class Trainer:
         self.data = load_dataset(spec.dataset, spec.data_config, data_root)
         seed_everything(spec.seed)
         self.model = build_model(spec.model, self.data.info, spec.model_config, f"run {spec.label}").to(self.device)
+        self.compiled_blocks = 0  # CNF blocks whose dynamics run torch.compile'd (run --compile)
+        if spec.compile:
+            from baselines.cnf import compile_dynamics
+
+            self.compiled_blocks = compile_dynamics(self.model)
         self.optimizer = make_optimizer(self.model, self.train)
         polyak = self.train.get("polyak")
         self.polyak = Polyak(self.model, polyak) if polyak is not None else None
@@ -615,6 +620,7 @@ class Trainer:
             "seconds_per_step": s.train_seconds / max(1, s.step), "wall_seconds": time.perf_counter() - wall,
             "params": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
             "peak_memory_mb": peak_memory_mb(self.device), "resumes": s.resumes, "world_size": self.dist.world,
+            "compiled_blocks": self.compiled_blocks,
             "data": {"notes": self.data.info.notes, "n_train": len(self.data.train), "n_val": len(self.data.val),
                      "n_test": len(self.data.test)},
         }

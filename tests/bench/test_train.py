@@ -425,3 +425,37 @@ def test_a_result_json_that_is_a_folder_is_named_and_left_alone(write_suite, res
         assert f"failed: {odd.label}: {record.result_path} is unreadable (Is a directory); move it away" in err
         assert "Traceback" not in err and record.result_path.is_dir()
         assert RunRecord(results, fine.suite, fine.run_id).read_result()["status"] == "completed"  # the rest ran
+
+
+COMPILE_SUITE = """
+datasets:
+  8gaussians: {n_train: 256, n_val: 128, n_test: 128}
+models:
+  ffjord: {hidden: [8, 8]}
+  realnvp: {n_layers: 2, hidden: 8}
+seeds: [0]
+train: {max_steps: 3, batch_size: 64, eval_every: 3, checkpoint_every: 3}
+"""
+
+
+def test_run_compile_compiles_the_cnf_dynamics_and_keeps_run_ids(write_suite, results, monkeypatch, capsys):
+    """`run --compile` reaches each run (spec.json), compiles every CNF block of a CNF model and none of a
+    discrete one (recorded as compiled_blocks), and leaves the run ids alone. The aot_eager backend
+    stands in for inductor here (seconds instead of a compile; the numerics are tested in
+    tests/baselines/test_cnf.py)."""
+    import baselines.cnf as cnf
+
+    real = cnf.compile_dynamics
+    monkeypatch.setattr(cnf, "compile_dynamics", lambda module: real(module, backend="aot_eager"))
+    path = write_suite(COMPILE_SUITE)
+    assert main(["run", str(path), "--dry-run", "--results", str(results)]) == 0
+    plain_ids = set(re.findall(r"\b[0-9a-f]{12}\b", capsys.readouterr().out))
+    assert main(["run", str(path), "--compile", "--results", str(results), "--quiet", "--no-report"]) == 0
+    compiled = {}
+    for folder in (results / "t").iterdir():
+        if (folder / "result.json").is_file():
+            spec, result = json.loads((folder / "spec.json").read_text()), json.loads((folder / "result.json").read_text())
+            assert spec["compile"] is True and result["status"] == "completed", result.get("error")
+            compiled[spec["model"]] = (folder.name, result["compiled_blocks"])
+    assert {model: n for model, (_, n) in compiled.items()} == {"ffjord": 1, "realnvp": 0}
+    assert {run_id for run_id, _ in compiled.values()} == plain_ids
