@@ -39,7 +39,8 @@ import torch
 from baselines.ffjord import build
 from bench.data.base import DataInfo
 from bench.errors import FlowbenchError
-from official_mnist import (SHAPE, Row, add_run_arguments, batches, block_pairs, check_common_args, cli, copy_weights,
+from official_mnist import (SHAPE, Row, add_run_arguments, batches, block_pairs, check_common_args, cli,
+                            compiled_if_asked, copy_weights,
                             dequantize, fixed_probes, import_official, interleaved_steps, logit, mean_row,
                             memory_in_subprocess, official_bits_per_dim, official_logpz, official_over_ours,
                             peak_memory_mb, start, step_ours, trainable)
@@ -148,11 +149,7 @@ def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    ours = build_ours(args.fixed_end_time).to(device)
-    if args.compile:
-        from baselines.cnf import compile_dynamics
-
-        compile_dynamics(ours)
+    ours = compiled_if_asked(build_ours(args.fixed_end_time).to(device), args)
     models: dict[str, torch.nn.Module] = {"flowbench": ours}
     images = batches(args.steps + 1, args.batch, args.mnist)
     noise = torch.Generator().manual_seed(2)

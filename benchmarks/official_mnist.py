@@ -34,6 +34,7 @@ import torch
 from bench.errors import FlowbenchError
 
 __all__ = ["SHAPE", "Row", "mnist_like", "read_mnist", "dequantize", "logit", "batches", "add_run_arguments", "cli",
+           "compiled_if_asked",
            "check_common_args", "import_official", "official_diffeq", "official_logpz", "official_bits_per_dim",
            "block_pairs", "copy_weights", "fixed_probes", "trainable", "step_ours", "interleaved_steps", "mean_row",
            "official_over_ours", "status_mb", "reset_peak_rss", "peak_memory_mb", "start", "memory_in_subprocess"]
@@ -107,6 +108,16 @@ def add_run_arguments(ap: argparse.ArgumentParser, memory_names: Sequence[str]) 
     ap.add_argument("--compile", action="store_true",
                     help="ours with torch.compile'd dynamics (baselines.cnf.compile_dynamics); warm-up steps compile")
     ap.add_argument("--memory-of", choices=list(memory_names), help=argparse.SUPPRESS)
+
+
+def compiled_if_asked(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """Our model, its CNF dynamics torch.compile'd when ``--compile`` was given (compiled at its first
+    steps, so the warm-up steps carry the cost)."""
+    if args.compile:
+        from baselines.cnf import compile_dynamics
+
+        compile_dynamics(model)
+    return model
 
 
 def cli(run: Callable[[argparse.Namespace], None], parse_args: Callable[[list[str] | None], argparse.Namespace],
