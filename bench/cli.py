@@ -250,14 +250,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.retry import pending
     from bench.trackers import add_trackers
 
-    check_device(args.device, here=False)
+    check_device(args.device, here=args.executor != "slurm")  # SLURM's nodes have their own devices
     suite, specs = _specs(args)
     specs = add_trackers(specs, args.trackers)  # --tracker on top of the suite's; their packages installed
     if args.compile:
         import dataclasses
 
         specs = [dataclasses.replace(s, compile=True) for s in specs]
-    check_device(args.device, here=args.executor != "slurm")  # SLURM's nodes have their own devices
     inside(args.results, suite.name)
     from bench.retry import parse_retry
     from bench.store import RunRecord
@@ -282,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"suite {suite.name}: {len(specs)} runs, {len(todo)} to run, {done} already completed "
           f"-> {os.path.join(args.results, suite.name)}", flush=True)
     if args.executor != "inline":
-        return _run_submitit(args, suite, specs, data_root, report_dir)
+        return _run_submitit(args, suite, specs, data_root, retry, report_dir)
     summary = run_inline(specs, args.results, data_root=data_root, device=args.device, force=args.force,
                          progress=not args.quiet, retry=retry)
     print(f"suite {suite.name}: {summary.line()}")
@@ -297,20 +296,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_RUNS_FAILED if summary.failed else EXIT_OK
 
 
-def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None, report_dir: str | None = None) -> int:
+def _run_submitit(args: argparse.Namespace, suite, specs, data_root: str | None, retry: frozenset[str],
+                  report_dir: str | None = None) -> int:
     from bench.launch import run_local, submit, wait
-    from bench.retry import parse_retry
     from bench.slurm import parse_slurm_overrides, slurm_parameters
 
     options = parse_slurm_overrides(args.slurm)  # over each run's own (suite < override < variant)
     slurm_parameters({**suite.slurm, **options}, f"{suite.path}: slurm")  # validate before anything is submitted
     if args.executor == "local":
         done = run_local(specs, args.results, {**suite.slurm, **options}, jobs=args.jobs, data_root=data_root,
-                         device=args.device, force=args.force, retry=parse_retry(args.retry), progress=not args.quiet)
+                         device=args.device, force=args.force, retry=retry, progress=not args.quiet)
         how = f" ({done.arrays[0][2]})" if done.arrays else ""
         return _finish_sweep(args, suite, f"local processes{how}: {done.line()}", done, report_dir)
     summary, submitted, jobs = submit(specs, args.results, args.executor, options, data_root=data_root,
-                                      device=args.device, force=args.force, retry=parse_retry(args.retry))
+                                      device=args.device, force=args.force, retry=retry)
     if not jobs:
         print(f"suite {suite.name}: nothing submitted ({summary.line()})")
         return EXIT_OK
@@ -376,8 +375,9 @@ def _status_of_suite(args: argparse.Namespace) -> int:
         if go:
             key = "lost" if why.startswith("lost") else "not run yet" if state == "pending" else state
             again[key] = again.get(key, 0) + 1
-        if code_mismatch(result):
-            mismatched.append(f"  code mismatch: {spec.label} [{spec.run_id}] {code_mismatch(result)}")
+        mismatch = code_mismatch(result)
+        if mismatch:
+            mismatched.append(f"  code mismatch: {spec.label} [{spec.run_id}] {mismatch}")
         rows.append((spec.run_id, spec.label, status, slurm_text(info.get("state", ""), status),
                      result.get("steps", ""), *shown, ("run: " if go else "") + why if why != status else "",
                      (result.get("error") or "")[:70]))

@@ -134,8 +134,6 @@ def run_inline(specs: Sequence[RunSpec], results_dir: str | Path, data_root: str
     """Run the pending specs one after another in this process. Progress on a terminal: a bar of
     done/failed runs (each finished run a line on stdout); elsewhere (a log, a pipe): one plain line
     per finished run on stderr, and a heartbeat line every FLOWBENCH_PROGRESS_S seconds of a long run."""
-    import contextlib
-
     from tqdm.auto import tqdm
 
     from bench.train import run_one

@@ -39,9 +39,9 @@ def run_state(record: RunRecord) -> tuple[str, dict[str, Any]]:
     """(state, result) of a record as the retry policy sees it: "pending" (no result), "running" (a
     live process holds it), "lost" (a running record whose process is gone: no live claim),
     "unreadable", or the recorded status."""
-    if record.result_problem():
+    result, problem = record.load_result()
+    if problem:
         return "unreadable", {}
-    result = record.read_result()
     if result is None:
         return "pending", {}
     status = result.get("status", "failed")

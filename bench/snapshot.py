@@ -68,10 +68,8 @@ def _code_sources(plugins: Sequence[str] = (), plugin_path: str = "") -> dict[st
 def running_code(plugins: Sequence[str] = ()) -> str:
     """The hash of the code this process imported (``code_hash``): bench, baselines and the plugins
     that sit next to them (as in a snapshot)."""
-    sources = _code_sources()
-    root = sources["bench"].parent
-    extra = _code_sources(plugins, str(root))
-    return code_hash({**extra, **sources})
+    root = _code_sources()["bench"].parent
+    return code_hash(_code_sources(plugins, str(root)))  # bench, baselines and the plugins beside them
 
 
 def snapshot_code(folder: Path, plugins: Sequence[str] = (), plugin_path: str = "") -> dict[str, Any]:

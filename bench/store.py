@@ -139,25 +139,25 @@ class RunRecord:
             raise FlowbenchError(f"cannot write the run record {self.dir}: {err.strerror}; "
                                  "choose a writable folder with --results") from None
 
-    def read_result(self) -> dict[str, Any] | None:
-        """result.json as a mapping, or None when it is absent or unreadable (``result_problem`` says why)."""
-        try:
-            result = json.loads(self.result_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return result if isinstance(result, dict) else None
-
-    def result_problem(self) -> str | None:
-        """Why result.json is there but cannot be read (a folder, not JSON, not a mapping), else None."""
+    def load_result(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(result.json as a mapping or None, why it is there but cannot be read or None): one read."""
         try:
             result = json.loads(self.result_path.read_bytes())
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, ValueError) as err:
-            return f"{self.result_path} is unreadable ({err.strerror if isinstance(err, OSError) else err})"
+            return None, f"{self.result_path} is unreadable ({err.strerror if isinstance(err, OSError) else err})"
         if not isinstance(result, dict):
-            return f"{self.result_path} holds {type(result).__name__}, not a record"
-        return None
+            return None, f"{self.result_path} holds {type(result).__name__}, not a record"
+        return result, None
+
+    def read_result(self) -> dict[str, Any] | None:
+        """result.json as a mapping, or None when it is absent or unreadable (``result_problem`` says why)."""
+        return self.load_result()[0]
+
+    def result_problem(self) -> str | None:
+        """Why result.json is there but cannot be read (a folder, not JSON, not a mapping), else None."""
+        return self.load_result()[1]
 
     @property
     def status(self) -> str:
@@ -210,7 +210,8 @@ class RunRecord:
         ``running`` record that no live process holds (its process died), "unreadable" for a
         result.json that is there but cannot be read."""
         if recorded is None:
-            recorded = self.status if not self.result_problem() else "unreadable"
+            result, problem = self.load_result()
+            recorded = "unreadable" if problem else (result.get("status", "failed") if result else "pending")
         return "stale" if recorded == "running" and self.claim_state() != "live" else recorded
 
     def claim_state(self) -> str:

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.data.base import Status
 from bench.errors import FlowbenchError
 
 __all__ = ["CACHE_FOLDER", "cache_folders", "cached_arrays", "check_md5", "corrupt", "file_digest", "find",
-           "missing", "no_root", "npy_shape", "PICKLE_ROOTS", "source_key", "unpickle_data", "unpickle_dataframe",
-           "user_cache_dir"]
+           "missing", "no_root", "no_root_status", "npy_shape", "PICKLE_ROOTS", "source_key", "unpickle_data",
+           "unpickle_dataframe", "user_cache_dir"]
 
 CACHE_FOLDER = ".flowbench-cache"
 
@@ -35,6 +36,11 @@ def no_root(dataset: str, expected: str, how: str) -> FlowbenchError:
     return FlowbenchError(f'dataset "{dataset}" needs its data files but no data root is set: expected '
                           f"DATA_ROOT/{expected}; pass --data-root DIR (or set FLOWBENCH_DATA, or the suite's "
                           f"data_root); to get the files: {how}")
+
+
+def no_root_status(dataset: str, expected: str, how: str) -> Status:
+    """``data verify``'s verdict for a real dataset when no data root is set (``no_root`` is the error)."""
+    return Status(dataset, "missing", f"DATA_ROOT/{expected}", "no data root (--data-root or $FLOWBENCH_DATA)", how)
 
 
 def npy_shape(path: Path) -> tuple[int, ...]:

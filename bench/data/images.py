@@ -20,7 +20,7 @@ import numpy as np
 
 from baselines.constraints import Choice, Count, NonNegInt, Range, Seed
 from bench.data.base import CROP_PADDING, DEQUANTIZE, SKLEARN, DataInfo, Dataset, Split, Status
-from bench.data.files import check_md5, corrupt, file_digest, find, missing, no_root, unpickle_data
+from bench.data.files import check_md5, corrupt, file_digest, find, missing, no_root, no_root_status, unpickle_data
 from bench.data.registry import register_dataset
 from bench.data.sklearn_sets import Fraction
 from bench.errors import FlowbenchError
@@ -171,7 +171,6 @@ def cifar_batches(root: Path | None, verify: bool = True) -> dict[str, tuple[np.
 
 
 # -- `flowbench data verify`: cheap checks (MD5s, IDX headers), no full read --------------------------
-_NO_ROOT = "no data root (--data-root or $FLOWBENCH_DATA)"
 
 
 def _check_idx(path: Path, shape: tuple[int, ...], md5: str) -> str:
@@ -193,7 +192,7 @@ def _check_idx(path: Path, shape: tuple[int, ...], md5: str) -> str:
 def verify_mnist(name: str, root: Path | None) -> Status:
     """MNIST's IDX files (mnist10k: the two t10k files only), each by MD5 (gz) or header (raw)."""
     if root is None:
-        return Status(name, "missing", "DATA_ROOT/mnist", _NO_ROOT, MNIST_HOW)
+        return no_root_status(name, "mnist", MNIST_HOW)
     prefixes = ["t10k"] if name == "mnist10k" else ["train", "t10k"]
     paths, problems = [], []
     for stem in (f"{p}-{k}-idx{d}-ubyte" for p in prefixes for k, d in (("images", 3), ("labels", 1))):
@@ -213,7 +212,7 @@ def verify_mnist(name: str, root: Path | None) -> Status:
 def verify_cifar10(name: str, root: Path | None) -> Status:
     """CIFAR10's six batches by torchvision's MD5s, or else its tar.gz by its MD5."""
     if root is None:
-        return Status(name, "missing", f"DATA_ROOT/{CIFAR_FOLDER}", _NO_ROOT, CIFAR_HOW)
+        return no_root_status(name, CIFAR_FOLDER, CIFAR_HOW)
     folder = find(root, [f"{p}/{CIFAR_FOLDER}" for p in CIFAR_PLACES])
     if folder is not None:
         problems = []

@@ -165,7 +165,7 @@ def _metric_name(metric: Any, name: str) -> str:
                                  "bench.metrics.METRICS; use its name (metric=\"" + metric.name + '") or a new name')
         metrics.register_metric(declared)  # checks its tolerance family
         return metric.name
-    suite_metrics = [m for m, d in metrics.METRICS.items() if d.suite_metric]
+    suite_metrics = metrics.suite_metric_names()
     if metric not in suite_metrics:
         raise FlowbenchError(f'dataset "{name}": unknown headline metric {metric!r}'
                              f"{did_you_mean(str(metric), suite_metrics)}; name one of bench.metrics.METRICS or "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.base import Status
-from bench.data.files import cached_arrays, corrupt, missing, no_root, npy_shape, source_key, unpickle_dataframe
+from bench.data.files import (cached_arrays, corrupt, missing, no_root, no_root_status, npy_shape, source_key,
+                              unpickle_dataframe)
 from bench.data.registry import register_dataset
 
 __all__ = ["MAF_HOW", "SETS", "PREPARE", "PREP_VERSION", "prepared", "source_paths", "verify", "load"]
@@ -240,8 +241,7 @@ def verify(name: str, root: Path | None) -> Status:
     (columns of a ``.npy``, BSDS300's HDF5 datasets, HEPMASS's header line, GAS's pickle) right."""
     files = SETS[name][0]
     if root is None:
-        return Status(name, "missing", f"DATA_ROOT/{files[0]}", "no data root (--data-root or $FLOWBENCH_DATA)",
-                      MAF_HOW)
+        return no_root_status(name, files[0], MAF_HOW)
     paths = [root / f for f in files]
     absent = [p for p in paths if not p.is_file()]
     if absent:

@@ -67,7 +67,7 @@ def test_flat_keywords_and_the_dataclass_build_the_same_model(builder, options):
     torch.manual_seed(0)
     b = builder(TABULAR, cnf=options)
     blocks_a, blocks_b = a.blocks, b.blocks
-    assert len(blocks_a) == len(blocks_b) == options.n_blocks or 1
+    assert len(blocks_a) == len(blocks_b) == (options.n_blocks or 1)
     for x, y in zip(blocks_a, blocks_b):
         assert x.train_solver == y.train_solver and x.eval_solver == y.eval_solver and x.steer == y.steer
         assert all(torch.equal(p, q) for p, q in zip(x.parameters(), y.parameters()))
