@@ -464,7 +464,7 @@ def _toy_range(x: Any) -> tuple[Any, Any]:
 
 def toy_figures(records: Any, resolution: int = 120, n_samples: int = 2000) -> dict[str, Any]:
     """Density heat maps and samples on each 2-D toy dataset: one column per dataset, the data first
-    (a histogram of the test set; test points), then one row per model (and variant)."""
+    (a histogram of the training set; test points), then one row per model (and variant)."""
     import textwrap
 
     import matplotlib.pyplot as plt

@@ -407,11 +407,6 @@ def load_mnist(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000, 
                crop_padding: CropPadding = "symmetric", shift: BelowHalf = 0.0, verify: bool = True):
     """MNIST from its four IDX files: 60,000 training (the last ``n_val`` held out) and 10,000 test
     images; ``pad``/``channels`` give the official Glow / i-ResNet 3x32x32 version (pad 2, channels 3)."""
-    if pad < 0 or pad > 16:
-        raise FlowbenchError(f"pad {pad}: expected 0 to 16 pixels of zero padding per side (2 gives 32x32)")
-    if channels not in (1, 3):
-        raise FlowbenchError(f"channels {channels}: expected 1 (MNIST as it is) or 3 (replicated, as Glow and "
-                             "i-ResNet's code feed it)")
     size = 28 + 2 * pad
     check_image_options(logit, alpha, dequantize, crop, crop_padding, shift, size)
     train_x, train_y = mnist_arrays(root, True, verify, name)

@@ -81,8 +81,6 @@ def load_spirals(name: str, root: Path | None = None, *, n_spirals: Count = 5000
 
     from bench.data.base import DataInfo, Dataset, Split
 
-    if targets not in ("direction", "all"):
-        raise FlowbenchError(f'spirals: targets "{targets}": expected "direction" or "all"')
     if n_val < 1 or n_test < 1 or n_val + n_test >= n_spirals:
         raise FlowbenchError(f"spirals: n_val {n_val} and n_test {n_test} must be >= 1 and leave training spirals "
                              f"out of {n_spirals}")

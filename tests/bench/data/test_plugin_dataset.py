@@ -179,6 +179,14 @@ def test_declared_options_are_the_loader_signature():
         assert entry.checks == {p.name: p.annotation for p in params}, name
     assert REGISTRY["mnist"].checks["pad"].__metadata__[0].max == 16
     assert REGISTRY["moons"].options["n_train"] == 20_000 and REGISTRY["spirals"].metric == "mse"
+    # the defaults the registry held before it read them from the loaders (a restated table until then)
+    expected = {"cifar10": {"flip": True, "n_val": 5000, "alpha": 1e-6, "crop_padding": "symmetric"},
+                "mnist": {"pad": 0, "channels": 1, "flip": False, "dequantize": "uniform", "verify": True},
+                "mnist10k": {"n_train": 8000, "n_val": 1000}, "digits": {"val_fraction": 0.1, "test_fraction": 0.2},
+                "spirals": {"n_spirals": 5000, "window": 200, "horizon": 200, "noise": 0.3, "targets": "direction"},
+                "mixture1d": {"means": "-2,0,2", "n_test": 20_000}, "power": {"cache": True}}
+    for name, defaults in expected.items():
+        assert {k: REGISTRY[name].options[k] for k in defaults} == defaults, name
 
 
 def test_registration_mistakes_are_clear(plugin):
