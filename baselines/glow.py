@@ -95,7 +95,7 @@ def glow_image(shape: tuple[int, int, int], n_levels: int = 3, n_steps: int = 32
             priors.append(ConditionalGaussianPrior(keep, cur[0] - keep) if split_prior else GaussianPrior(
                 (cur[0] - keep, cur[1], cur[2])))
             cur = (keep, cur[1], cur[2])
-    return MultiScaleModel(MultiScaleFlow(levels, priors, shapes), shape)
+    return MultiScaleModel(MultiScaleFlow(levels, priors, shapes), shape, channels_last=True)
 
 
 def build(data, n_levels: Count = 3, n_steps: Count = 32, hidden: Count = 512, n_hidden: NonNegInt = 2,

@@ -368,7 +368,10 @@ class EdgePaddedConv2d(nn.Module):
         that follows), computed as one convolution with the scales and shifts folded into its
         weights and bias: the same map, without elementwise passes over the output. The padding
         indicator channel's contribution is the same for every example, so it is one small map
-        added to the zero-padded convolution of ``x`` rather than a channel concatenated to it."""
+        added to the zero-padded convolution of ``x`` rather than a channel concatenated to it
+        (for a channels-last ``x`` that addition runs on the [N, H, W, C] view, whose backward sum
+        over the batch is a contiguous reduction; torch's over a channels-last NCHW tensor is 15x
+        slower on CPU)."""
         w, b = self.conv.weight, self.conv.bias
         if self.zeros:
             e = torch.exp(self.logscale_factor * self.logs).view(-1)
@@ -382,7 +385,10 @@ class EdgePaddedConv2d(nn.Module):
             return F.conv2d(x, w, b)
         p, c = self.pad, x.shape[1]
         edge = F.pad(x.new_zeros(1, 1, *x.shape[2:]), (p, p, p, p), value=1.0)
-        return F.conv2d(x, w[:, :c], b, padding=p) + F.conv2d(edge, w[:, c:])
+        y, border = F.conv2d(x, w[:, :c], b, padding=p), F.conv2d(edge, w[:, c:])
+        if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+            return (y.permute(0, 2, 3, 1) + border[0].permute(1, 2, 0)).permute(0, 3, 1, 2)
+        return y + border
 
 
 class _HiddenActNorm(nn.Module):
@@ -632,15 +638,25 @@ class VectorFlowModel(LatentFlowModel):
 
 
 class MultiScaleModel(LatentFlowModel):
-    """A ``MultiScaleFlow`` over whitened latents: the shared body of the image models."""
+    """A ``MultiScaleFlow`` over whitened latents: the shared body of the image models.
 
-    def __init__(self, flow: MultiScaleFlow, shape: tuple[int, ...]):
+    ``channels_last``: keep the convolution weights and the input in channels-last memory order
+    ([N, H, W, C] in memory, the same NCHW tensors to every caller). Only the layout changes, never
+    a value; oneDNN's CPU convolutions run 10-15% faster a training step on Glow and RealNVP
+    (docs/models.md). i-ResNet stays contiguous: normflows' spectral-norm convolutions ``view``
+    their 4-D buffers, which channels-last order forbids.
+    """
+
+    def __init__(self, flow: MultiScaleFlow, shape: tuple[int, ...], channels_last: bool = False):
         super().__init__()
-        self.flow = flow
+        self.flow = flow.to(memory_format=torch.channels_last) if channels_last else flow
         self.shape = tuple(shape)
+        self.channels_last = channels_last
 
     def to_latent(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [N, C, H, W] -> (whitened latent [N, D], log|det dz/dx|)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.flow.to_latent(x)
 
     def from_latent(self, z: Tensor) -> Tensor:

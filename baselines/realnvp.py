@@ -128,7 +128,7 @@ def realnvp_image(shape: tuple[int, int, int], n_scales: int = 2, n_checker: int
             cur = (cur[0] // 2, cur[1], cur[2])
             if cur[0] < 1:
                 raise ValueError(f"realnvp: {n_scales} scales factor out more channels than {shape} has")
-    return RealNVPImage(MultiScaleFlow(levels, priors, shapes), shape)
+    return RealNVPImage(MultiScaleFlow(levels, priors, shapes), shape, channels_last=True)
 
 
 def build(data, n_layers: Count = 8, hidden: Count = 64, n_hidden: NonNegInt = 2, scale_bound: Positive = 3.0,

@@ -186,9 +186,11 @@ def test_multiscale_container_whitens_and_inverts():
     assert std_normal_log_prob(z).shape == (3,)
 
 
-def test_glow_conditioner_folds_its_actnorms_into_the_convolutions():
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_glow_conditioner_folds_its_actnorms_into_the_convolutions(memory_format):
     """The coupling's network applies each ActNorm (and the zero-conv's output scale) folded into the
-    convolution before it, for speed: outputs and gradients equal the layers applied one by one."""
+    convolution before it, for speed: outputs and gradients equal the layers applied one by one, also
+    with weights and inputs in channels-last order (the border term then adds on the NHWC view)."""
     import torch.nn.functional as F
 
     from baselines.layers import EdgePaddedConv2d, GlowAffineCoupling
@@ -213,9 +215,10 @@ def test_glow_conditioner_folds_its_actnorms_into_the_convolutions():
             x = conv_one_by_one(m, x) if isinstance(m, EdgePaddedConv2d) else m(x)
         return x
 
-    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    coupling.to(memory_format=memory_format)
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64).contiguous(memory_format=memory_format)
     torch.testing.assert_close(coupling.net(x), one_by_one(x))  # the first call initialises the ActNorms
-    y = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    y = torch.randn(5, 2, 6, 6, dtype=torch.float64).contiguous(memory_format=memory_format)
     torch.testing.assert_close(coupling.net(y), one_by_one(y))
     params = list(coupling.net.parameters())
     fused = torch.autograd.grad(coupling.net(y).pow(2).sum(), params, allow_unused=True)
@@ -224,3 +227,37 @@ def test_glow_conditioner_folds_its_actnorms_into_the_convolutions():
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["glow", "realnvp"])
+def test_image_models_keep_channels_last_weights_without_changing_a_value(name):
+    """Glow and RealNVP keep their convolutions in channels-last order for speed: the log-densities
+    and gradients equal those of a contiguous twin with the same weights, and a checkpoint written
+    from either loads into the other."""
+    from baselines.registry import get_builder
+    from bench.data.base import DataInfo
+
+    info = DataInfo("x", "image", (2, 8, 8), levels=256)
+    hp = {"glow": {"n_levels": 2, "n_steps": 2, "hidden": 8},
+          "realnvp": {"n_scales": 2, "n_checker": 1, "n_channel": 1, "hidden": 4, "n_blocks": 1}}[name]
+    torch.manual_seed(0)
+    model = get_builder(name)(info, **hp).double().eval()
+    kernels = [w for w in model.parameters() if w.dim() == 4 and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1]
+    assert kernels and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in kernels)
+    twin = get_builder(name)(info, **hp).double().eval()
+    twin.channels_last = False
+    twin.flow.to(memory_format=torch.contiguous_format)
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(4, 2, 8, 8, dtype=torch.float64)
+    with torch.no_grad():  # Glow's ActNorms initialise on the first batch: the same batch for both
+        model.log_prob(x), twin.log_prob(x)
+    lp, lp_twin = model.log_prob(x), twin.log_prob(x)
+    torch.testing.assert_close(lp, lp_twin)
+    grads = torch.autograd.grad(lp.sum(), list(model.parameters()))
+    twin_grads = torch.autograd.grad(lp_twin.sum(), list(twin.parameters()))
+    for a, b in zip(grads, twin_grads):
+        torch.testing.assert_close(a, b)
+    back = get_builder(name)(info, **hp).double().eval()
+    back.load_state_dict(twin.state_dict())
+    torch.testing.assert_close(back.log_prob(x), lp)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in back.parameters() if w.dim() == 4)
