@@ -36,7 +36,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from baselines.constraints import Choice
 
-__all__ = ["act_and_slope", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM", "AUTO_EXACT_TRAIN_DIM", "CNF",
+__all__ = ["act_and_tangent", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM", "AUTO_EXACT_TRAIN_DIM", "CNF",
            "CNFDynamics", "collect_block_nfe", "compile_dynamics", "CountedDynamics", "divergence_terms",
            "DIVERGENCES", "exact_divergence", "FIXED_STEP", "forward_solve", "LAYER_TYPES", "NOISES", "sample_probe",
            "solve_limits", "SolveLimits", "Solver", "SolverFailure", "SolverName", "SOLVERS", "SolveTimeout",
@@ -45,22 +45,27 @@ __all__ = ["act_and_slope", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "swish": nn.SiLU}
 
 
-def act_and_slope(name: str, pre: Tensor) -> tuple[Tensor, Tensor]:
-    """(activation(pre), its derivative at pre), for forward-mode Jacobian products."""
+def act_and_tangent(name: str, pre: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
+    """(activation(pre), its Jacobian applied to ``tangent``) for forward-mode Jacobian products;
+    ``tangent`` is [k, *pre.shape] (k tangents) or broadcasts to it. The tangent uses the
+    activation's own backward kernel where torch has one (tanh, softplus, relu): one fused op
+    instead of a slope and a product, with its derivative for the adjoint's vector-Jacobian product."""
     if name == "tanh":
         y = torch.tanh(pre)
-        return y, 1 - y * y
+        return y, torch.ops.aten.tanh_backward(tangent, y)
     if name == "softplus":
-        return F.softplus(pre), torch.sigmoid(pre)
+        return F.softplus(pre), torch.ops.aten.softplus_backward(tangent, pre, 1.0, 20.0)
     if name == "relu":
-        return F.relu(pre), (pre > 0).to(pre.dtype)
+        return F.relu(pre), torch.ops.aten.threshold_backward(tangent, pre, 0.0)
+    if name == "swish":  # silu_backward has no derivative of its own: the slope, spelt out
+        sig = torch.sigmoid(pre)
+        return pre * sig, tangent * (sig * (1 + pre * (1 - sig)))
     if name == "elu":
         y = F.elu(pre)
-        return y, torch.where(pre > 0, torch.ones_like(pre), y + 1)
-    if name == "swish":
-        sig = torch.sigmoid(pre)
-        return pre * sig, sig * (1 + pre * (1 - sig))
+        return y, tangent * torch.where(pre > 0, torch.ones_like(pre), y + 1)
     raise ValueError(f"no derivative for activation {name!r}")
+
+
 FIXED_STEP = ("rk4", "euler", "midpoint", "explicit_adams", "implicit_adams")
 ADAPTIVE_STEP = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 SOLVERS = (*ADAPTIVE_STEP, *FIXED_STEP)  # the torchdiffeq methods the solvers here drive
@@ -217,7 +222,9 @@ class TimeNet(nn.Module):
 
     def _time_gates(self, t: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         """Every layer's concat-squash gate sigmoid(w t + b) and bias w' t, from one fused op."""
-        gate_w, gate_b, bias_w = (torch.cat(list(p)) for p in (self.gate_w, self.gate_b, self.bias_w))
+        # the lists' own parameter dicts: ParameterList's iterator re-indexes itself, item by item
+        gate_w, gate_b, bias_w = (torch.cat(tuple(p._parameters.values()))
+                                  for p in (self.gate_w, self.gate_b, self.bias_w))
         gates = torch.sigmoid(torch.addcmul(gate_b, gate_w, t)).split(self.splits)
         return gates, (bias_w * t).split(self.splits)
 
@@ -254,25 +261,33 @@ class TimeNet(nn.Module):
                 h = self.act(h)
         return h
 
-    def forward_jvp(self, t: Tensor, z: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_jvp(self, t: Tensor, z: Tensor, tangents: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(f(t, z), J v)`` for k tangents ``v`` [k, *z.shape] by forward-mode propagation: no autograd
-        call, so the outer backward pass is first order (the divergence needs no double backward)."""
-        k, batch = tangents.shape[0], z.shape[0]
-        v = tangents.reshape(k * batch, *z.shape[1:])
+        call, so the outer backward pass is first order (the divergence needs no double backward).
+        ``tangents=None``: the D standard basis vectors (the exact trace). A linear first layer maps
+        basis vector j to its weight column j for every example, so that product is the transposed
+        weight, broadcast over the batch, with no matrix product."""
+        batch = z.shape[0]
+        k = z[0].numel() if tangents is None else tangents.shape[0]
+        if tangents is None and self.conv:  # no shortcut for convolutions: the basis, explicitly
+            tangents = torch.eye(k, dtype=z.dtype, device=z.device).view(k, 1, *z.shape[1:]).expand(k, *z.shape)
+        v = None if tangents is None else tangents.reshape(k * batch, *z.shape[1:])
         h = z
         t = t.to(z.dtype)
         if self.squash:
             gates, biases = self._time_gates(t)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h, v = self._linear(layer, h, t), self._linear(layer, v, t, bias=False)
+            h = self._linear(layer, h, t)
+            # [k, 1, n] while the tangents are the same for every example, else [k * batch, ...]
+            v = self._state_weight(layer).t().unsqueeze(1) if v is None else self._linear(layer, v, t, bias=False)
             if self.squash:
                 g, b = (gates[i], biases[i]) if not self.conv else (gates[i][:, None, None], biases[i][:, None, None])
                 h, v = torch.addcmul(b, h, g), v * g
             if i < last:
-                h, slope = act_and_slope(self.activation, h)
-                v = (v.view(k, *h.shape) * slope).view(k * batch, *h.shape[1:])
-        return h, v.view(k, *h.shape)
+                h, v = act_and_tangent(self.activation, h, v.reshape(k, -1, *h.shape[1:]))
+                v = v.reshape(k * batch, *h.shape[1:])
+        return h, v.reshape(k, -1, *h.shape[1:]).expand(k, *h.shape)
 
 
 # -- the augmented ODE ---------------------------------------------------------------------------
@@ -314,8 +329,7 @@ def divergence_terms(net: nn.Module, t: Tensor, z: Tensor, probe: Tensor | None,
     batch = z.shape[0]
     if probe is None:
         dim = z[0].numel()
-        basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
-        f, jv = net.forward_jvp(t, z, basis.expand(dim, *z.shape))
+        f, jv = net.forward_jvp(t, z, None)  # the standard basis
         jv = jv.reshape(dim, batch, dim)  # jv[i, b, j] = J[b]_{j i}
         div = torch.diagonal(jv, dim1=0, dim2=2).sum(1)
         frob = jv.pow(2).sum((0, 2)) if want_frob else None

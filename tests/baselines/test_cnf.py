@@ -226,17 +226,20 @@ def test_dynamics_regulariser_states_match_direct_computation():
 
 
 @pytest.mark.parametrize("layer_type", ["concatsquash", "concat", "ignore"])
-@pytest.mark.parametrize("shape,activation", [((3,), "tanh"), ((3,), "softplus"), ((3,), "swish"), ((2, 3, 3), "elu")])
+@pytest.mark.parametrize("shape,activation", [((3,), "tanh"), ((3,), "softplus"), ((3,), "swish"), ((3,), "relu"),
+                                              ((2, 3, 3), "elu"), ((2, 3, 3), "tanh")])
 def test_forward_mode_jacobian_products_match_autograd(shape, activation, layer_type):
     """TimeNet.forward_jvp (used for speed) gives the same divergence as reverse-mode autograd: exactly
-    for the exact trace and, for one fixed probe, e^T (J e) = (e^T J) e; Frobenius terms equal exactly."""
+    for the exact trace and, for one fixed probe, e^T (J e) = (e^T J) e; Frobenius terms equal exactly.
+    Their gradients (what the adjoint's vector-Jacobian products take) agree too."""
     torch.manual_seed(7)
     net = TimeNet(shape, (6, 5), layer_type, activation).double()
     func = CNFDynamics(net, end_time=0.7).double()
-    z = torch.randn(4, *shape, dtype=torch.float64)
+    z = torch.randn(4, *shape, dtype=torch.float64, requires_grad=True)
     state = (z, torch.zeros(4), torch.zeros(4), torch.zeros(4))
     s = torch.tensor(0.4, dtype=torch.float64)
     func.n_regs = 2
+    inputs = (z, *net.parameters())
     for exact in (True, False):
         func.exact, func.probe = exact, torch.randn_like(z)
         func.forward_mode = True
@@ -246,6 +249,11 @@ def test_forward_mode_jacobian_products_match_autograd(shape, activation, layer_
         assert torch.allclose(fast[0], slow[0], atol=1e-12) and torch.allclose(fast[1], slow[1], atol=1e-10)
         if exact:
             assert torch.allclose(fast[3], slow[3], atol=1e-10)
+        weights = [torch.randn_like(o) for o in fast[:2]]
+        fast_grads = torch.autograd.grad(fast[:2], inputs, weights)
+        slow_grads = torch.autograd.grad(slow[:2], inputs, weights)
+        for a, b in zip(fast_grads, slow_grads):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
