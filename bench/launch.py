@@ -41,7 +41,7 @@ from bench.spec import RunSpec
 from bench.store import RunRecord, atomic_write_json
 
 __all__ = ["EXECUTORS", "SweepSummary", "RunJob", "run_inline", "run_local", "local_gpus", "submit", "wait",
-           "slurm_view", "reconcile", "cancel", "resource_groups", "environment_has_slurm", "gpu_slots",
+           "slurm_view", "reconcile", "cancel", "resource_groups", "environment_has_slurm", "gpus_per_run", "pick_gpus",
            "describe_resources"]
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -385,29 +385,46 @@ def local_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def gpu_slots(jobs: int | None, gpus: Sequence[str], per_run: int) -> tuple[int, list[str]]:
-    """(how many runs at once, each slot's CUDA_VISIBLE_DEVICES): by default one run per ``per_run``
-    GPUs (1 without GPUs); slot k takes the next ``per_run`` GPUs round-robin, so runs started at
-    once share no GPU unless there are more slots than GPUs."""
-    if jobs is not None and jobs < 1:
-        raise FlowbenchError(f"--jobs {jobs}: expected a positive number of runs at once")
-    per_run = max(1, per_run)
-    n = jobs or (max(1, len(gpus) // per_run) if gpus else 1)
-    if not gpus:
-        return n, [""] * n
-    return n, [",".join(gpus[(k * per_run + i) % len(gpus)] for i in range(per_run)) for k in range(n)]
+def gpus_per_run(spec: RunSpec, options: Mapping[str, Any], available: int) -> int:
+    """GPUs one run takes on this machine: its resources (the spec's ``slurm`` under the command
+    line's ``options``, as ``resource_groups`` merges them), ``gpus_per_node`` or one per task,
+    at least 1 and at most the ``available`` GPUs; 0 without GPUs."""
+    if not available:
+        return 0
+    merged = {**spec.slurm, **options}
+    want = max(int(merged.get("gpus_per_node") or 0), int(merged.get("tasks_per_node") or 1))
+    return min(max(1, want), available)
+
+
+def pick_gpus(usage: Sequence[int], need: int, share: bool) -> list[int] | None:
+    """Which GPUs (indices into ``usage``, the runs each GPU holds now) the next run takes: the
+    ``need`` least used, the first listed among equals. Without ``share`` only idle GPUs, else None
+    (the run waits); with it (``--jobs`` beyond what the GPUs hold) busy ones too, round-robin.
+
+    >>> pick_gpus([1, 0, 0, 1], 2, share=False), pick_gpus([1, 1], 1, share=False), pick_gpus([1, 2], 1, share=True)
+    ([1, 2], None, [0])
+    """
+    order = sorted(range(len(usage)), key=lambda i: (usage[i], i))[:need]
+    if len(order) < need or (not share and any(usage[i] for i in order)):
+        return None
+    return sorted(order)
 
 
 def run_local(specs: Sequence[RunSpec], results_dir: str | Path, options: Mapping[str, Any],
               jobs: int | None = None, gpus: Sequence[str] | None = None, data_root: str | None = None,
               device: str | None = None, force: bool = False, retry: frozenset[str] = DEFAULT_RETRY,
               progress: bool = True, poll_s: float = 0.5) -> SweepSummary:
-    """Run the pending runs as local processes (submitit's LocalExecutor), at most ``jobs`` at once,
-    each with its own GPU(s) (``gpu_slots``; CUDA_VISIBLE_DEVICES), all from one code snapshot;
-    waits for them and returns the summary (``arrays`` holds one entry: the slots and their GPUs)."""
+    """Run the pending runs as local processes (submitit's LocalExecutor), all from one code snapshot,
+    in suite order. Each takes the GPUs its resources ask for (``gpus_per_run``: a variant's
+    ``slurm: {gpus_per_node: 2}`` gets two) through CUDA_VISIBLE_DEVICES, and starts when that many
+    are idle; ``jobs`` bounds the runs alive at once (default: as many as the GPUs hold, 1 without
+    GPUs), and a ``jobs`` beyond that shares GPUs round-robin (``pick_gpus``). Waits for them and
+    returns the summary (``arrays`` holds one entry: runs at once and the GPUs)."""
     import submitit
     from tqdm.auto import tqdm
 
+    if jobs is not None and jobs < 1:
+        raise FlowbenchError(f"--jobs {jobs}: expected a positive number of runs at once")
     left: Counter = Counter()
     todo, done = pending(specs, results_dir, force, retry, left)
     summary = SweepSummary(skipped=done, left=left)
@@ -415,41 +432,48 @@ def run_local(specs: Sequence[RunSpec], results_dir: str | Path, options: Mappin
     if not todo:
         return summary
     gpus = list(local_gpus() if gpus is None else gpus) if (device or "auto") != "cpu" else []
-    tasks = int(options.get("tasks_per_node") or 1)
-    per_run = max(int(options.get("gpus_per_node") or 0), tasks) if gpus else 0
-    n, slots = gpu_slots(jobs, gpus, per_run)
-    n = min(n, len(todo))
+    needs = {s.run_id: gpus_per_run(s, options, len(gpus)) for s in todo}
+    tasks = {s.run_id: int({**s.slurm, **options}.get("tasks_per_node") or 1) for s in todo}
+    n = min(jobs or (max(1, len(gpus) // min(needs.values())) if gpus else 1), len(todo))
     folder = Path(results_dir).resolve() / todo[0].suite / "_slurm"
     folder.mkdir(parents=True, exist_ok=True)
     code = snapshot_code(folder, todo[0].plugins, todo[0].plugin_path)
     params = {k: v for k, v in slurm_parameters(options, "slurm").items()
               if not k.startswith("slurm_") and k not in ("gpus_per_node", "name")}
     job_fn = RunJob(str(Path(results_dir).resolve()), _absolute(data_root or os.environ.get("FLOWBENCH_DATA")),
-                    device, n * tasks, code)
-    summary.arrays.append(("local", len(todo), f"{n} at once" + (f", GPUs {' | '.join(slots[:n])}" if gpus else "")))
+                    device, n * max(tasks.values()), code)
+    fewest, most = min(needs.values()), max(needs.values())
+    gpu_note = f", {len(gpus)} GPUs ({fewest}{f'-{most}' if most > fewest else ''} a run)" if gpus else ""
+    summary.arrays.append(("local", len(todo), f"{n} at once{gpu_note}"))
     queue = list(zip(todo, _job_dicts(todo, code)))
-    running: dict[int, tuple[Any, RunSpec]] = {}
-    free = list(range(n))
+    running: list[tuple[Any, RunSpec, list[int]]] = []
+    usage = [0] * len(gpus)
     bars = progress_bars(progress)
     with tqdm(total=len(todo), desc="runs", unit="run", disable=not bars, dynamic_ncols=True) as bar:
         try:
             while queue or running:
-                while queue and free:
-                    slot = free.pop(0)
-                    spec, spec_dict = queue.pop(0)
+                while queue and len(running) < n:
+                    spec, spec_dict = queue[0]
+                    held = pick_gpus(usage, needs[spec.run_id], share=jobs is not None) if gpus else []
+                    if held is None:
+                        break  # its GPUs are busy: wait for a run to end (suite order is kept)
+                    queue.pop(0)
+                    for i in held:
+                        usage[i] += 1
+                    visible = ",".join(gpus[i] for i in held)
                     ex = submitit.AutoExecutor(folder=folder, cluster="local")
-                    ex.update_parameters(**params, local_setup=[f"export CUDA_VISIBLE_DEVICES={slots[slot]}"])
+                    ex.update_parameters(**params, local_setup=[f"export CUDA_VISIBLE_DEVICES={visible}"])
                     with _cwd(code["dir"]):
                         job = ex.submit(job_fn, spec_dict)
-                    _write_slurm_info(results_dir, spec, job, "local", code, {"cuda_visible_devices": slots[slot]})
-                    running[slot] = (job, spec)
+                    _write_slurm_info(results_dir, spec, job, "local", code, {"cuda_visible_devices": visible})
+                    running.append((job, spec, held))
                     summary.job_ids.append(job.job_id)
-                for slot, (job, spec) in list(running.items()):
+                for job, spec, held in list(running):
                     if not job.done():
                         continue
-                    del running[slot]
-                    free.append(slot)
-                    free.sort()
+                    running.remove((job, spec, held))
+                    for i in held:
+                        usage[i] -= 1
                     result = RunRecord(results_dir, spec.suite, spec.run_id).read_result() or {}
                     status = result.get("status") if result.get("status") in FINAL_STATUSES else "failed"
                     summary.statuses[status] += 1
@@ -463,7 +487,7 @@ def run_local(specs: Sequence[RunSpec], results_dir: str | Path, options: Mappin
                 if queue or running:
                     time.sleep(poll_s)
         except KeyboardInterrupt:  # the started runs checkpoint on TERM and resume on the next `run`
-            for job, _ in running.values():
+            for job, _, _ in running:
                 job.cancel(check=False)
             raise
     return summary

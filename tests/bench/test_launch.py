@@ -191,17 +191,31 @@ variants:
         load_suite(bad)
 
 
-# -- the local executor: bounded, one GPU each ---------------------------------------------------------
-def test_gpu_slots_round_robin():
-    from bench.launch import gpu_slots
+# -- the local executor: bounded, each run its GPUs ----------------------------------------------------
+def test_local_runs_take_the_gpus_their_resources_ask_for(write_suite, tmp_path):
+    """A variant's ``slurm: {gpus_per_node: 4}`` takes four GPUs on the local executor too (capped at
+    what the machine has), the command line's options win as they do for SLURM arrays, a task each
+    needs a GPU; runs alive at once share none unless --jobs asks for more runs than the GPUs hold."""
+    from bench.launch import gpus_per_run, pick_gpus, run_local
 
-    assert gpu_slots(None, ["0", "1", "2", "3"], 1) == (4, ["0", "1", "2", "3"])
-    assert gpu_slots(None, [], 0) == (1, [""])
-    assert gpu_slots(3, [], 0) == (3, ["", "", ""])
-    assert gpu_slots(None, ["0", "1", "2", "3"], 2) == (2, ["0,1", "2,3"])  # a two-process run: two GPUs each
-    assert gpu_slots(3, ["GPU-a", "GPU-b"], 1) == (3, ["GPU-a", "GPU-b", "GPU-a"])  # more slots than GPUs
-    with pytest.raises(FlowbenchError, match="--jobs 0: expected a positive number"):
-        gpu_slots(0, ["0"], 1)
+    specs = load_suite(write_suite(RESOURCES + """
+variants:
+  wide: {model.hidden: 16, slurm: {gpus_per_node: 4}}
+  two_tasks: {model.hidden: 12, slurm: {tasks_per_node: 2}}
+  narrow: {model.hidden: 4}
+""", "res")).runs()
+    need = {s.variant: gpus_per_run(s, {}, 8) for s in specs}
+    assert need == {"wide": 4, "two_tasks": 2, "narrow": 1}
+    wide = next(s for s in specs if s.variant == "wide")
+    assert gpus_per_run(wide, {}, 2) == 2 and gpus_per_run(wide, {"gpus_per_node": 1}, 8) == 1
+    assert gpus_per_run(wide, {}, 0) == 0  # no GPUs: nothing to hand out
+    assert pick_gpus([0, 0, 0, 0], 4, share=False) == [0, 1, 2, 3]
+    assert pick_gpus([1, 0, 1, 0], 2, share=False) == [1, 3]
+    assert pick_gpus([1, 0, 1, 0], 3, share=False) is None  # waits for a run to end
+    assert pick_gpus([1, 1], 1, share=True) == [0] and pick_gpus([2, 1], 1, share=True) == [1]
+    with pytest.raises(FlowbenchError, match="--jobs 0: expected a positive number of runs at once"):
+        run_local(specs, tmp_path / "results", {}, jobs=0, gpus=["0"], progress=False)
+    assert not (tmp_path / "results").exists()  # refused before anything was written
 
 
 TRACE_PLUGIN = '''
@@ -257,6 +271,18 @@ def test_local_jobs_bound_the_runs_alive_at_once(write_suite, tmp_path, monkeypa
     assert max(len(a) for a in alive) == 2
     assert all(len({s[2] for s in a}) == len(a) for a in alive)  # the processes alive at once: distinct GPUs
     assert {s[2] for s in spans} == {"0", "1"}
+    # a variant asking for two GPUs gets two; the other run starts beside it on the third
+    trace.unlink()
+    path = write_suite(SIX_RUNS.replace("models: {realnvp: {n_layers: 2, hidden: 8}}", "models: [traceflow]")
+                       .replace("seeds: [0, 1, 2, 3, 4, 5]", "seeds: [0]").replace("max_steps: 60", "max_steps: 5")
+                       + "plugins: [fb_trace_plugin]\nvariants:\n  wide: {model.hidden: 16, slurm: {gpus_per_node: 2}}\n"
+                       + "  narrow: {model.hidden: 4}\n", "gpus")
+    summary = run_local(load_suite(path).runs(), tmp_path / "results", {"timeout_min": 10}, gpus=["0", "1", "2"],
+                        progress=False)
+    assert summary.statuses["completed"] == 2 and summary.arrays[0][2] == "2 at once, 3 GPUs (1-2 a run)", summary
+    held = sorted(line.split()[3] for line in trace.read_text().splitlines()
+                  if line.startswith("start") and int(line.split()[1]) != os.getpid())
+    assert held == ["0,1", "2"]
 
 
 def test_local_executor_rejects_jobs_elsewhere(write_suite, results, capsys):
