@@ -205,18 +205,21 @@ class RunJob:
         record = RunRecord(self.results_dir, spec.suite, spec.run_id)
         code = {"submitted": getattr(self, "code", {}).get("sha"), "ran": running_code(spec.plugins),
                 "git": getattr(self, "code", {}).get("git")}
+
+        def annotate(result: dict[str, Any]) -> dict[str, Any]:
+            """What ran, next to what was submitted (status flags a mismatch), and why a run stopped."""
+            result = {**result, "code": code}
+            if result["status"] == "preempted":
+                why = ("SLURM's end-of-allocation signal" if signal.SIGUSR2 in received
+                       else "SIGTERM (scancel or shutdown)")
+                result["error"] = (f"stopped by {why} at step {result.get('steps')}; checkpointed, "
+                                   f"resumes when run again")
+            return result
+
         result = run_one(spec, record, data_root=self.data_root, device=self.device, progress=False,
-                         threads=run_threads(getattr(self, "concurrent", 1)))
-        written = record.read_result() if int(os.environ.get("RANK", "0") or 0) == 0 else None
-        if written and written.get("status") == result["status"] and result["status"] != "claimed":
-            result = {**written, "code": code}  # what ran, next to what was submitted (status flags a mismatch)
-            record.write_result(result)
-        if result["status"] == "preempted":
-            why = "SLURM's end-of-allocation signal" if signal.SIGUSR2 in received else "SIGTERM (scancel or shutdown)"
-            result["error"] = f"stopped by {why} at step {result.get('steps')}; checkpointed, resumes when run again"
-            record.write_result(result)
-            if signal.SIGUSR2 in received and callable(submitit_handler):
-                submitit_handler(signal.SIGUSR2, None)  # submitit: checkpoint() -> requeue -> exit
+                         threads=run_threads(getattr(self, "concurrent", 1)), annotate=annotate)
+        if result["status"] == "preempted" and signal.SIGUSR2 in received and callable(submitit_handler):
+            submitit_handler(signal.SIGUSR2, None)  # submitit: checkpoint() -> requeue -> exit
         return {"run_id": spec.run_id, "status": result["status"], "error": result.get("error")}
 
     def checkpoint(self, spec_dict: dict[str, Any]) -> Any:

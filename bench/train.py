@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -665,8 +665,10 @@ def _io_error(err: OSError) -> str:
 
 
 def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str | None, progress: bool,
-           claim: Claim | None) -> dict[str, Any] | None:
-    """Train (or resume) and write result.json; None when the claim was lost (nothing written)."""
+           claim: Claim | None, annotate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+           ) -> dict[str, Any] | None:
+    """Train (or resume) and write result.json once (``annotate`` adds the caller's fields first);
+    None when the claim was lost (nothing written)."""
     base = spec.identity()
     trainer = None
     try:
@@ -697,6 +699,8 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
         s = trainer.state
         result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
     result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
+    if annotate is not None:
+        result = annotate(result)
     if trainer is not None:
         trainer.trackers.finish(result)  # test metrics; closes them (never raises)
     if trainer is not None and not trainer.dist.main:
@@ -716,8 +720,10 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
 
 
 def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, device: str | None = None,
-            progress: bool = True, force: bool = False, threads: int | None = None) -> dict[str, Any]:
-    """Claim, run (or resume) one spec and write its result.json; returns the result.
+            progress: bool = True, force: bool = False, threads: int | None = None,
+            annotate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Claim, run (or resume) one spec and write its result.json; returns the result. ``annotate``
+    maps the result to what is written (a job adds the code it ran and why it stopped).
 
     The run is claimed first (``RunRecord.claim``): one another live process holds comes back as
     status ``claimed``, and one completed meanwhile (unless ``force``, which clears the record once
@@ -731,7 +737,8 @@ def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, devi
     record.create(spec.to_dict())
     if int(os.environ.get("RANK", "0") or 0) != 0:  # the other processes of a multi-process run follow rank 0
         torch.set_num_threads(threads or run_threads())
-        return _train(spec, record, data_root, device, progress, None) or {**spec.identity(), "status": "claimed"}
+        return (_train(spec, record, data_root, device, progress, None, annotate)
+                or {**spec.identity(), "status": "claimed"})
     try:
         claim = record.claim()
     except RunClaimed as err:
@@ -754,7 +761,7 @@ def run_one(spec: RunSpec, record: RunRecord, data_root: str | None = None, devi
             done = record.read_result()
             if done and done.get("status") == "completed":
                 return {**done, "skipped": "completed by another process meanwhile"}
-        result = _train(spec, record, data_root, device, progress, claim)
+        result = _train(spec, record, data_root, device, progress, claim, annotate)
     if result is None:
         return {**spec.identity(), "status": "claimed",
                 "error": f"another process took the run over ({record.claim_path}); this one stopped"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -38,7 +39,6 @@ def test_two_processes_train_like_one(write_suite, tmp_path):
 def test_concurrent_runs_train_each_run_exactly_once(write_suite, tmp_path, processes):
     """Several `flowbench run`s on one suite and folder: each run is claimed by one of them, trained
     once (counted from what every process says it trained), completed, with an unbroken history."""
-    import os
     import re
     import subprocess
     import sys
@@ -245,7 +245,6 @@ def build(data, hidden: int = 8):
 def test_local_jobs_bound_the_runs_alive_at_once(write_suite, tmp_path, monkeypatch):
     """--jobs 2 over three runs: never more than two run processes alive, two at some point, and
     the two alive at once hold different GPUs (CUDA_VISIBLE_DEVICES round-robin over the slots)."""
-    import os
 
     from bench.launch import run_local
 
@@ -294,3 +293,39 @@ def test_local_executor_rejects_jobs_elsewhere(write_suite, results, capsys):
 # -- the code a job runs -----------------------------------------------------------------------------------
 
 
+
+
+def test_a_job_writes_its_final_record_once_with_the_code_and_why_it_stopped(write_suite, tmp_path, monkeypatch):
+    """RunJob (what SLURM and local workers call): a run stopped by TERM mid-way writes one final
+    result.json that already holds the submitted code and the reason, not a record patched after."""
+    import signal
+
+    from bench.launch import RunJob
+    from bench.store import RunRecord
+    from bench.train import Trainer
+
+    spec = load_suite(write_suite(SIX_RUNS.replace("seeds: [0, 1, 2, 3, 4, 5]", "seeds: [0]"), "job")).runs()[0]
+    original_step = Trainer._step
+
+    def terminated_step(self):
+        value = original_step(self)
+        if self.state.step + 1 == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # as scancel does; RunJob's handler asks the loop to stop
+        return value
+
+    writes = []
+    original_write = RunRecord.write_result
+    monkeypatch.setattr(Trainer, "_step", terminated_step)
+    monkeypatch.setattr(RunRecord, "write_result", lambda self, r: (writes.append(dict(r)), original_write(self, r)))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        out = RunJob(str(tmp_path / "results"), None, "cpu", 1, {"sha": "abc123", "git": "0123+dirty"})(spec.to_dict())
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    final = [w for w in writes if w.get("status") != "running"]
+    assert len(final) == 1 and final[0]["status"] == "preempted", writes
+    assert final[0]["code"]["submitted"] == "abc123" and final[0]["code"]["git"] == "0123+dirty"
+    assert final[0]["error"].startswith("stopped by SIGTERM (scancel or shutdown) at step 5; checkpointed")
+    assert out == {"run_id": spec.run_id, "status": "preempted", "error": final[0]["error"]}
+    assert RunRecord(tmp_path / "results", spec.suite, spec.run_id).read_result() == final[0]
