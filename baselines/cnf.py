@@ -32,8 +32,9 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchdiffeq import odeint, odeint_adjoint
+from torchdiffeq import odeint
 
+from baselines.adjoint import odeint_adjoint
 from baselines.constraints import Choice
 
 __all__ = ["act_and_tangent", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM", "AUTO_EXACT_TRAIN_DIM", "CNF",
@@ -539,13 +540,10 @@ class CNF(nn.Module):
         func.detach_time = use_adjoint  # kept for the backward solve that follows
         with forward_solve(func, solver):
             y0 = state[0] if tensor_state else state
-            if use_adjoint:
+            if use_adjoint:  # a compact backward state (baselines/adjoint.py); torchdiffeq's steps and norm
                 params = tuple(p for p in func.net.parameters() if p.requires_grad)  # the dynamics' own
-                extra = {}
-                if self.adjoint_seminorm and solver.method not in FIXED_STEP:  # Kidger et al. 2021: no
-                    extra["adjoint_options"] = {"norm": "seminorm"}  # parameter adjoints in step-size control
-                out = odeint_adjoint(func, y0, t, adjoint_params=params, adjoint_atol=solver.atol,
-                                     adjoint_rtol=solver.rtol, **extra, **kwargs)
+                out = odeint_adjoint(func, state, t, params, adjoint_atol=solver.atol, adjoint_rtol=solver.rtol,
+                                     seminorm=self.adjoint_seminorm and solver.method not in FIXED_STEP, **kwargs)
             else:
                 out = odeint(func, y0, t, **kwargs)
             out = (out,) if isinstance(out, Tensor) else out
