@@ -32,7 +32,7 @@ __all__ = ["odeint_adjoint", "segment_rms_norm"]
 
 def segment_rms_norm(sizes: Sequence[int], device: torch.device) -> Callable[[Tensor], Tensor]:
     """A norm of flat tensors made of consecutive pieces of ``sizes``: the largest RMS over the
-    pieces (empty ones skipped), torchdiffeq's mixed norm over a tuple of those pieces, in four
+    pieces (empty ones skipped), torchdiffeq's mixed norm over a tuple of those pieces, in six
     operations whatever their number."""
     kept = [n for n in sizes if n]
     ids = torch.repeat_interleave(torch.arange(len(kept), device=device), torch.tensor(kept, device=device))
@@ -130,8 +130,20 @@ def odeint_adjoint(func: Callable[[Tensor, tuple[Tensor, ...]], Sequence[Tensor]
     state piece ``[len(t), *piece.shape]``, differentiable in ``y0`` and ``params`` (the tensors
     ``func`` reads that require a gradient) by the adjoint method; ``t`` takes no gradient.
     ``rtol``/``atol`` (a value or one per piece) control the forward solve, ``adjoint_rtol``/
-    ``adjoint_atol`` (values; default the forward ones) the backward solve, which uses ``method``
-    and ``options`` too (``first_step``, ``step_size``)."""
+    ``adjoint_atol`` (single values; default the forward ones when those are single values) the
+    backward solve, which uses ``method`` and ``options`` too (``first_step``, ``step_size``).
+
+    >>> decay = lambda t, y: (-y[0], -y[0].sum(1))
+    >>> x = torch.ones(2, 3, requires_grad=True)
+    >>> z, total = odeint_adjoint(decay, (x, torch.zeros(2)), torch.tensor([0.0, 1.0]), (), rtol=1e-8,
+    ...                           atol=1e-8, method="dopri5")
+    >>> torch.autograd.grad(z[-1].sum(), x)[0]  # dz(1)/dx = exp(-1)
+    tensor([[0.3679, 0.3679, 0.3679],
+            [0.3679, 0.3679, 0.3679]])
+    """
+    for name, value, backward in (("rtol", rtol, adjoint_rtol), ("atol", atol, adjoint_atol)):
+        if backward is None and not isinstance(value, (int, float)):
+            raise ValueError(f"{name} is given per state piece: give adjoint_{name} as one value for the backward solve")
     setup = {"func": func, "n_state": len(y0), "rtol": rtol, "atol": atol, "method": method,
              "options": dict(options or {}), "seminorm": seminorm,
              "adjoint_rtol": rtol if adjoint_rtol is None else adjoint_rtol,

@@ -52,3 +52,10 @@ def test_compact_adjoint_takes_torchdiffeqs_steps_and_gives_its_gradients(regula
     assert ours_nfe == ref_nfe and ours_nfe[1] > 0  # the same backward steps
     for a, b in zip(ours_grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_per_piece_tolerances_need_single_backward_tolerances():
+    x = torch.ones(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="atol is given per state piece: give adjoint_atol as one value"):
+        odeint_adjoint(lambda t, y: (-y[0], -y[0].sum(1)), (x, torch.zeros(2)), torch.tensor([0.0, 1.0]), (),
+                       rtol=1e-6, atol=(1e-6, 1e20), adjoint_rtol=1e-6, method="dopri5")
