@@ -32,15 +32,13 @@ __all__ = ["odeint_adjoint", "segment_rms_norm"]
 
 def segment_rms_norm(sizes: Sequence[int], device: torch.device) -> Callable[[Tensor], Tensor]:
     """A norm of flat tensors made of consecutive pieces of ``sizes``: the largest RMS over the
-    pieces (empty ones skipped), torchdiffeq's mixed norm over a tuple of those pieces, in six
-    operations whatever their number."""
+    pieces (empty ones skipped), torchdiffeq's mixed norm over a tuple of those pieces, in four
+    operations whatever their number (a segmented mean of the squares)."""
     kept = [n for n in sizes if n]
-    ids = torch.repeat_interleave(torch.arange(len(kept), device=device), torch.tensor(kept, device=device))
-    counts = torch.tensor(kept, device=device)
+    lengths = torch.tensor(kept, device=device)  # an empty piece holds no element of the flat tensor
 
     def norm(flat: Tensor) -> Tensor:
-        sums = torch.zeros(len(kept), dtype=flat.dtype, device=flat.device).index_add_(0, ids, flat.pow(2))
-        return (sums / counts).max().sqrt()
+        return torch.segment_reduce(flat.pow(2), "mean", lengths=lengths).max().sqrt()
 
     return norm
 
