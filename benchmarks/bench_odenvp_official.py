@@ -40,7 +40,7 @@ from baselines.ffjord import build
 from bench.data.base import DataInfo
 from bench.errors import FlowbenchError
 from official_mnist import (SHAPE, Row, add_run_arguments, batches, block_pairs, check_common_args, cli,
-                            compiled_if_asked, copy_weights,
+                            compiled_if_asked, copy_weights, count_convolutions,
                             dequantize, fixed_probes, import_official, interleaved_steps, logit, mean_row,
                             memory_in_subprocess, official_bits_per_dim, official_logpz, official_over_ours,
                             peak_memory_mb, start, step_ours, trainable)
@@ -193,6 +193,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"  step {step + 1} {name:9s} {row[0]:6.2f} s CPU {row[1]:7.2f} s wall, NFE {row[2]}+{row[3]}, "
               f"loss {row[4]:.4f}", flush=True)
 
+    if args.count_convolutions:
+        print("convolutions in one more step of each (torch.profiler):", flush=True)
+        count_convolutions(steps, dequantize(images[:args.batch], noise).to(device))
     if not args.no_memory:
         print("peak memory: one step of each in a fresh process ...", flush=True)
     extra = ["--fixed-end-time"] if args.fixed_end_time else []

@@ -64,7 +64,7 @@ from baselines.rnode import build
 from bench.data.base import DataInfo
 from bench.errors import FlowbenchError
 from official_mnist import (SHAPE, Row, add_run_arguments, batches, block_pairs, check_common_args, cli,
-                            compiled_if_asked, copy_weights,
+                            compiled_if_asked, copy_weights, count_convolutions,
                             dequantize, fixed_probes, import_official, interleaved_steps, logit, mean_row,
                             memory_in_subprocess, official_bits_per_dim, official_over_ours, peak_memory_mb, start,
                             step_ours, trainable)
@@ -275,6 +275,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"  step {step + 1}{'' if kept else ' (warm-up)'} {name:9s} {row[1]:7.2f} s wall, "
               f"{row[0]:7.2f} s CPU, NFE {row[2]}+{row[3]}, loss {row[4]:.4f}", flush=True)
 
+    if args.count_convolutions:
+        print("convolutions in one more step of each (torch.profiler):", flush=True)
+        count_convolutions(steps, dequantize(images[:args.batch], noise).to(device))
     extra = ["--solver", args.solver]
     peaks = ({name: memory_in_subprocess(__file__, "ours" if name == "flowbench" else name, args, extra)
               for name in models} if not args.no_memory else {})

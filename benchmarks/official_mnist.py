@@ -36,7 +36,7 @@ from bench.errors import FlowbenchError
 __all__ = ["SHAPE", "Row", "mnist_like", "read_mnist", "dequantize", "logit", "batches", "add_run_arguments", "cli",
            "compiled_if_asked",
            "check_common_args", "import_official", "official_diffeq", "official_logpz", "official_bits_per_dim",
-           "block_pairs", "copy_weights", "fixed_probes", "trainable", "step_ours", "interleaved_steps", "mean_row",
+           "block_pairs", "copy_weights", "fixed_probes", "trainable", "step_ours", "interleaved_steps", "count_convolutions", "mean_row",
            "official_over_ours", "status_mb", "reset_peak_rss", "peak_memory_mb", "start", "memory_in_subprocess"]
 
 SHAPE = (1, 28, 28)
@@ -107,6 +107,8 @@ def add_run_arguments(ap: argparse.ArgumentParser, memory_names: Sequence[str]) 
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true",
                     help="ours with torch.compile'd dynamics (baselines.cnf.compile_dynamics); warm-up steps compile")
+    ap.add_argument("--count-convolutions", action="store_true",
+                    help="then one more step of each under torch.profiler: convolutions run and their CPU share")
     ap.add_argument("--memory-of", choices=list(memory_names), help=argparse.SUPPRESS)
 
 
@@ -271,6 +273,25 @@ def interleaved_steps(steps: dict[str, Callable[[torch.Tensor], tuple[float, int
             if device.type == "cuda":
                 torch.cuda.synchronize()
             yield step, name, (time.process_time() - cpu, time.perf_counter() - wall, forward, backward, loss)
+
+
+def count_convolutions(steps: dict[str, Callable[[torch.Tensor], tuple[float, int, int]]], u: torch.Tensor) -> None:
+    """One training step of every model on ``u`` under torch.profiler; prints, per model and per
+    function evaluation, the convolutions run (forward kernels and backward ones) and the share of the
+    step's CPU time they take: where the step goes, and whether both sides do the same work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, step in steps.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _, forward, backward = step(u)
+        ops = {e.key: e for e in prof.key_averages()}
+        total = sum(e.self_cpu_time_total for e in ops.values())
+        calls = {k: ops[k].count if k in ops else 0 for k in ("aten::convolution", "aten::convolution_backward")}
+        conv_us = sum(ops[k].cpu_time_total for k in calls if k in ops)
+        evals = max(1, forward + backward)
+        print(f"  {name:9s} NFE {forward}+{backward}: {calls['aten::convolution'] / evals:.1f} convolutions and "
+              f"{calls['aten::convolution_backward'] / evals:.1f} convolution backwards per evaluation, "
+              f"{conv_us / 1e6:.2f} s of {total / 1e6:.2f} s CPU ({conv_us / max(total, 1):.0%})", flush=True)
 
 
 def mean_row(rows: Sequence[Row]) -> tuple[float, float, float, float]:
