@@ -12,7 +12,8 @@ Pieces:
   solver takes exactly the steps torchdiffeq takes on the plain ODE (as FFJORD's code does), with
   T's exact gradient ``dL/dT = <dL/dstate(T), F(T, state(T))>`` attached at the end point (FFJORD's
   code cuts it, so T never trains there); the training
-  and the evaluation solver/tolerances, adjoint or direct backpropagation, STEER, and solver failures
+  and the evaluation solver/tolerances, adjoint (``baselines.adjoint``: torchdiffeq's method on a
+  compact backward state) or direct backpropagation, STEER, and solver failures
   raised as ``SolverFailure`` (a ``FloatingPointError`` whose message says ``underflow`` when the
   step size collapsed), which the harness records as a diverged run.
 
