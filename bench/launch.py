@@ -41,7 +41,7 @@ from bench.spec import RunSpec
 from bench.store import RunRecord, atomic_write_json
 
 __all__ = ["EXECUTORS", "SweepSummary", "RunJob", "run_inline", "run_local", "local_gpus", "submit", "wait",
-           "slurm_view", "reconcile", "cancel", "resource_groups", "environment_has_slurm", "gpus_per_run", "pick_gpus",
+           "slurm_view", "reconcile", "cancel", "resource_groups", "run_resources", "environment_has_slurm", "gpus_per_run", "pick_gpus",
            "describe_resources"]
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -253,12 +253,18 @@ def _cwd(path: str | Path) -> Iterator[None]:
 
 
 # -- submission ---------------------------------------------------------------------------------
+def run_resources(spec: RunSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's resources: its own ``slurm`` (suite < override < variant) under the command line's
+    ``options``; what SLURM arrays are grouped by and local runs are given GPUs by."""
+    return {**spec.slurm, **options}
+
+
 def resource_groups(specs: Sequence[RunSpec], options: Mapping[str, Any]) -> list[tuple[dict[str, Any], list[RunSpec]]]:
-    """The runs grouped by their resources (each spec's ``slurm`` under the command line's
-    ``options``), in the order first met: one job array per group."""
+    """The runs grouped by their resources (``run_resources``), in the order first met: one job
+    array per group."""
     groups: dict[str, tuple[dict[str, Any], list[RunSpec]]] = {}
     for spec in specs:
-        merged = {**spec.slurm, **options}
+        merged = run_resources(spec, options)
         key = json.dumps(merged, sort_keys=True, default=str)
         groups.setdefault(key, (merged, []))[1].append(spec)
     return list(groups.values())
@@ -389,12 +395,11 @@ def local_gpus() -> list[str]:
 
 
 def gpus_per_run(spec: RunSpec, options: Mapping[str, Any], available: int) -> int:
-    """GPUs one run takes on this machine: its resources (the spec's ``slurm`` under the command
-    line's ``options``, as ``resource_groups`` merges them), ``gpus_per_node`` or one per task,
-    at least 1 and at most the ``available`` GPUs; 0 without GPUs."""
+    """GPUs one run takes on this machine: from its resources (``run_resources``),
+    ``gpus_per_node`` or one per task, at least 1 and at most the ``available`` GPUs; 0 without GPUs."""
     if not available:
         return 0
-    merged = {**spec.slurm, **options}
+    merged = run_resources(spec, options)
     want = max(int(merged.get("gpus_per_node") or 0), int(merged.get("tasks_per_node") or 1))
     return min(max(1, want), available)
 
@@ -436,7 +441,7 @@ def run_local(specs: Sequence[RunSpec], results_dir: str | Path, options: Mappin
         return summary
     gpus = list(local_gpus() if gpus is None else gpus) if (device or "auto") != "cpu" else []
     needs = {s.run_id: gpus_per_run(s, options, len(gpus)) for s in todo}
-    tasks = {s.run_id: int({**s.slurm, **options}.get("tasks_per_node") or 1) for s in todo}
+    most_tasks = max(int(run_resources(s, options).get("tasks_per_node") or 1) for s in todo)
     n = min(jobs or (max(1, len(gpus) // min(needs.values())) if gpus else 1), len(todo))
     folder = Path(results_dir).resolve() / todo[0].suite / "_slurm"
     folder.mkdir(parents=True, exist_ok=True)
@@ -444,7 +449,7 @@ def run_local(specs: Sequence[RunSpec], results_dir: str | Path, options: Mappin
     params = {k: v for k, v in slurm_parameters(options, "slurm").items()
               if not k.startswith("slurm_") and k not in ("gpus_per_node", "name")}
     job_fn = RunJob(str(Path(results_dir).resolve()), _absolute(data_root or os.environ.get("FLOWBENCH_DATA")),
-                    device, n * max(tasks.values()), code)
+                    device, n * most_tasks, code)
     fewest, most = min(needs.values()), max(needs.values())
     gpu_note = f", {len(gpus)} GPUs ({fewest}{f'-{most}' if most > fewest else ''} a run)" if gpus else ""
     summary.arrays.append(("local", len(todo), f"{n} at once{gpu_note}"))
