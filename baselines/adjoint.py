@@ -27,7 +27,9 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-__all__ = ["odeint_adjoint", "segment_rms_norm"]
+from baselines import shards
+
+__all__ = ["odeint_adjoint", "segment_rms_norm", "sharded_adjoint_norm"]
 
 
 def segment_rms_norm(sizes: Sequence[int], device: torch.device) -> Callable[[Tensor], Tensor]:
@@ -39,6 +41,27 @@ def segment_rms_norm(sizes: Sequence[int], device: torch.device) -> Callable[[Te
 
     def norm(flat: Tensor) -> Tensor:
         return torch.segment_reduce(flat.pow(2), "mean", lengths=lengths).max().sqrt()
+
+    return norm
+
+
+def sharded_adjoint_norm(shapes: Sequence[Sequence[int]], param_sizes: Sequence[int], shard: shards.Shard,
+                         seminorm: bool) -> Callable[[Tensor], Tensor]:
+    """``segment_rms_norm`` of the backward state ``[state, adjoint, parameter adjoints]`` of a
+    sharded multi-process solve, over the global batch: the state and adjoint pieces (``shapes``,
+    batch first) hold this process's rows, so their squares are summed over the processes; the
+    parameter adjoints are the global ones already (their rates are summed at every evaluation)."""
+    local = [math.prod(s) for s in shapes] * 2
+    counts = [shard.total * math.prod(s[1:]) for s in shapes] * 2
+    kept = [i for i, n in enumerate(counts) if n]
+
+    def norm(flat: Tensor) -> Tensor:
+        pieces = flat.split([*local, *param_sizes])
+        squares = shards.all_sum(torch.stack([pieces[i].pow(2).sum() for i in kept]))
+        rms = [squares[j] / counts[i] for j, i in enumerate(kept)]
+        if not seminorm:
+            rms += [p.pow(2).mean() for p in pieces[len(local):] if p.numel()]
+        return torch.stack(rms).max().sqrt()
 
     return norm
 
@@ -60,7 +83,12 @@ class _Adjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         setup = ctx.setup
-        n, func = setup["n_state"], setup["func"]
+        with shards.sharded(setup["shard"]):
+            return _Adjoint._backward(ctx, setup, grads)
+
+    @staticmethod
+    def _backward(ctx: Any, setup: dict[str, Any], grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+        n, func, shard = setup["n_state"], setup["func"], setup["shard"]
         t, *saved = ctx.saved_tensors
         solution, params = saved[:n], tuple(saved[n:])
         shapes = [s.shape[1:] for s in solution]
@@ -88,7 +116,10 @@ class _Adjoint(torch.autograd.Function):
                 vjps = (torch.autograd.grad([r for r, _ in tied], (y, *params), [a for _, a in tied],
                                             allow_unused=True, retain_graph=True) if tied else [None] * (1 + len(params)))
             vjps = [torch.zeros_like(x) if g is None else g for g, x in zip(vjps, (y, *params))]
-            return torch.cat([*(r.reshape(-1) for r in rates), *(g.reshape(-1) for g in vjps)])
+            param_rates = torch.cat([g.reshape(-1) for g in vjps[1:]]) if params else y.new_zeros(0)
+            if shard is not None:  # every process integrates the global parameter adjoint
+                param_rates = shards.all_sum(param_rates)
+            return torch.cat([*(r.reshape(-1) for r in rates), vjps[0].reshape(-1), param_rates])
 
         for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
             callback = getattr(func, name + "_adjoint", None)  # torchdiffeq's adjoint callbacks
@@ -96,7 +127,9 @@ class _Adjoint(torch.autograd.Function):
                 setattr(dynamics, name, callback)
 
         param_sizes = [p.numel() for p in params]
-        if setup["seminorm"]:  # the parameter adjoints out of the error control
+        if shard is not None:
+            norm = sharded_adjoint_norm(shapes, param_sizes, shard, setup["seminorm"])
+        elif setup["seminorm"]:  # the parameter adjoints out of the error control
             state_norm = segment_rms_norm([*sizes, *sizes], t.device)
 
             def norm(flat: Tensor) -> Tensor:
@@ -114,8 +147,10 @@ class _Adjoint(torch.autograd.Function):
                              aug[2 * state_size:]])
         adjoint_y0 = unflat(aug[state_size:2 * state_size])
         param_grads, start = [], 2 * state_size
+        share = 1.0 / shard.step if shard is not None else None  # the harness sums the processes' gradients
         for p in params:
-            param_grads.append(aug[start:start + p.numel()].view_as(p))
+            grad = aug[start:start + p.numel()].view_as(p)
+            param_grads.append(grad if share is None else grad * share)
             start += p.numel()
         return (None, None, *adjoint_y0, *param_grads)
 
@@ -142,7 +177,7 @@ def odeint_adjoint(func: Callable[[Tensor, tuple[Tensor, ...]], Sequence[Tensor]
     for name, value, backward in (("rtol", rtol, adjoint_rtol), ("atol", atol, adjoint_atol)):
         if backward is None and not isinstance(value, (int, float)):
             raise ValueError(f"{name} is given per state piece: give adjoint_{name} as one value for the backward solve")
-    setup = {"func": func, "n_state": len(y0), "rtol": rtol, "atol": atol, "method": method,
+    setup = {"func": func, "n_state": len(y0), "shard": shards.current(), "rtol": rtol, "atol": atol, "method": method,
              "options": dict(options or {}), "seminorm": seminorm,
              "adjoint_rtol": rtol if adjoint_rtol is None else adjoint_rtol,
              "adjoint_atol": atol if adjoint_atol is None else adjoint_atol}

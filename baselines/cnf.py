@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchdiffeq import odeint
 
+from baselines import shards
 from baselines.adjoint import odeint_adjoint
 from baselines.constraints import Choice
 
@@ -80,6 +81,9 @@ class SolverFailure(FloatingPointError):
 
 class SolveTimeout(TimeoutError):
     """The wall-clock budget set by ``solve_limits`` ran out inside an ODE solve."""
+
+
+_TIMEOUT = "the run's wall-clock budget ran out inside an ODE solve"
 
 
 @dataclass(frozen=True)
@@ -138,11 +142,15 @@ class CountedDynamics(nn.Module):
             raise SolverFailure(f"more than {limits.max_evals} function evaluations in one ODE solve "
                                 f"({'forward' if self.in_forward_solve else 'backward'}); the dynamics are too stiff "
                                 "or exploding (lower the learning rate, or raise train.max_solver_evals)")
-        if limits.deadline is not None and time.monotonic() > limits.deadline:
-            raise SolveTimeout("the run's wall-clock budget ran out inside an ODE solve")
+        if limits.deadline is not None and shards.current() is None and time.monotonic() > limits.deadline:
+            raise SolveTimeout(_TIMEOUT)
 
     def callback_step(self, t0: Tensor, y0: Any, dt: Tensor) -> None:
-        """torchdiffeq calls this before every step (forward solves): the step-size floor."""
+        """torchdiffeq calls this before every step (forward solves): the step-size floor, and in a
+        sharded multi-process step the deadline, agreed by every process (so all stop at one step)."""
+        deadline = _limits.deadline
+        if deadline is not None and shards.current() is not None and shards.any_rank(time.monotonic() > deadline):
+            raise SolveTimeout(_TIMEOUT)
         floor = _limits.min_step
         if floor is not None and bool(abs(dt.detach()) < floor):
             raise SolverFailure(f"the ODE solver's step fell to {float(abs(dt.detach())):.3g} at t = {float(t0.detach()):.4g}, below "
@@ -298,11 +306,12 @@ DIVERGENCES = ("hutchinson", "exact", "auto")
 
 
 def sample_probe(like: Tensor, noise: str) -> Tensor:
-    """A Hutchinson probe with E[e e^T] = I: standard Gaussian or Rademacher (+-1)."""
+    """A Hutchinson probe with E[e e^T] = I: standard Gaussian or Rademacher (+-1); in a sharded
+    multi-process step, this process's rows of the global batch's probe."""
     if noise == "gaussian":
-        return torch.randn_like(like)
+        return shards.draw_like(like, torch.randn_like)
     if noise == "rademacher":
-        return torch.randint_like(like, 0, 2).mul_(2).sub_(1)
+        return shards.draw_like(like, lambda t: torch.randint_like(t, 0, 2).mul_(2).sub_(1))
     raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
 
 
@@ -452,11 +461,14 @@ class Solver:
     first_step: float | None = None
 
     def options(self) -> dict | None:
+        """torchdiffeq's ``options``; in a sharded multi-process step adaptive solvers take the error
+        norm over the global batch (``shards.rms_norm``), so every process takes the steps one would."""
         if self.method in FIXED_STEP:
             return {"step_size": self.step_size if self.step_size else 0.25}
-        if self.first_step is not None:
-            return {"first_step": self.first_step}
-        return None
+        options = {} if self.first_step is None else {"first_step": self.first_step}
+        if shards.current() is not None:
+            options["norm"] = shards.rms_norm
+        return options or None
 
 
 AUTO_EXACT_TRAIN_DIM = 4  # "auto" divergence: exact in training up to this dimension (toy data)
@@ -549,7 +561,7 @@ class CNF(nn.Module):
                 out = odeint(func, y0, t, **kwargs)
             out = (out,) if isinstance(out, Tensor) else out
             final = tuple(o[-1] for o in out)
-            if not all(bool(torch.isfinite(o).all()) for o in final):
+            if shards.any_rank(not all(bool(torch.isfinite(o).all()) for o in final)):
                 raise SolverFailure("ODE solve produced a non-finite state or log-det (NaN/inf; not an underflow)")
             if end.requires_grad and torch.is_grad_enabled() and not reverse:
                 final = self._attach_end_time_gradient(final, end)

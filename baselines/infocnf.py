@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from baselines import shards
 from baselines.base import FlowModel, normal_log_prob, std_normal_log_prob
 from baselines.cnf import CNF, collect_block_nfe
 from baselines.cnf_options import CNFOptions
@@ -181,8 +182,8 @@ class ToleranceGate(nn.Module):
         if len(shape) == 3:
             self.body: nn.Module = nn.Sequential(
                 nn.MaxPool2d(2, ceil_mode=True),  # ceil: a 1x1 map stays 1x1 (equal to floor on even sizes)
-                nn.Conv2d(shape[0], channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-                nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+                nn.Conv2d(shape[0], channels, 3, padding=1, bias=False), shards.BatchNorm2d(channels), nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), shards.BatchNorm2d(channels),
                 nn.ReLU(), nn.AdaptiveAvgPool2d(1))
             self.head: nn.Module = nn.Conv2d(channels, outputs, 1)
         else:
@@ -265,7 +266,7 @@ class TolerancePolicy(nn.Module):
     def distribution_of(self, i: int, x: Tensor) -> tuple[Tensor, torch.distributions.Distribution]:
         """(location, distribution of the action) of block i for the batch ``x``: for ``halfnormal``
         the mean tolerance m and HalfNormal(s); for ``log_gaussian`` mu and N(mu, sigma_i^2)."""
-        g = self.gates[i](x.detach()).mean(0)
+        g = shards.batch_mean(self.gates[i](x.detach()), (0,))[0]  # over the global batch
         if self.distribution == "halfnormal":
             mean = self.tol_min + (self.tol_max - self.tol_min) * g[0]
             scale = self.tol_std * g[1] + 1e-8 if self.gate == "cnn2" else g.new_tensor(self.tol_std)
@@ -400,7 +401,8 @@ class ConditionalCNF(FlowModel):
         if y is None:
             raise ValueError("conditional CNFs (ccnf, infocnf) need labelled data (a dataset with classes)")
         if self.class_prior == "train":
-            self.class_counts += torch.bincount(y, minlength=self.num_classes).to(self.class_counts.dtype)
+            counts = shards.all_sum(torch.bincount(y, minlength=self.num_classes))  # the global batch's
+            self.class_counts += counts.to(self.class_counts.dtype)
         mode = {"fixed": "off", "manual": "manual", "learned": "sample"}[self.tolerance]
         with self._acting(mode) as record:
             z, log_det = self.latent(x)
@@ -415,7 +417,7 @@ class ConditionalCNF(FlowModel):
             stats.update({f"tol_block{i}": t for i, t in enumerate(record["tol"])})
         if self.tolerance == "learned":
             # L on the author's scale (bpd + weight_y CE, less terms the tolerance choice cannot change)
-            base = float(loss.detach())
+            base = float(shards.global_mean(loss.detach(), len(x)))
             nfe = torch.tensor(record["nfe"], dtype=x.dtype, device=x.device)
             returns = tolerance_returns(self.reward, base, nfe, self.alpha, self.gamma)
             rl = reinforce_surrogate(torch.stack(record["log_prob"]).to(x.dtype), returns)

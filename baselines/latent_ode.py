@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchdiffeq import odeint, odeint_adjoint
 
+from baselines import shards
 from baselines.base import FlowModel, normal_log_prob
 from baselines.cnf import SOLVERS, CountedDynamics, Solver, SolverFailure, SolverName, forward_solve
 from baselines.constraints import Choice, Count, NonNegative, Positive
@@ -137,7 +138,7 @@ class LatentODE(FlowModel):
                 path = odeint_adjoint(func, z0, t, adjoint_params=tuple(func.parameters()), **kwargs)
             else:
                 path = odeint(func, z0, t, **kwargs)
-        if not bool(torch.isfinite(path).all()):
+        if shards.any_rank(not bool(torch.isfinite(path).all())):
             raise SolverFailure("latent ODE solve produced a non-finite state")
         return path.transpose(0, 1)
 
@@ -152,7 +153,7 @@ class LatentODE(FlowModel):
     def _elbo_terms(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(log p(x_obs | z), KL, z0, decoded observed window), per example; z0 sampled in training."""
         mean, logvar = self.encode(x)
-        z0 = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
+        z0 = mean + torch.exp(0.5 * logvar) * shards.draw_like(mean, torch.randn_like) if self.training else mean
         pred = self.decode(z0, self.n_observed)
         log_lik = gaussian_log_lik(x[:, :self.n_observed], pred, self.obs_std)
         prior_mean, prior_logstd = self.prior(y, mean)

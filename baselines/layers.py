@@ -35,13 +35,25 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from baselines import shards
 from baselines.base import LatentFlowModel
 
-__all__ = ["checkerboard", "ConditionalGaussianPrior", "EdgePaddedConv2d", "GaussianPrior", "GlowActNorm",
+__all__ = ["ActNorm", "batch_rows", "checkerboard", "ConditionalGaussianPrior", "EdgePaddedConv2d", "GaussianPrior", "GlowActNorm",
            "GlowAffineCoupling", "GlowStep", "InvertibleResidualBlock", "LearnedTopPrior", "lipschitz_cnn",
-           "lipschitz_mlp", "MultiScaleFlow", "MultiScaleModel", "OutputBatchNorm", "PROBES", "RealNVPCoupling",
+           "lipschitz_mlp", "MultiScaleFlow", "MultiScaleModel", "OutputBatchNorm", "PROBES", "rademacher_like", "RealNVPCoupling",
            "RealNVPResNet", "refresh_spectral_norms", "RunningBatchNorm", "ShiftBatchNorm", "squeezable", "squeezed",
            "StandardNormalPrior", "sum_per_example", "VectorFlowModel", "WNConv2d"]
+
+
+def batch_rows(x: Tensor) -> int:
+    """Rows of the batch ``x`` belongs to: the global batch's in a sharded multi-process step."""
+    shard = shards.current()
+    return x.shape[0] if shard is None else shard.total
+
+
+def rademacher_like(x: Tensor) -> Tensor:
+    """Random signs (+1 or -1, equally likely) shaped like ``x``."""
+    return torch.randint_like(x, 0, 2) * 2 - 1
 
 
 def sum_per_example(t: Tensor) -> Tensor:
@@ -75,9 +87,9 @@ class RunningBatchNorm(nf.flows.Flow):
         self.spatial = math.prod(shape[1:])
 
     def _stats(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.training and x is not None and x.shape[0] > 1:
-            mean = x.mean(dim=self.reduce_dims, keepdim=True)
-            var = x.var(dim=self.reduce_dims, keepdim=True, unbiased=self.moving)
+        if self.training and x is not None and batch_rows(x) > 1:
+            mean = shards.batch_mean(x, self.reduce_dims)
+            var = shards.batch_var(x, self.reduce_dims, unbiased=self.moving)
             used = (self.running_mean.clone(), self.running_var.clone()) if self.moving else (mean, var)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
@@ -134,7 +146,7 @@ class ShiftBatchNorm(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels, eps=1e-4, momentum=0.1, affine=False)
+        self.bn = shards.BatchNorm2d(channels, eps=1e-4, momentum=0.1, affine=False)
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -188,10 +200,10 @@ class OutputBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(1, channels, 1, 1))
 
     def stats(self, x: Tensor | None, weight: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and x is not None and x.shape[0] > 1:
+        if self.training and x is not None and batch_rows(x) > 1:
             masked = x * weight
-            mean = masked.mean(dim=(0, 2, 3), keepdim=True)
-            var = masked.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+            mean = shards.batch_mean(masked, (0, 2, 3))
+            var = shards.batch_var(masked, (0, 2, 3), unbiased=False)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
@@ -309,6 +321,21 @@ class RealNVPCoupling(nf.flows.Flow):
 
 
 # -- Glow image pieces (as openai/glow builds them) ------------------------------------------
+class ActNorm(nf.flows.ActNorm):
+    """normflows' ActNorm (same parameters, buffer and initialisation: ``t`` the mean and
+    ``s`` the log of the unbiased standard deviation + 1e-6 of the first batch it maps data -> latent),
+    with the statistics over the global batch of a multi-process step."""
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.data_dep_init_done:
+            with torch.no_grad():
+                dims = self.batch_dims
+                self.s.data = torch.log(shards.batch_var(z, dims, unbiased=True).sqrt() + 1e-6)
+                self.t.data = shards.batch_mean(z, dims)
+                self.data_dep_init_done = torch.tensor(1.0)
+        return nf.flows.AffineConstFlow.inverse(self, z)
+
+
 class GlowActNorm(nf.flows.Flow):
     """Glow's ActNorm, data -> latent ``z = (x + b) * exp(logscale_factor * p)`` per channel, with
     the official log-scale factor 3 and data-dependent initialisation on the first batch it sees
@@ -323,8 +350,8 @@ class GlowActNorm(nf.flows.Flow):
 
     def _init(self, x: Tensor) -> None:
         with torch.no_grad():
-            mean = x.mean(dim=(0, 2, 3), keepdim=True)
-            std = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt()
+            mean = shards.batch_mean(x, (0, 2, 3))
+            std = shards.batch_mean((x - mean).pow(2), (0, 2, 3)).sqrt()
             self.b.copy_(-mean)
             self.p.copy_(torch.log(1.0 / (std + 1e-6)) / self.logscale_factor)
             self.initialised.fill_(1.0)
@@ -694,10 +721,9 @@ class InvertibleResidualBlock(nf.flows.Flow):
         self.inverse_iters, self.inverse_tol = inverse_iters, inverse_tol
         self.last_inverse_iters = 0
 
-    def _probes(self, x: Tensor) -> Tensor:
-        if self.probe == "gaussian":
-            return torch.randn_like(x)
-        return torch.randint_like(x, 0, 2) * 2 - 1
+    def _probes(self, x: Tensor, blocks: int) -> Tensor:
+        """Probes for ``x``, which holds ``blocks`` copies of the batch."""
+        return shards.draw_like(x, torch.randn_like if self.probe == "gaussian" else rademacher_like, blocks)
 
     def log_det(self, x: Tensor, n_terms: int, n_probes: int, create_graph: bool) -> tuple[Tensor, Tensor]:
         """(g(x), truncated-series Hutchinson estimate of log|det(I + J_g(x))|) per example."""
@@ -707,7 +733,7 @@ class InvertibleResidualBlock(nf.flows.Flow):
                 x = x.detach().requires_grad_(True)
             xr = x if n_probes == 1 else x.repeat(n_probes, *([1] * (x.dim() - 1)))
             gx_all = self.g(xr)
-            v = self._probes(xr)
+            v = self._probes(xr, n_probes)
             w = v
             total = x.new_zeros(xr.shape[0])
             for k in range(1, n_terms + 1):

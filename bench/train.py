@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from baselines.shards import Shard, sharded
 from bench.data import Dataset, Split, load_dataset
 from bench.env import environment
 from bench.errors import FlowbenchError
@@ -105,15 +106,31 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
-    def all_sum(self, values: list[float]) -> list[float]:
-        """Sum of ``values`` over the processes (identity when alone)."""
+    def all_sum(self, values: list[float], device: torch.device | str = "cpu") -> list[float]:
+        """Sum of ``values`` over the processes (identity when alone), reduced on ``device`` (the
+        process's own GPU under NCCL)."""
         if self.world == 1:
             return values
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return t.tolist()
+
+    def shard(self, total: int, device: torch.device | str) -> Shard | None:
+        """This process's rows of a global batch of ``total`` rows (None when alone)."""
+        return Shard(self.rank, self.world, total, str(device)) if self.world > 1 else None
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers into every process's ``module`` (identity when alone)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                if isinstance(tensor, torch.Tensor) and tensor.numel():
+                    dist.broadcast(tensor, src=0)
 
 
 def init_distributed() -> Distributed:
@@ -245,6 +262,11 @@ def read_model_nfe(model: torch.nn.Module) -> tuple[int, int]:
     return reader() if reader is not None else (0, 0)
 
 
+def _double(value: torch.Tensor | float) -> torch.Tensor | float:
+    """A loss or stat in double precision, detached (a Python number stays one)."""
+    return value.detach().double() if isinstance(value, torch.Tensor) else float(value)
+
+
 def _rng_states() -> dict[str, Any]:
     """Every RNG state as tensors, numbers and tuples (what ``weights_only`` loading reads back)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -275,32 +297,35 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: Split, device: torch.
     was_training = model.training
     model.eval()
     n = len(split) if max_examples is None else min(len(split), max_examples)
-    shard = range(dist.rank, n, dist.world) if dist.world > 1 else None  # each process its share
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     nfe_forward = batches = 0
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for start in range(0, n if shard is None else len(shard), batch_size):
-            rows = slice(start, min(start + batch_size, n)) if shard is None else torch.as_tensor(shard[start:start + batch_size])
+        for start in range(0, n, batch_size):  # the batches one process takes; each process its rows of each
+            stop = min(start + batch_size, n)
+            rows = slice(start + dist.rank, stop, dist.world)
             x = split.x[rows].to(device, non_blocking=True)
             y = None if split.y is None else split.y[rows].to(device, non_blocking=True)
-            logdet = None
-            if data.preprocess is not None:
-                x, logdet = data.preprocess(x, False)
-            terms = model.evaluate(x, y)
+            with sharded(dist.shard(stop - start, device)):
+                logdet = None
+                if data.preprocess is not None:
+                    x, logdet = data.preprocess(x, False)
+                terms = model.evaluate(x, y)
             for key, value in terms.items():
                 if logdet is not None and (key == "nll" or key.startswith("nll_")):
                     value = value - logdet
-                sums[key] = sums.get(key, 0.0) + float(value.double().sum())
+                total = value.double().sum()
+                sums[key] = sums[key] + total if key in sums else total
             nfe_forward += read_model_nfe(model)[0]
             batches += 1
     model.train(was_training)
+    keys = sorted(sums)
+    totals = torch.stack([sums[k] for k in keys]).tolist() if keys else []  # one read of the device
     if dist.world > 1:
-        keys = sorted(sums)
-        totals = dist.all_sum([sums[k] for k in keys] + [float(nfe_forward), float(batches)])
-        sums, nfe_forward, batches = dict(zip(keys, totals)), int(totals[-2]), int(totals[-1])
-    means = {k: v / n for k, v in sums.items()}
+        totals = dist.all_sum(totals + [float(nfe_forward), float(batches)], device)
+        totals, nfe_forward, batches = totals[:-2], int(totals[-2]), int(totals[-1])
+    means = {k: v / n for k, v in zip(keys, totals)}
     for key, value in means.items():
         if not math.isfinite(value):
             raise Diverged(f"evaluation gave a non-finite {key} ({value})")
@@ -340,15 +365,22 @@ class Trainer:
         self.train_y = None if self.data.train.y is None else self.data.train.y.to(self.device)
         n = len(self.train_x)
         self.batch_size = min(self.train["batch_size"], n)
+        if self.batch_size // self.train.get("accumulate", 1) < self.dist.world:
+            raise FlowbenchError(f"run {spec.label}: a batch of {self.batch_size} in {self.train.get('accumulate', 1)} "
+                                 f"micro-batches leaves fewer rows per micro-batch than the {self.dist.world} processes "
+                                 "of the run; raise train.batch_size or lower train.accumulate or the tasks per run")
         self.steps_per_epoch = max(1, n // self.batch_size)
         epochs_steps = self.train["max_epochs"] * self.steps_per_epoch if self.train["max_epochs"] else None
         self.total_steps = min(filter(None, [self.train["max_steps"], epochs_steps]), default=None)
         self._perm: torch.Tensor | None = None
-        self._stop_agreed = False  # multi-process runs stop together, on the step all agree on
+        # multi-process runs stop together, on the step all agree on (timed_step's all-reduce)
+        self._stop_agreed = self._claim_lost_agreed = self._budget_agreed = False
+        self._stat_keys: list[str] = []
         self._lr_varies = bool(self.train["warmup_steps"]) or self.train["schedule"] != "constant"
         self.trackers = Trackers(spec, record, enabled=self.dist.main)  # opened at the first metrics line
         if record.checkpoint_path.exists():
             self._resume()
+        self.dist.broadcast_module(self.model)  # every process starts from rank 0's weights and buffers
 
     # -- checkpoints ----------------------------------------------------------------------
     def _resume(self) -> None:
@@ -380,7 +412,7 @@ class Trainer:
         self.state = state
         self.state.resumes += 1
         self.best_model_state = ckpt.get("best_model")
-        self._perm = torch.randperm(len(self.train_x), generator=self.order)
+        self._perm = torch.randperm(len(self.train_x), generator=self.order).to(self.device)
         if self.dist.main:
             self.record.write_metrics(self.state.history)  # drop lines written after the checkpoint
 
@@ -393,21 +425,22 @@ class Trainer:
             "polyak": None if self.polyak is None else self.polyak.state_dict()})
 
     # -- the loop -------------------------------------------------------------------------
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """This process's rows of the next global batch (rows ``rank::world``), and the global batch's
+        size. The epoch's order is drawn on the CPU and copied to the device once an epoch."""
         s = self.state
         if self._perm is None or s.batch_in_epoch >= self.steps_per_epoch:
             if self._perm is not None:
                 s.epoch += 1
                 s.batch_in_epoch = 0
             s.epoch_order_state = self.order.get_state()
-            self._perm = torch.randperm(len(self.train_x), generator=self.order)
+            self._perm = torch.randperm(len(self.train_x), generator=self.order).to(self.device)
         start = s.batch_in_epoch * self.batch_size
         idx = self._perm[start:start + self.batch_size]
-        if self.dist.world > 1:  # one global batch, split across the processes
-            idx = idx[self.dist.rank::self.dist.world]
-        idx = idx.to(self.device)
+        total = len(idx)
+        idx = idx[self.dist.rank::self.dist.world]
         s.batch_in_epoch += 1
-        return self.train_x[idx], None if self.train_y is None else self.train_y[idx]
+        return self.train_x[idx], None if self.train_y is None else self.train_y[idx], total
 
     def _solve_limits(self, seconds: float | None) -> contextlib.AbstractContextManager:
         """Bounds on every ODE solve inside: ``max_solver_evals`` evaluations per solve, steps no shorter
@@ -438,63 +471,86 @@ class Trainer:
             return "max_steps"
         if t["max_epochs"] and s.step >= t["max_epochs"] * self.steps_per_epoch:
             return "max_epochs"
-        if t["max_minutes"] and s.train_seconds >= 60 * t["max_minutes"]:
+        if t["max_minutes"] and (s.train_seconds >= 60 * t["max_minutes"] if self.dist.world == 1
+                                 else self._budget_agreed):  # each process's clock; the flag they agreed on
             return "max_minutes"
         return None
 
-    def _step(self) -> float:
-        x, y = self._next_batch()
-        if self.data.preprocess is not None:
-            x, _ = self.data.preprocess(x, True)
+    def _micro_batches(self, x: torch.Tensor, y: torch.Tensor | None,
+                       total: int) -> list[tuple[torch.Tensor, torch.Tensor | None, Shard | None, float]]:
+        """(rows, labels, shard, weight) of each micro-batch: the global batch of ``total`` rows split
+        into ``accumulate`` parts as one process splits it, each process holding its rows of each part
+        (a contiguous run of its own rows); ``weight`` is the process's rows over the global batch's."""
+        parts = self.train.get("accumulate", 1)
+        world, rank = self.dist.world, self.dist.rank
+        out, first = [], 0
+        for part in range(parts):  # torch's tensor_split sizes: the first total % parts parts one row longer
+            size = total // parts + (part < total % parts)
+            if not size:
+                continue
+            lo = first + (rank - first) % world  # this process's first global row in the part
+            mine = slice((lo - rank) // world, (lo - rank) // world + len(range(lo, first + size, world)))
+            shard = Shard(lo - first, world, size, str(self.device)) if world > 1 else None
+            out.append((x[mine], None if y is None else y[mine], shard, (mine.stop - mine.start) / total))
+            first += size
+        return out
+
+    def _step(self, started: float, seconds_left: float | None) -> torch.Tensor:
+        """One optimisation step; returns [loss, stats..., (agreed flags)] as one tensor on the device,
+        read by the caller once. In a multi-process run every random draw and batch statistic is the
+        global batch's (``baselines.shards``), each process's loss is weighted by its share of the
+        batch and the gradients are summed, so the step is the step one process takes; the flags that
+        end the loop (a stop request, a lost claim, the time budget) ride on the same all-reduce."""
+        x, y, total = self._next_batch()
         if self._lr_varies or self.state.step == 0 or self.state.resumes:
             lr = lr_at(self.state.step, self.train, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        parts = self.train.get("accumulate", 1)
-        if parts == 1:
-            chunks = [(x, y)]
-        else:  # micro-batches: the mean loss over the batch, its gradient summed chunk by chunk
-            xs = x.tensor_split(parts)
-            chunks = [(xc, None if y is None else yc) for xc, yc in zip(xs, xs if y is None else y.tensor_split(parts))
-                      if len(xc)]
+        if self.data.preprocess is not None:
+            with sharded(self.dist.shard(total, self.device)):
+                x, _ = self.data.preprocess(x, True)
         self.optimizer.zero_grad(set_to_none=True)
-        value = 0.0
-        for xc, yc in chunks:
-            weight = len(xc) / len(x)
-            loss, stats = self.model.training_loss(xc, yc)
-            for key, stat in stats.items():  # regularisers, classification terms: logged per evaluation
-                self.state.window_stats[key] = self.state.window_stats.get(key, 0.0) + float(stat) * weight
-            part = float(loss.detach())
-            value += part * weight
-            if self.dist.world == 1 and not math.isfinite(part):
-                break
-            (loss if parts == 1 else loss * weight).backward()
-        if self.dist.world > 1:  # one view of the loss (and of a stop request) on every process
-            value, stops = self.dist.all_sum([value, float(_stop.is_set())])
-            value /= self.dist.world
-            self._stop_agreed = bool(stops)
-        if not math.isfinite(value):
-            raise Diverged(f"non-finite training loss ({value}) at step {self.state.step + 1}")
+        value: torch.Tensor | float = 0.0
+        stats: dict[str, Any] = {}
+        for xc, yc, shard, weight in self._micro_batches(x, y, total):
+            with sharded(shard):
+                loss, parts = self.model.training_loss(xc, yc)
+                (loss if weight == 1.0 else loss * weight).backward()
+            value = value + _double(loss) * weight
+            for key, stat in parts.items():  # regularisers, classification terms: logged per evaluation
+                stats[key] = stats.get(key, 0.0) + _double(stat) * weight
+        self._stat_keys = list(stats)
+        packed = [torch.as_tensor(value, dtype=torch.float64, device=self.device).reshape(1)]
+        packed += [torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(1) for v in stats.values()]
         if self.dist.world > 1:
-            self._average_gradients()
+            over = seconds_left is not None and time.perf_counter() - started >= seconds_left
+            lost = self.claim is not None and self.claim.lost.is_set()
+            flags = torch.tensor([float(_stop.is_set()), float(lost), float(over)], dtype=torch.float64)
+            packed.append(flags.to(self.device))
+            packed = self._sum_over_processes(torch.cat(packed))
+        else:
+            packed = torch.cat(packed)
         if self.train["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
         self.optimizer.step()
         if self.polyak is not None:
             self.polyak.update()
-        return value
+        return packed
 
-    def _average_gradients(self) -> None:
+    def _sum_over_processes(self, extra: torch.Tensor) -> torch.Tensor:
+        """Sum the gradients (each process's share of the global batch's) and ``extra`` over the
+        processes in one all-reduce; returns the summed ``extra``."""
         import torch.distributed as dist
 
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
-        flat /= self.dist.world
+        dist.all_reduce(extra)  # float64: the loss and stats as logged
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+        return extra
 
     def _validate(self, pbar: Any) -> bool:
         """Evaluate on val, log a metrics line; returns True when early stopping says stop."""
@@ -537,14 +593,26 @@ class Trainer:
 
     def timed_step(self, seconds_left: float | None) -> float:
         """One optimisation step inside the solve limits (a solve still running when ``seconds_left``
-        is spent stops: SolveTimeout), its seconds, NFE and loss counted into the state; the loss."""
+        is spent stops: SolveTimeout), its seconds, NFE, loss and stats counted into the state; the
+        loss. The device is read once, after the optimiser's step (which also makes the time a CUDA
+        step's time): a non-finite loss then ends the run as diverged."""
         s = self.state
         start = time.perf_counter()
         try:
             with self._solve_limits(seconds_left):
-                loss = self._step()
+                packed = self._step(start, seconds_left)
+            values = packed.tolist()
         finally:
             s.train_seconds += time.perf_counter() - start
+        loss = values[0]
+        if not math.isfinite(loss):
+            raise Diverged(f"non-finite training loss ({loss}) at step {s.step + 1}")
+        keys = self._stat_keys
+        for key, stat in zip(keys, values[1:1 + len(keys)]):
+            s.window_stats[key] = s.window_stats.get(key, 0.0) + stat
+        if self.dist.world > 1:
+            stop, lost, over = (bool(v) for v in values[1 + len(keys):])
+            self._stop_agreed, self._claim_lost_agreed, self._budget_agreed = stop, lost, over
         forward, backward = read_model_nfe(self.model)
         s.step += 1
         s.window_loss += loss
@@ -565,7 +633,7 @@ class Trainer:
         with tqdm(total=self.total_steps, initial=s.step, desc=self.spec.label, leave=False, dynamic_ncols=True,
                   mininterval=0.5, disable=not self.progress) as pbar:
             while s.stop_reason is None:
-                if self.claim is not None and self.claim.lost.is_set():
+                if (self.claim is not None and self.claim.lost.is_set()) if self.dist.world == 1 else self._claim_lost_agreed:
                     raise ClaimLost(f"run {self.spec.label}: another process took it over at step {s.step}")
                 if (_stop.is_set() if self.dist.world == 1 else self._stop_agreed):
                     self.checkpoint()

@@ -271,9 +271,12 @@ def random_crop(x, pad: int, mode: str):
     (torchvision's Pad + RandomCrop), per example; x is N x C x H x W."""
     import torch
 
+    from baselines.shards import draw_like
+
     n, _, h, w = x.shape
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    offsets = x.new_empty((n, 1), dtype=torch.long)
+    dy = draw_like(offsets, lambda t: torch.randint_like(t, 0, 2 * pad + 1))
+    dx = draw_like(offsets, lambda t: torch.randint_like(t, 0, 2 * pad + 1))
     rows, row_ok = _source_index(dy + torch.arange(h, device=x.device) - pad, h, mode)
     cols, col_ok = _source_index(dx + torch.arange(w, device=x.device) - pad, w, mode)
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -289,10 +292,12 @@ def random_shift(x, fraction: float):
     and the nearest edge pixel outside, then floor back to integers."""
     import torch
 
+    from baselines.shards import draw_like
+
     n, _, h, w = x.shape
 
     def along(x, size: int, dim: int):
-        offset = (torch.rand(n, 1, device=x.device) * 2 - 1) * fraction * size
+        offset = (draw_like(x.new_empty((n, 1), dtype=torch.float32), torch.rand_like) * 2 - 1) * fraction * size
         src = torch.arange(size, device=x.device, dtype=x.dtype) + offset.to(x.dtype)  # N x size
         lo = src.floor()
         shape = [n, 1, 1, 1]
@@ -322,6 +327,8 @@ def make_preprocess(levels: int, logit: bool = True, alpha: float = 1e-6, dequan
     """
     import torch
 
+    from baselines.shards import draw_like
+
     check_image_options(logit, alpha, dequantize, crop, crop_padding, shift)
     log_scale = float(np.log1p(-2 * alpha))
 
@@ -332,9 +339,9 @@ def make_preprocess(levels: int, logit: bool = True, alpha: float = 1e-6, dequan
         if train and shift:
             x = random_shift(x, shift)
         if train and flip:
-            mirror = torch.rand(x.shape[0], device=x.device) < 0.5
+            mirror = draw_like(x.new_empty(x.shape[0]), torch.rand_like) < 0.5
             x = torch.where(mirror.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
-        noise = torch.rand_like(x) if train or dequantize == "uniform" else torch.full_like(x, 0.5)
+        noise = draw_like(x, torch.rand_like) if train or dequantize == "uniform" else torch.full_like(x, 0.5)
         u = (x + noise) / levels
         if not logit:
             return u - 0.5, torch.zeros(x.shape[0], device=x.device)

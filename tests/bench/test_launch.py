@@ -307,8 +307,8 @@ def test_a_job_writes_its_final_record_once_with_the_code_and_why_it_stopped(wri
     spec = load_suite(write_suite(SIX_RUNS.replace("seeds: [0, 1, 2, 3, 4, 5]", "seeds: [0]"), "job")).runs()[0]
     original_step = Trainer._step
 
-    def terminated_step(self):
-        value = original_step(self)
+    def terminated_step(self, *args):
+        value = original_step(self, *args)
         if self.state.step + 1 == 5:
             os.kill(os.getpid(), signal.SIGTERM)  # as scancel does; RunJob's handler asks the loop to stop
         return value

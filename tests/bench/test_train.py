@@ -237,7 +237,7 @@ def test_accumulated_micro_batches_make_the_same_step(write_suite, tmp_path):
         trainer = Trainer(spec, RunRecord(tmp_path / str(parts), spec.suite, spec.run_id), device="cpu", progress=False)
         sizes, forward = [], trainer.model.training_loss
         trainer.model.training_loss = lambda x, y: (sizes.append(len(x)), forward(x, y))[1]
-        loss = trainer._step()
+        loss = trainer.timed_step(None)
         assert sizes == [64 // parts] * parts
         params.append((loss, [p.detach().clone() for p in trainer.model.parameters()]))
     (loss_one, one), (loss_four, four) = params
@@ -279,8 +279,8 @@ def test_polyak_evaluation_and_final_weights_survive_resume_exactly(write_suite,
 
     original = Trainer._step
 
-    def stopping_step(self):
-        value = original(self)
+    def stopping_step(self, *args):
+        value = original(self, *args)
         if self.state.step + 1 == 50:
             request_stop()
         return value
