@@ -345,7 +345,7 @@ class ConditionalCNF(FlowModel):
         self.flow, self.num_classes, self.cond_dim = flow, num_classes, cond_dim
         self.sizes = latent_sizes(flow)
         self.prior = ConditionalPrior(num_classes, cond_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = shards.Dropout(dropout)
         self.classifier = ScaledLinear(cond_dim, num_classes)
         self.weight_y, self.rl_weight, self.alpha, self.gamma, self.reward = weight_y, rl_weight, alpha, gamma, reward
         self.class_prior, self.tolerance = class_prior, tolerance

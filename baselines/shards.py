@@ -11,7 +11,8 @@ rather than the process's rows, so that N processes train the model one process 
   a differentiable all-reduce (its backward sums the gradients the processes send to the statistic);
 - ``rms_norm``: the ODE solvers' error norm over the global state, so every process takes the steps
   one process would take on the whole batch (and all of them the same steps);
-- ``all_sum`` / ``any_rank``: sums and agreed flags.
+- ``all_sum`` / ``any_rank`` / ``global_mean``: sums, agreed flags and the global batch's mean;
+- ``BatchNorm2d`` and ``Dropout``: torch's layers (same state) with global statistics and masks.
 
 Outside ``sharded`` (one process, or code that holds whole batches) each of these is the plain
 single-process operation, bit for bit. The shard is process-wide, not a context variable: the
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["all_sum", "any_rank", "batch_mean", "BatchNorm2d", "batch_var", "current", "draw_like", "global_mean", "rms_norm", "Shard",
-           "sharded"]
+__all__ = ["all_sum", "any_rank", "batch_mean", "BatchNorm2d", "batch_var", "current", "draw_like", "Dropout",
+           "global_mean", "rms_norm", "Shard", "sharded"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +173,13 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         if self.affine:
             out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return out
+
+
+class Dropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose mask, while a shard is active, is this process's rows of the global
+    batch's mask (drawn by the same operation, so one process draws the same numbers)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _shard is None or not self.training or not self.p:
+            return super().forward(x)
+        return x * draw_like(x, lambda t: torch.nn.functional.dropout(torch.ones_like(t), self.p, True))
