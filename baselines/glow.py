@@ -18,8 +18,8 @@ import normflows as nf
 
 from baselines.base import FlowModel
 from baselines.constraints import Count, NonNegInt
-from baselines.layers import (ConditionalGaussianPrior, GaussianPrior, GlowStep, LearnedTopPrior, MultiScaleFlow,
-                              MultiScaleModel, StandardNormalPrior, VectorFlowModel, squeezable, squeezed)
+from baselines.layers import (ConditionalGaussianPrior, GaussianPrior, GlowStep, HostFlagActNorm, LearnedTopPrior,
+                              MultiScaleFlow, MultiScaleModel, StandardNormalPrior, VectorFlowModel, squeezable, squeezed)
 
 __all__ = ["build", "glow_image", "GlowVector"]
 
@@ -52,7 +52,7 @@ class GlowVector(VectorFlowModel):
             net = nf.nets.MLP([d_cond] + [hidden] * n_hidden + [2 * d_out], init_zeros=True)
             flows += [nf.flows.AffineCouplingBlock(net, scale_map="sigmoid", split_mode="channel"),
                       nf.flows.InvertibleAffine(dim, use_lu=lu),
-                      nf.flows.ActNorm((dim,))]
+                      HostFlagActNorm((dim,))]
         self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
 
 

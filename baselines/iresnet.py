@@ -22,9 +22,9 @@ from typing import Annotated
 
 from baselines.base import FlowModel, std_normal_log_prob
 from baselines.constraints import Choice, Count, NonNegInt, Positive, Range
-from baselines.layers import (PROBES, GaussianPrior, InvertibleResidualBlock, MultiScaleFlow, MultiScaleModel,
-                              StandardNormalPrior, VectorFlowModel, lipschitz_cnn, lipschitz_mlp, refresh_spectral_norms,
-                              squeezable, squeezed)
+from baselines.layers import (PROBES, GaussianPrior, HostFlagActNorm, InvertibleResidualBlock, MultiScaleFlow,
+                              MultiScaleModel, StandardNormalPrior, VectorFlowModel, lipschitz_cnn, lipschitz_mlp,
+                              refresh_spectral_norms, squeezable, squeezed)
 
 __all__ = ["build", "iresnet_image", "IResNetImage", "IResNetVector"]
 
@@ -64,7 +64,7 @@ class IResNetVector(_SpectralRefresh, VectorFlowModel):
         flows = []  # normflows order: latent -> data; data -> latent each block is actnorm, residual
         for _ in range(n_blocks):
             g = lipschitz_mlp(dim, hidden, n_hidden, coeff, n_power_iter)
-            flows += [InvertibleResidualBlock(g, **block_options), nf.flows.ActNorm((dim,))]
+            flows += [InvertibleResidualBlock(g, **block_options), HostFlagActNorm((dim,))]
         self.flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
         refresh_spectral_norms(self, 200)
 
@@ -139,7 +139,7 @@ def iresnet_image(shape: tuple[int, int, int], n_stages: int = 3, n_blocks: int 
             cur = squeezed(cur)
         for i in range(n_blocks):
             g = lipschitz_cnn(cur, hidden, coeff, n_power_iter, input_elu=stage + i > 0)
-            level += [nf.flows.ActNorm((cur[0], 1, 1)), InvertibleResidualBlock(g, **block_options)]
+            level += [HostFlagActNorm((cur[0], 1, 1)), InvertibleResidualBlock(g, **block_options)]
         levels.append(level)
         out = cur if stage == n_stages - 1 else (cur[0] - cur[0] // 2, cur[1], cur[2])
         priors.append(GaussianPrior(out) if learn_prior else StandardNormalPrior())

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from baselines.glow import GlowVector, build
-from baselines.layers import (ConditionalGaussianPrior, GlowActNorm, GlowStep, LearnedTopPrior, StandardNormalPrior)
+from baselines.layers import (ConditionalGaussianPrior, GlowActNorm, GlowStep, HostFlagActNorm, LearnedTopPrior,
+                              StandardNormalPrior)
 
 CASES = [
     ((2,), dict(n_steps=4, hidden=16)),
@@ -105,7 +106,8 @@ def test_odd_sizes_skip_the_squeeze(flowcheck):
 def test_vector_variant_is_glow_steps():
     model = GlowVector(6, n_steps=3)
     kinds = [type(f) for f in model.flow.flows]
-    assert kinds == [nf.flows.AffineCouplingBlock, nf.flows.InvertibleAffine, nf.flows.ActNorm] * 3
+    assert kinds == [nf.flows.AffineCouplingBlock, nf.flows.InvertibleAffine, HostFlagActNorm] * 3
+    assert issubclass(HostFlagActNorm, nf.flows.ActNorm)  # normflows' ActNorm, its flag mirrored on the host
     assert not any(f.use_lu for f in model.flow.flows if isinstance(f, nf.flows.InvertibleAffine))
     lu = GlowVector(6, n_steps=2, lu=True)
     assert all(f.use_lu for f in lu.flow.flows if isinstance(f, nf.flows.InvertibleAffine))
