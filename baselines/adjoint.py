@@ -7,14 +7,16 @@ time back to the first, in the same steps, with the same error norm. What differ
 backward state is held. torchdiffeq keeps it as a tuple of one tensor per parameter (plus time,
 state and adjoint), which its tuple machinery splits and joins at every evaluation and whose
 mixed norm takes one small reduction per tensor; here it is one flat tensor, split into the state
-pieces only, and the norm is one segmented reduction. The steps, the NFE and the gradients are
+pieces only, and the norm is one fused reduction over all pieces. The steps, the NFE and the gradients are
 torchdiffeq's (tested against it), in fewer operations per evaluation.
 
 The norm of the backward solve is torchdiffeq's default adjoint norm: the largest RMS over the
 state's pieces, the adjoint's pieces and every parameter's adjoint (its time adjoint is zero here:
-the integration times take no gradient). ``seminorm`` leaves the parameter adjoints out (Kidger et
-al. 2021, "Hey, that's not an ODE"). RMS values are summed in another order than torchdiffeq's
-per-tensor means, so an error ratio can differ in its last bits.
+the integration times take no gradient). A ``func`` with an ``end_backward_solve()`` method has it
+called when the backward solve ends, normally or not (``baselines.cnf`` reads its step-size floor
+record there). ``seminorm`` leaves the parameter adjoints out (Kidger et al. 2021, "Hey, that's
+not an ODE"). RMS values are summed in another order than torchdiffeq's per-tensor means, so an
+error ratio can differ in its last bits.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ __all__ = ["odeint_adjoint", "segment_rms_norm", "sharded_adjoint_norm"]
 
 def segment_rms_norm(sizes: Sequence[int], device: torch.device) -> Callable[[Tensor], Tensor]:
     """A norm of flat tensors made of consecutive pieces of ``sizes``: the largest RMS over the
-    pieces (empty ones skipped), torchdiffeq's mixed norm over a tuple of those pieces, in four
-    operations whatever their number (a segmented mean of the squares)."""
-    kept = [n for n in sizes if n]
-    lengths = torch.tensor(kept, device=device)  # an empty piece holds no element of the flat tensor
+    pieces (empty ones skipped), torchdiffeq's mixed norm over a tuple of those pieces, in a few
+    operations whatever their number (one fused norm of all the pieces, ``torch._foreach_norm``,
+    scaled by 1 / sqrt(size)). The sizes stay Python ints, so no call reads the device on the host
+    (``torch.segment_reduce`` validates device-held lengths with two host reads a call). ``device``
+    is where the flat tensors live (the signature of the norms built per backward solve)."""
+    kept = [n for n in sizes if n]  # an empty piece holds no element of the flat tensor
+    scales = [1.0 / math.sqrt(n) for n in kept]
 
     def norm(flat: Tensor) -> Tensor:
-        return torch.segment_reduce(flat.pow(2), "mean", lengths=lengths).max().sqrt()
+        return torch.stack(torch._foreach_mul(torch._foreach_norm(flat.split(kept)), scales)).max()
 
     return norm
 
@@ -140,11 +145,16 @@ class _Adjoint(torch.autograd.Function):
         options["norm"] = norm
         aug = torch.cat([flat_at(solution, -1), flat_at(grads, -1),
                          solution[0].new_zeros(sum(param_sizes))])
-        for i in range(len(t) - 1, 0, -1):
-            aug = odeint(dynamics, aug, t[i - 1:i + 1].flip(0), rtol=setup["adjoint_rtol"],
-                         atol=setup["adjoint_atol"], method=setup["method"], options=options)[1]
-            aug = torch.cat([flat_at(solution, i - 1), aug[state_size:2 * state_size] + flat_at(grads, i - 1),
-                             aug[2 * state_size:]])
+        try:
+            for i in range(len(t) - 1, 0, -1):
+                aug = odeint(dynamics, aug, t[i - 1:i + 1].flip(0), rtol=setup["adjoint_rtol"],
+                             atol=setup["adjoint_atol"], method=setup["method"], options=options)[1]
+                aug = torch.cat([flat_at(solution, i - 1), aug[state_size:2 * state_size] + flat_at(grads, i - 1),
+                                 aug[2 * state_size:]])
+        finally:  # the dynamics' end-of-solve check (baselines.cnf's step floor): its failure is the one to report
+            end = getattr(func, "end_backward_solve", None)
+            if end is not None:
+                end()
         adjoint_y0 = unflat(aug[state_size:2 * state_size])
         param_grads, start = [], 2 * state_size
         share = 1.0 / shard.step if shard is not None else None  # the harness sums the processes' gradients

@@ -37,8 +37,10 @@ class FlowModel(nn.Module):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """The loss to minimise and scalar stats to log (default: mean negative log-likelihood)."""
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """The loss to minimise and scalar stats to log (default: mean negative log-likelihood). Stats
+        are detached 0-dim tensors (or floats known on the host): reading a device value here would
+        be a host sync per stat; the harness reads them all at once."""
         return -self.log_prob(x, y).mean(), {}
 
     def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:

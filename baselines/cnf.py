@@ -41,9 +41,9 @@ from baselines.constraints import Choice
 
 __all__ = ["act_and_tangent", "ACTIVATIONS", "ADAPTIVE_STEP", "AUTO_EXACT_EVAL_DIM", "AUTO_EXACT_TRAIN_DIM", "CNF",
            "CNFDynamics", "collect_block_nfe", "compile_dynamics", "CountedDynamics", "divergence_terms",
-           "DIVERGENCES", "exact_divergence", "FIXED_STEP", "forward_solve", "LAYER_TYPES", "NOISES", "sample_probe",
-           "solve_limits", "SolveLimits", "Solver", "SolverFailure", "SolverName", "SOLVERS", "SolveTimeout",
-           "squeeze", "TimeNet", "unsqueeze"]
+           "DIVERGENCES", "exact_divergence", "FIXED_STEP", "FLOOR_CHECK_STEPS", "forward_solve", "LAYER_TYPES",
+           "NOISES", "sample_probe", "solve_limits", "SolveLimits", "Solver", "SolverFailure", "SolverName", "SOLVERS",
+           "SolveTimeout", "squeeze", "StepFloorRecord", "TimeNet", "unsqueeze"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "swish": nn.SiLU}
 
@@ -116,10 +116,29 @@ def solve_limits(max_evals: int | None = None, seconds: float | None = None,
         _limits = previous
 
 
+FLOOR_CHECK_STEPS = 8  # solver steps between host reads of the step-size floor record
+
+
+class StepFloorRecord:
+    """The smallest step of a run of solver steps and the time it started at, kept on the device
+    (``observe`` adds a step without a host read), against the floor in force when it began."""
+
+    def __init__(self, floor: float, step: Tensor, at: Tensor):
+        self.floor, self.smallest, self.at, self.steps = floor, step, at, 1
+
+    def observe(self, step: Tensor, at: Tensor) -> None:
+        self.at = torch.where(step < self.smallest, at, self.at)
+        self.smallest = torch.minimum(step, self.smallest)
+        self.steps += 1
+
+
 class CountedDynamics(nn.Module):
     """An ODE right-hand side that counts its evaluations: inside ``forward_solve`` as forward NFE,
     otherwise (the adjoint's backward solve) as backward NFE, and enforces ``solve_limits``.
     Subclasses call ``count()`` first."""
+
+    _floor_record: StepFloorRecord | None = None  # steps not yet checked against the floor (a module
+    # unpickled from before this attribute existed has none)
 
     def __init__(self):
         super().__init__()
@@ -128,6 +147,7 @@ class CountedDynamics(nn.Module):
         self.in_forward_solve = False
         self.solve_evals = 0  # evaluations in the current solve (forward, or the backward that follows)
         self._counting_forward = False
+        self._floor_record: StepFloorRecord | None = None  # steps not yet checked against the floor
 
     def count(self) -> None:
         if self.in_forward_solve != self._counting_forward:  # a new solve: forward -> backward or back
@@ -139,6 +159,7 @@ class CountedDynamics(nn.Module):
         self.solve_evals += 1
         limits = _limits
         if limits.max_evals is not None and self.solve_evals > limits.max_evals:
+            self.check_step_floor()  # a step below the floor came first: that is the failure to report
             raise SolverFailure(f"more than {limits.max_evals} function evaluations in one ODE solve "
                                 f"({'forward' if self.in_forward_solve else 'backward'}); the dynamics are too stiff "
                                 "or exploding (lower the learning rate, or raise train.max_solver_evals)")
@@ -146,18 +167,39 @@ class CountedDynamics(nn.Module):
             raise SolveTimeout(_TIMEOUT)
 
     def callback_step(self, t0: Tensor, y0: Any, dt: Tensor) -> None:
-        """torchdiffeq calls this before every step (forward solves): the step-size floor, and in a
-        sharded multi-process step the deadline, agreed by every process (so all stop at one step)."""
+        """torchdiffeq calls this before every step (forward solves): the step-size floor. The step is
+        recorded on the device (``StepFloorRecord``) and read on the host every ``FLOOR_CHECK_STEPS``
+        steps and when the solve ends (``check_step_floor``), not at every step. In a sharded
+        multi-process step also the deadline, agreed by every process (so all stop at one step)."""
         deadline = _limits.deadline
         if deadline is not None and shards.current() is not None and shards.any_rank(time.monotonic() > deadline):
             raise SolveTimeout(_TIMEOUT)
         floor = _limits.min_step
-        if floor is not None and bool(abs(dt.detach()) < floor):
-            raise SolverFailure(f"the ODE solver's step fell to {float(abs(dt.detach())):.3g} at t = {float(t0.detach()):.4g}, below "
-                                f"the floor {floor:g}; the dynamics are too stiff or exploding (lower the learning "
-                                "rate, or lower train.min_solver_step)")
+        if floor is None:
+            return
+        step, at = abs(dt.detach()), t0.detach()
+        record = self._floor_record
+        if record is None or record.floor != floor:
+            self._floor_record = record = StepFloorRecord(floor, step, at)
+        else:
+            record.observe(step, at)
+        if record.steps >= FLOOR_CHECK_STEPS:
+            self.check_step_floor()
 
     callback_step_adjoint = callback_step  # and before every step of the adjoint's backward solve
+
+    def check_step_floor(self) -> None:
+        """Read the steps recorded since the last check (one host read): a SolverFailure naming the floor
+        when one fell below it; the record is cleared either way."""
+        record, self._floor_record = self._floor_record, None
+        if record is not None and bool(record.smallest < record.floor):
+            raise SolverFailure(f"the ODE solver's step fell to {float(record.smallest):.3g} at t = "
+                                f"{float(record.at):.4g}, below the floor {record.floor:g}; the dynamics are too stiff "
+                                "or exploding (lower the learning rate, or lower train.min_solver_step)")
+
+    def end_backward_solve(self) -> None:
+        """``baselines.adjoint`` calls this when the backward solve ends: its last steps' floor check."""
+        self.check_step_floor()
 
     def read_nfe(self) -> tuple[int, int]:
         """Evaluations (forward solves, backward solves) since the last call; resets."""
@@ -169,16 +211,22 @@ class CountedDynamics(nn.Module):
 @contextmanager
 def forward_solve(func: CountedDynamics, solver: "Solver") -> Iterator[None]:
     """Around one forward solve: ``func`` counts its evaluations as forward NFE (``in_forward_solve``),
-    and torchdiffeq's step-size underflow becomes a SolverFailure naming the solver setting."""
+    its steps are checked against the step-size floor at the end (and steps left unchecked by a backward
+    solve before it, torchdiffeq's adjoint, at the start), and torchdiffeq's step-size underflow becomes
+    a SolverFailure naming the solver setting."""
+    func.check_step_floor()
     func.in_forward_solve = True
     func.solve_evals = 0
     try:
         yield
-    except AssertionError as err:
-        if "underflow" in str(err):
+    except Exception as err:
+        func.check_step_floor()  # a step below the floor came first: that is the failure to report
+        if isinstance(err, AssertionError) and "underflow" in str(err):
             raise SolverFailure(f"ODE solver step size underflow ({err}); tolerance {solver.atol}/{solver.rtol}, "
                                 f"method {solver.method}") from None
         raise
+    else:
+        func.check_step_floor()
     finally:
         func.in_forward_solve = False
 
@@ -531,9 +579,20 @@ class CNF(nn.Module):
         end = self.func.end_time.to(like.dtype)
         if steer_offset:
             end = end + steer_offset
+        return end
+
+    @staticmethod
+    def _require_positive(end: Tensor) -> None:
+        """A SolverFailure when T is not positive (a host read: on failure paths only)."""
         if not bool(end > 0):
             raise SolverFailure(f"the end time T is {float(end):.3g}: the flow has collapsed (T must stay positive)")
-        return end
+
+    def _check_solve(self, final: tuple[Tensor, ...], end: Tensor) -> None:
+        """After a solve, one host read for both checks: T > 0 and a finite end state and log-det."""
+        ok = torch.stack([end.detach() > 0, *(torch.isfinite(o).all() for o in final)]).all()
+        if shards.any_rank(not bool(ok)):  # every process of a sharded step fails together
+            self._require_positive(end)
+            raise SolverFailure("ODE solve produced a non-finite state or log-det (NaN/inf; not an underflow)")
 
     def _solve(self, state: tuple[Tensor, ...], reverse: bool, solver: Solver,
                steer_offset: float = 0.0) -> tuple[Tensor, ...]:
@@ -553,16 +612,19 @@ class CNF(nn.Module):
         func.detach_time = use_adjoint  # kept for the backward solve that follows
         with forward_solve(func, solver):
             y0 = state[0] if tensor_state else state
-            if use_adjoint:  # a compact backward state (baselines/adjoint.py); torchdiffeq's steps and norm
-                params = tuple(p for p in func.net.parameters() if p.requires_grad)  # the dynamics' own
-                out = odeint_adjoint(func, state, t, params, adjoint_atol=solver.atol, adjoint_rtol=solver.rtol,
-                                     seminorm=self.adjoint_seminorm and solver.method not in FIXED_STEP, **kwargs)
-            else:
-                out = odeint(func, y0, t, **kwargs)
+            try:
+                if use_adjoint:  # a compact backward state (baselines/adjoint.py); torchdiffeq's steps and norm
+                    params = tuple(p for p in func.net.parameters() if p.requires_grad)  # the dynamics' own
+                    out = odeint_adjoint(func, state, t, params, adjoint_atol=solver.atol, adjoint_rtol=solver.rtol,
+                                         seminorm=self.adjoint_seminorm and solver.method not in FIXED_STEP, **kwargs)
+                else:
+                    out = odeint(func, y0, t, **kwargs)
+            except AssertionError:  # torchdiffeq rejects the times [0, 0] of a collapsed T
+                self._require_positive(end)
+                raise
             out = (out,) if isinstance(out, Tensor) else out
             final = tuple(o[-1] for o in out)
-            if shards.any_rank(not all(bool(torch.isfinite(o).all()) for o in final)):
-                raise SolverFailure("ODE solve produced a non-finite state or log-det (NaN/inf; not an underflow)")
+            self._check_solve(final, end)
             if end.requires_grad and torch.is_grad_enabled() and not reverse:
                 final = self._attach_end_time_gradient(final, end)
         return final

@@ -53,15 +53,16 @@ class CNFFlowModel(FlowModel):
         pieces, log_det, _ = self.to_latent(x)
         return sum(std_normal_log_prob(p) for p in pieces) + log_det
 
-    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its stats as detached 0-dim tensors (the harness reads them once a step)."""
         pieces, log_det, regs = self.to_latent(x)
         nll = -(sum(std_normal_log_prob(p) for p in pieces) + log_det).mean()
         loss = nll / self.loss_scale
-        stats = {"nll": float(nll.detach())}
+        stats = {"nll": nll.detach()}
         if regs is not None:
             kinetic, jac = regs.mean(0).unbind()
             loss = loss + self.kinetic * kinetic + self.jacobian * jac
-            stats.update(kinetic=float(kinetic.detach()), jacobian=float(jac.detach()))
+            stats.update(kinetic=kinetic.detach(), jacobian=jac.detach())
         return loss, stats
 
     def read_nfe(self) -> tuple[int, int]:

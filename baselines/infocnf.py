@@ -140,7 +140,7 @@ def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
     return torch.stack(out[::-1])
 
 
-def tolerance_returns(reward: str, loss: float, nfe: Tensor, alpha: float, gamma: float) -> Tensor:
+def tolerance_returns(reward: str, loss: float | Tensor, nfe: Tensor, alpha: float, gamma: float) -> Tensor:
     """The return r_i of each CNF block's tolerance choice (blocks in solve order, i = 0 .. N-1).
 
     ``eq6`` (the paper's Eq. 6, with R_j = -NFE_j): ``r_i = -[L + (alpha / N) sum_{j >= i} NFE_j]``,
@@ -396,8 +396,9 @@ class ConditionalCNF(FlowModel):
     def _loss_scale(self) -> float:
         return float(self.flow.loss_scale)  # D ln 2 for images (the loss in bits/dim), 1 otherwise
 
-    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Mean NLL(x | y) / s + weight_y CE (+ rl_weight REINFORCE with learned tolerances) and its stats."""
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """Mean NLL(x | y) / s + weight_y CE (+ rl_weight REINFORCE with learned tolerances) and its stats,
+        detached 0-dim tensors (the harness reads them once a step; the chosen tolerances are floats)."""
         if y is None:
             raise ValueError("conditional CNFs (ccnf, infocnf) need labelled data (a dataset with classes)")
         if self.class_prior == "train":
@@ -411,18 +412,18 @@ class ConditionalCNF(FlowModel):
         ce = F.cross_entropy(logits, y)
         scale = self._loss_scale()
         loss = nll / scale + self.weight_y * ce
-        stats = {"nll": float(nll.detach()), "ce": float(ce.detach()),
-                 "error": 100.0 * float((logits.argmax(1) != y).float().mean())}
+        stats: dict[str, Tensor | float] = {"nll": nll.detach(), "ce": ce.detach(),
+                                            "error": 100.0 * (logits.argmax(1) != y).to(nll.dtype).mean().detach()}
         if record is not None and record["tol"]:
             stats.update({f"tol_block{i}": t for i, t in enumerate(record["tol"])})
         if self.tolerance == "learned":
             # L on the author's scale (bpd + weight_y CE, less terms the tolerance choice cannot change)
-            base = float(shards.global_mean(loss.detach(), len(x)))
+            base = shards.global_mean(loss.detach(), len(x))
             nfe = torch.tensor(record["nfe"], dtype=x.dtype, device=x.device)
             returns = tolerance_returns(self.reward, base, nfe, self.alpha, self.gamma)
             rl = reinforce_surrogate(torch.stack(record["log_prob"]).to(x.dtype), returns)
             loss = loss + self.rl_weight * rl
-            stats["rl"] = float(rl.detach())
+            stats["rl"] = rl.detach()
         return loss, stats
 
     @contextmanager

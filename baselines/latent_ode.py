@@ -160,12 +160,12 @@ class LatentODE(FlowModel):
         return log_lik, gaussian_kl(mean, logvar, prior_mean, prior_logstd), z0, pred
 
     # -- the harness's surface -----------------------------------------------------------------
-    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The negative ELBO and its terms as detached 0-dim tensors (the harness reads them once a step)."""
         log_lik, kl, _, pred = self._elbo_terms(x, y)
         loss = (kl - log_lik).mean()
         mse = (pred - x[:, :self.n_observed]).pow(2).mean()
-        return loss, {"log_lik": float(log_lik.detach().mean()), "kl": float(kl.detach().mean()),
-                      "mse": float(mse.detach())}
+        return loss, {"log_lik": log_lik.detach().mean(), "kl": kl.detach().mean(), "mse": mse.detach()}
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
@@ -255,16 +255,17 @@ class PartitionedLatentODE(LatentODE):
             out["param_mse"] = (pred - params).pow(2).mean(1)
         return out
 
-    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The negative ELBO (+ beta times the supervised terms) and its stats as detached 0-dim tensors."""
         log_lik, kl, z0, pred = self._elbo_terms(x, y)
         loss = (kl - log_lik).mean()
-        stats = {"log_lik": float(log_lik.detach().mean()), "kl": float(kl.detach().mean()),
-                 "mse": float((pred.detach() - x[:, :self.n_observed]).pow(2).mean())}
+        stats = {"log_lik": log_lik.detach().mean(), "kl": kl.detach().mean(),
+                 "mse": (pred.detach() - x[:, :self.n_observed]).pow(2).mean()}
         if y is not None:
             sup = self.supervised_terms(z0, y)
             supervised = sup["ce"] + sup.get("param_mse", torch.zeros_like(sup["ce"]))
             loss = loss + self.beta * supervised.mean()
-            stats.update({k: float(v.detach().mean()) for k, v in sup.items()})
+            stats.update({k: v.detach().mean() for k, v in sup.items()})
         return loss, stats
 
     def _label_terms(self, z0: Tensor, y: Tensor | None) -> dict[str, Tensor]:

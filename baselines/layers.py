@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import normflows as nf
 import torch
@@ -38,10 +39,11 @@ from torch.nn import functional as F
 from baselines import shards
 from baselines.base import LatentFlowModel
 
-__all__ = ["ActNorm", "batch_rows", "checkerboard", "ConditionalGaussianPrior", "EdgePaddedConv2d", "GaussianPrior", "GlowActNorm",
-           "GlowAffineCoupling", "GlowStep", "InvertibleResidualBlock", "LearnedTopPrior", "lipschitz_cnn",
-           "lipschitz_mlp", "MultiScaleFlow", "MultiScaleModel", "OutputBatchNorm", "PROBES", "rademacher_like", "RealNVPCoupling",
-           "RealNVPResNet", "refresh_spectral_norms", "RunningBatchNorm", "ShiftBatchNorm", "squeezable", "squeezed",
+__all__ = ["ActNorm", "batch_rows", "checkerboard", "ConditionalGaussianPrior", "EdgePaddedConv2d", "GaussianPrior",
+           "GlowActNorm", "GlowAffineCoupling", "GlowStep", "HostMirroredFlag", "InvertibleResidualBlock",
+           "LearnedTopPrior", "lipschitz_cnn", "lipschitz_mlp", "MultiScaleFlow", "MultiScaleModel",
+           "OutputBatchNorm", "PROBES", "rademacher_like", "RealNVPCoupling", "RealNVPResNet", "refresh_spectral_norms",
+           "RunningBatchNorm", "ShiftBatchNorm", "SpectralNormConv2d", "SpectralNormLinear", "squeezable", "squeezed",
            "StandardNormalPrior", "sum_per_example", "VectorFlowModel", "WNConv2d"]
 
 
@@ -321,25 +323,58 @@ class RealNVPCoupling(nf.flows.Flow):
 
 
 # -- Glow image pieces (as openai/glow builds them) ------------------------------------------
-class ActNorm(nf.flows.ActNorm):
-    """normflows' ActNorm (same parameters, buffer and initialisation: ``t`` the mean and
-    ``s`` the log of the unbiased standard deviation + 1e-6 of the first batch it maps data -> latent),
-    with the statistics over the global batch of a multi-process step."""
+class HostMirroredFlag:
+    """Mixin: a 0/1 buffer (``flag_buffer`` names it) mirrored in a Python bool, ``host_flag``, that
+    forwards read instead of the buffer: reading a device buffer on the host is a sync (a stall on
+    CUDA) every forward, the Python bool is free. The buffer stays in state dicts (checkpoints keep
+    it); loading one refreshes the mirror (the only host read of the buffer)."""
+
+    flag_buffer: str
+    host_flag: bool = False
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+        self.host_flag = bool(getattr(self, self.flag_buffer))
+
+
+class ActNorm(HostMirroredFlag, nf.flows.ActNorm):
+    """normflows' ActNorm (same parameters, buffer and data-dependent initialisation on the first
+    batch: the mean and the unbiased standard deviation + 1e-6), with the statistics over the global
+    batch of a multi-process step and its ``data_dep_init_done`` flag mirrored on the host, so no
+    forward after the first reads it."""
+
+    flag_buffer = "data_dep_init_done"
+
+    def _statistics(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        dims = self.batch_dims
+        return shards.batch_mean(z, dims), torch.log(shards.batch_var(z, dims, unbiased=True).sqrt() + 1e-6)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.host_flag:  # latent -> data first: the map that sends this batch to zero mean, unit scale
+            with torch.no_grad():
+                mean, log_std = self._statistics(z)
+                self.s.data, self.t.data = -log_std, -mean * torch.exp(-log_std)
+                self.data_dep_init_done.fill_(1.0)
+            self.host_flag = True
+        return nf.flows.AffineConstFlow.forward(self, z)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.data_dep_init_done:
+        if not self.host_flag:
             with torch.no_grad():
-                dims = self.batch_dims
-                self.s.data = torch.log(shards.batch_var(z, dims, unbiased=True).sqrt() + 1e-6)
-                self.t.data = shards.batch_mean(z, dims)
-                self.data_dep_init_done = torch.tensor(1.0)
+                mean, log_std = self._statistics(z)
+                self.s.data, self.t.data = log_std, mean
+                self.data_dep_init_done.fill_(1.0)
+            self.host_flag = True
         return nf.flows.AffineConstFlow.inverse(self, z)
 
 
-class GlowActNorm(nf.flows.Flow):
+class GlowActNorm(HostMirroredFlag, nf.flows.Flow):
     """Glow's ActNorm, data -> latent ``z = (x + b) * exp(logscale_factor * p)`` per channel, with
     the official log-scale factor 3 and data-dependent initialisation on the first batch it sees
-    (``b = -mean``, ``exp(3 p) = 1 / (std + 1e-6)``; the flag is a buffer, so it survives checkpoints)."""
+    (``b = -mean``, ``exp(3 p) = 1 / (std + 1e-6)``). The flag is a buffer, so it survives
+    checkpoints, mirrored on the host (``HostMirroredFlag``) so forwards never read it."""
+
+    flag_buffer = "initialised"
 
     def __init__(self, channels: int, logscale_factor: float = 3.0):
         super().__init__()
@@ -347,6 +382,7 @@ class GlowActNorm(nf.flows.Flow):
         self.p = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.logscale_factor = logscale_factor
         self.register_buffer("initialised", torch.tensor(0.0))
+        self.host_flag = False
 
     def _init(self, x: Tensor) -> None:
         with torch.no_grad():
@@ -355,9 +391,10 @@ class GlowActNorm(nf.flows.Flow):
             self.b.copy_(-mean)
             self.p.copy_(torch.log(1.0 / (std + 1e-6)) / self.logscale_factor)
             self.initialised.fill_(1.0)
+            self.host_flag = True
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.initialised:
+        if not self.host_flag:
             self._init(x)
         log_scale = self.logscale_factor * self.p
         return (x + self.b) * torch.exp(log_scale), (log_scale.sum() * x.shape[2] * x.shape[3]).expand(x.shape[0])
@@ -438,7 +475,7 @@ class _GlowConditioner(nn.Sequential):
         i = 0
         while i < len(mods):
             m, nxt = mods[i], (mods[i + 1] if i + 1 < len(mods) else None)
-            if isinstance(m, EdgePaddedConv2d) and isinstance(nxt, _HiddenActNorm) and bool(nxt.actnorm.initialised):
+            if isinstance(m, EdgePaddedConv2d) and isinstance(nxt, _HiddenActNorm) and nxt.actnorm.host_flag:
                 an = nxt.actnorm
                 x = m.scaled(x, torch.exp(an.logscale_factor * an.p), an.b)
                 i += 2
@@ -769,6 +806,117 @@ class InvertibleResidualBlock(nf.flows.Flow):
         return x, -ld
 
 
+def _check_power_iteration(n_iterations: int | None, atol: float | None, rtol: float | None) -> int:
+    """The number of power iterations to run; a tolerance-driven stop (normflows' ``atol``/``rtol``)
+    would read the error on the host every iteration, so it is refused."""
+    if atol is not None or rtol is not None:
+        raise ValueError("sync-free spectral norms run a fixed number of power iterations (no atol/rtol)")
+    if n_iterations is None:
+        raise ValueError("give n_iterations: the number of power iterations")
+    return n_iterations
+
+
+def _soft_normalised(weight: Tensor, sigma: Tensor, coeff: float, scale: Tensor) -> Tensor:
+    """``weight / max(1, sigma / coeff)`` on the device (normflows' soft normalisation: only a weight
+    whose spectral norm exceeds ``coeff`` is scaled down); ``sigma`` recorded in ``scale``."""
+    with torch.no_grad():
+        scale.copy_(sigma)
+    return weight / torch.clamp(sigma / coeff, min=1.0)
+
+
+class SpectralNormLinear(nf.nets.InducedNormLinear):
+    """normflows' ``InducedNormLinear`` in the 2-norm (domain = codomain = 2, what i-ResNet uses) with
+    the same numerics and state (weight, bias, ``u``, ``v``, ``scale``) but no host read or host-to-
+    device copy: a fixed number of power iterations on the ``u``/``v`` buffers and the factor
+    ``max(1, sigma / coeff)`` taken on the device (normflows builds ``torch.ones(1)`` on the host for it)."""
+
+    def __init__(self, in_features: int, out_features: int, coeff: float, n_iterations: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, coeff=coeff, domain=2, codomain=2, n_iterations=n_iterations,
+                         zero_init=zero_init)
+
+    def compute_weight(self, update: bool = True, n_iterations: int | None = None, atol: float | None = None,
+                       rtol: float | None = None) -> Tensor:
+        """The normalised weight, after ``n_iterations`` power iterations (``update``; default the layer's)."""
+        if update:
+            steps = _check_power_iteration(self.n_iterations if n_iterations is None else n_iterations, atol, rtol)
+            with torch.no_grad():
+                for _ in range(steps):  # in place on the buffers, as normflows' out= normalisations
+                    F.normalize(torch.mv(self.weight, self.v), dim=0, out=self.u)
+                    F.normalize(torch.mv(self.weight.t(), self.u), dim=0, out=self.v)
+            u, v = self.u.clone(), self.v.clone()
+        else:
+            u, v = self.u, self.v
+        sigma = torch.dot(u, torch.mv(self.weight, v))
+        return _soft_normalised(self.weight, sigma, self.coeff, self.scale)
+
+
+class SpectralNormConv2d(HostMirroredFlag, nf.nets.InducedNormConv2d):
+    """normflows' ``InducedNormConv2d`` in the 2-norm with its numerics and state dict, without host
+    reads after the first forward: the input's spatial size (the ``spatial_dims`` buffer, which
+    normflows reads twice a forward) and the ``initialized`` flag are mirrored in Python, the power
+    iteration runs a fixed number of steps and the soft normalisation is taken on the device."""
+
+    flag_buffer = "initialized"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int, coeff: float,
+                 n_iterations: int, zero_init: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=1, padding=padding, coeff=coeff, domain=2,
+                         codomain=2, n_iterations=n_iterations, zero_init=zero_init)
+        self.host_flag = False
+        self.spatial: tuple[int, int] = (1, 1)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.spatial = (int(self.spatial_dims[0]), int(self.spatial_dims[1]))
+
+    def _initialise(self, input: Tensor) -> None:
+        """normflows' first-forward set-up: the spatial size from ``input``, random ``u``/``v``, one update."""
+        self.spatial_dims.copy_(torch.tensor(input.shape[2:4]).to(self.spatial_dims))
+        self.spatial = (int(input.shape[2]), int(input.shape[3]))
+        self.host_flag = True  # before _initialize_u_v, whose compute_weight(True) comes back here
+        self._initialize_u_v()
+
+    def _operators(self) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, torch.Size], Tensor]]:
+        """(v -> W v, (u, out_shape) -> W^T u) on the flattened input / output of one example."""
+        w, c, (h, wd) = self.weight, self.in_channels, self.spatial
+        if self.kernel_size == (1, 1):
+            mat = w.view(self.out_channels, self.in_channels)
+            return (lambda v: torch.mv(mat, v)), (lambda u, shape: torch.mv(mat.t(), u))
+
+        def forward(v: Tensor) -> Tensor:
+            return F.conv2d(v.view(1, c, h, wd), w, stride=self.stride, padding=self.padding)
+
+        def adjoint(u: Tensor, shape: torch.Size) -> Tensor:
+            return F.conv_transpose2d(u.view(shape), w, stride=self.stride, padding=self.padding, output_padding=0)
+
+        return forward, adjoint
+
+    def compute_weight(self, update: bool = True, n_iterations: int | None = None, atol: float | None = None,
+                       rtol: float | None = None) -> Tensor:
+        """The normalised weight, after ``n_iterations`` power iterations (``update``; default the layer's)."""
+        if not self.host_flag:
+            raise RuntimeError("SpectralNormConv2d: run a forward first (it fixes the input's spatial size)")
+        forward, adjoint = self._operators()
+        if update:
+            steps = _check_power_iteration(self.n_iterations if n_iterations is None else n_iterations, atol, rtol)
+            with torch.no_grad():
+                for _ in range(steps):
+                    wv = forward(self.v)
+                    F.normalize(wv.reshape(-1), dim=0, out=self.u)
+                    F.normalize(adjoint(self.u, wv.shape).reshape(-1), dim=0, out=self.v)
+            u, v = self.u.clone(), self.v.clone()
+        else:
+            u, v = self.u, self.v
+        sigma = torch.dot(u.view(-1), forward(v).view(-1))
+        return _soft_normalised(self.weight, sigma, self.coeff, self.scale)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.host_flag:
+            self._initialise(input)
+        weight = self.compute_weight(update=False)
+        return F.conv2d(input, weight, self.bias, self.stride, self.padding, 1, 1)
+
+
 def lipschitz_mlp(dim: int, hidden: int, n_hidden: int, coeff: float, n_power_iter: int) -> nn.Sequential:
     """g for vectors: spectrally normalised linear layers (each to ``coeff``) with ELU between."""
     sizes = [dim] + [hidden] * n_hidden + [dim]
@@ -776,8 +924,7 @@ def lipschitz_mlp(dim: int, hidden: int, n_hidden: int, coeff: float, n_power_it
     for i in range(len(sizes) - 1):
         if i:
             layers.append(nn.ELU())
-        layers.append(nf.nets.InducedNormLinear(sizes[i], sizes[i + 1], coeff=coeff, domain=2, codomain=2,
-                                                n_iterations=n_power_iter, zero_init=i == len(sizes) - 2))
+        layers.append(SpectralNormLinear(sizes[i], sizes[i + 1], coeff, n_power_iter, zero_init=i == len(sizes) - 2))
     return nn.Sequential(*layers)
 
 
@@ -793,8 +940,7 @@ def lipschitz_cnn(shape: Sequence[int], hidden: int, coeff: float, n_power_iter:
     for i, (cin, cout, k) in enumerate(spec):
         if i:
             layers.append(nn.ELU())
-        layers.append(nf.nets.InducedNormConv2d(cin, cout, k, stride=1, padding=k // 2, coeff=coeff, domain=2,
-                                                codomain=2, n_iterations=n_power_iter, zero_init=zero_last and i == 2))
+        layers.append(SpectralNormConv2d(cin, cout, k, k // 2, coeff, n_power_iter, zero_init=zero_last and i == 2))
     net = nn.Sequential(*layers)
     with torch.no_grad():
         net(torch.zeros(1, *shape))  # fixes the spatial size the convolutions' norms are taken at

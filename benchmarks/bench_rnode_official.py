@@ -138,6 +138,7 @@ def compare_losses(ours: torch.nn.Module, official: torch.nn.Module, coeffs: tup
     with torch.no_grad(), fixed_probes(odefunc_module, "gaussian"):
         y, logdet = logit(u, ALPHA)
         _, stats = ours.training_loss(y)
+        stats = {k: float(v) for k, v in stats.items()}  # 0-dim tensors
         theirs, bpd, regs = official_loss(official, u, coeffs)
     ours.read_nfe()
     mine_bpd = (stats["nll"] - float(logdet.mean())) / D_LN2 + 8

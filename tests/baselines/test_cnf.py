@@ -460,3 +460,25 @@ def test_compiled_dynamics_give_the_eager_gradients_and_nfe(divergence, regulari
     assert torch.allclose(loss0, loss1, rtol=1e-10)
     assert torch.allclose(grad0, grad1, rtol=1e-8, atol=1e-10)
     assert nfe0 == nfe1 and nfe0[1] > 0  # the adjoint's backward solve ran through the compiled function
+
+
+@pytest.mark.parametrize("sqrt_end_time", [0.0, float("nan")])
+def test_a_collapsed_end_time_is_a_solver_failure_naming_it(sqrt_end_time):
+    """T is checked with the end state in one host read after the solve (or when torchdiffeq rejects the
+    times [0, 0]): a T that is not positive is a SolverFailure naming T, not a torchdiffeq assertion."""
+    block = CNF(Stiff(1.0), (2,), end_time=1.0, divergence="exact", adjoint=False)
+    with torch.no_grad():
+        block.func.sqrt_end_time.fill_(sqrt_end_time)
+    with pytest.raises(SolverFailure, match="the end time T is"):
+        block(torch.randn(4, 2))
+
+
+def test_a_non_finite_end_state_is_a_solver_failure():
+    class Blowup(nn.Module):
+        def forward(self, t, z):
+            return z * float("inf")
+
+    block = CNF(Blowup(), (2,), end_time=1.0, divergence="exact", adjoint=False,
+                train_solver=Solver("rk4", step_size=0.5))
+    with pytest.raises(SolverFailure, match="non-finite"):
+        block(torch.randn(4, 2))

@@ -105,7 +105,8 @@ def test_odd_sizes_skip_the_squeeze(flowcheck):
 def test_vector_variant_is_glow_steps():
     model = GlowVector(6, n_steps=3)
     kinds = [type(f) for f in model.flow.flows]
-    assert kinds == [nf.flows.AffineCouplingBlock, nf.flows.InvertibleAffine, ActNorm] * 3  # normflows' ActNorm, global init
+    assert kinds == [nf.flows.AffineCouplingBlock, nf.flows.InvertibleAffine, ActNorm] * 3
+    assert issubclass(ActNorm, nf.flows.ActNorm)  # normflows' ActNorm: global statistics, its flag on the host
     assert not any(f.use_lu for f in model.flow.flows if isinstance(f, nf.flows.InvertibleAffine))
     lu = GlowVector(6, n_steps=2, lu=True)
     assert all(f.use_lu for f in lu.flow.flows if isinstance(f, nf.flows.InvertibleAffine))

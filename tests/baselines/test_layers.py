@@ -261,3 +261,24 @@ def test_image_models_keep_channels_last_weights_without_changing_a_value(name):
     back.load_state_dict(twin.state_dict())
     torch.testing.assert_close(back.log_prob(x), lp)
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in back.parameters() if w.dim() == 4)
+
+
+def test_glow_actnorm_mirrors_its_flag_on_the_host_and_follows_loaded_checkpoints():
+    """Forwards read the Python mirror, not the buffer; the buffer stays in the state dict, and loading
+    one sets (or clears) the mirror, so a loaded ActNorm neither re-initialises nor skips its first batch."""
+    torch.manual_seed(0)
+    an = GlowActNorm(3)
+    x = torch.randn(16, 3, 4, 4)
+    assert not an.host_flag and "initialised" in an.state_dict()
+    an.inverse(x)
+    assert an.host_flag and float(an.initialised) == 1.0
+    loaded = GlowActNorm(3)
+    loaded.load_state_dict(an.state_dict())
+    assert loaded.host_flag
+    torch.testing.assert_close(loaded.inverse(x + 1)[0], an.inverse(x + 1)[0])  # no re-initialisation
+    cleared = GlowActNorm(3)
+    cleared.host_flag = True
+    cleared.load_state_dict(GlowActNorm(3).state_dict())
+    assert not cleared.host_flag
+    cleared.inverse(x)  # initialises on its first batch
+    torch.testing.assert_close(cleared.b, an.b)
