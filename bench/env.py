@@ -49,6 +49,8 @@ def device_name(device: Any) -> str:
 
     device = torch.device(device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "unavailable: no CUDA on this machine"
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 

@@ -38,7 +38,7 @@ from bench.trackers import Trackers
 
 __all__ = ["CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate", "init_distributed", "LoopState",
            "lr_at", "make_optimizer", "owned_cores", "Polyak", "Preempted", "read_model_nfe", "request_stop",
-           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer"]
+           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer", "use_device"]
 
 _stop = threading.Event()
 
@@ -128,12 +128,40 @@ def init_distributed() -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise FlowbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
+def resolve_device(device: str | None, local_rank: int = 0, world: int = 1) -> torch.device:
+    """This process's torch device: ``auto`` is CUDA when available, else the CPU; ``cuda`` (and ``auto``
+    on a CUDA machine) is ``cuda:LOCAL_RANK``, one GPU per process of a multi-process run; an explicit
+    ``cuda:N`` stays as given for a one-process run. A device this machine lacks is a FlowbenchError."""
+    name = str(device or "auto")
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
+        raise FlowbenchError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    chosen = torch.device(name)
+    if chosen.index is None:
+        chosen = torch.device("cuda", local_rank)
+    elif world > 1:
+        raise FlowbenchError(f"--device {name}: a run of {world} processes uses one GPU per process "
+                             "(cuda:LOCAL_RANK); use --device cuda or auto")
+    count = torch.cuda.device_count()
+    if chosen.index >= count:
+        raise FlowbenchError(f"--device {name}: this process needs {chosen}, but the machine shows {count} CUDA "
+                             "device(s); give the job one GPU per process (SLURM gpus_per_node >= tasks_per_node)")
+    return chosen
+
+
+def use_device(device: str | None, dist: Distributed) -> torch.device:
+    """Resolve this process's device (``resolve_device``) and make it the current CUDA device, so that
+    everything built afterwards (and NCCL's communicator) lands on this process's own GPU."""
+    chosen = resolve_device(device, dist.local_rank, dist.world)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+        torch.cuda.reset_peak_memory_stats(chosen)
+    return chosen
 
 
 def seed_everything(seed: int) -> None:
@@ -319,9 +347,7 @@ class Trainer:
         self.train = spec.train
         self.dist = init_distributed()
         self.progress = progress and self.dist.main
-        self.device = resolve_device(device, self.dist.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.device = use_device(device, self.dist)  # cuda:LOCAL_RANK, current before anything is built
         self.data = load_dataset(spec.dataset, spec.data_config, data_root)
         seed_everything(spec.seed)
         self.model = build_model(spec.model, self.data.info, spec.model_config, f"run {spec.label}").to(self.device)
@@ -664,6 +690,14 @@ def _io_error(err: OSError) -> str:
             "(it resumes from its last checkpoint)")
 
 
+def _requested_device(device: str | None) -> torch.device | str:
+    """The device a run that never built its Trainer asked for: resolved when it exists, else as given."""
+    try:
+        return resolve_device(device)
+    except FlowbenchError:
+        return str(device)
+
+
 def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str | None, progress: bool,
            claim: Claim | None, annotate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
            ) -> dict[str, Any] | None:
@@ -698,7 +732,7 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
     if trainer is not None and result["status"] != "completed":
         s = trainer.state
         result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
-    result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
+    result = {**base, **result, "env": environment(trainer.device if trainer else _requested_device(device))}
     if annotate is not None:
         result = annotate(result)
     if trainer is not None:
