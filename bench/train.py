@@ -273,22 +273,40 @@ def read_model_nfe(model: torch.nn.Module) -> tuple[int, int]:
     return reader() if reader is not None else (0, 0)
 
 
-def _rng_states() -> dict[str, Any]:
-    """Every RNG state as tensors, numbers and tuples (what ``weights_only`` loading reads back)."""
+def _rng_states(device: torch.device) -> dict[str, Any]:
+    """Every RNG state as tensors, numbers and tuples (what ``weights_only`` loading reads back):
+    the CPU's, every visible GPU's (``cuda``) and the run's own GPU's (``cuda_device``, restored onto
+    whichever GPU the resumed run uses)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    cuda = torch.cuda.is_available()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+            "cuda_device": torch.cuda.get_rng_state(device) if cuda and device.type == "cuda" else None,
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": random.getstate()}
 
 
-def _set_rng_states(states: dict[str, Any]) -> None:
+def _set_rng_states(states: dict[str, Any], device: torch.device) -> list[str]:
+    """Restore ``_rng_states`` (loaded onto the CPU) on this machine, whatever its GPUs; the warnings.
+
+    The per-GPU states go back onto the GPUs both machines have; the run's own GPU gets the state it
+    saved (``cuda_device``; a checkpoint older than that key has only the per-GPU list)."""
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = list(states.get("cuda") or [])
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index in range(min(len(saved), visible)):
+        torch.cuda.set_rng_state(saved[index], index)
+    own = states.get("cuda_device")
+    if own is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(own, device)
     name, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
+    if saved and len(saved) != visible:
+        return [f"the checkpoint holds the random states of {len(saved)} CUDA device(s) and this machine shows "
+                f"{visible}; {min(len(saved), visible)} were restored, so CUDA random draws after the resume "
+                "differ from an uninterrupted run's"]
+    return []
 
 
 @torch.no_grad()
@@ -373,6 +391,7 @@ class Trainer:
         self._stop_agreed = False  # multi-process runs stop together, on the step all agree on
         self._lr_varies = bool(self.train["warmup_steps"]) or self.train["schedule"] != "constant"
         self.trackers = Trackers(spec, record, enabled=self.dist.main)  # opened at the first metrics line
+        self.warnings: list[str] = []  # what the result should say besides its numbers (a partial RNG restore)
         if record.checkpoint_path.exists():
             self._resume()
 
@@ -380,7 +399,9 @@ class Trainer:
     def _resume(self) -> None:
         path = self.record.checkpoint_path
         try:
-            ckpt = load_tensors(path, map_location=self.device)  # weights only: a planted pickle never runs
+            # onto the CPU, whatever device saved it: load_state_dict places each tensor (Adam's step stays on
+            # the CPU), and RNG states must be CPU byte tensors; weights only: a planted pickle never runs
+            ckpt = load_tensors(path, map_location="cpu")
         except (OSError, UnreadableFile) as err:  # a truncated, foreign or hostile file
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): cannot read checkpoint {path} "
                                      f"({err}); delete it or re-run with --force") from None
@@ -398,7 +419,7 @@ class Trainer:
                 self.polyak.load_state_dict(ckpt["polyak"])
             state = LoopState(**ckpt["loop"])
             self.order.set_state(state.epoch_order_state)
-            _set_rng_states(ckpt["rng"])
+            self.warnings += _set_rng_states(ckpt["rng"], self.device)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} does not match "
@@ -415,7 +436,7 @@ class Trainer:
             return
         atomic_torch_save(self.record.checkpoint_path, {
             "run_id": self.spec.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states(),
+            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states(self.device),
             "polyak": None if self.polyak is None else self.polyak.state_dict()})
 
     # -- the loop -------------------------------------------------------------------------
@@ -732,6 +753,8 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
     if trainer is not None and result["status"] != "completed":
         s = trainer.state
         result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
+    if trainer is not None and trainer.warnings:
+        result["warnings"] = list(trainer.warnings)
     result = {**base, **result, "env": environment(trainer.device if trainer else _requested_device(device))}
     if annotate is not None:
         result = annotate(result)

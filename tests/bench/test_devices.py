@@ -4,6 +4,8 @@ monkeypatched where a test needs a machine with GPUs."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -78,3 +80,131 @@ def test_cuda_on_a_machine_without_it_is_a_recorded_failed_run(write_suite, tmp_
     assert written["error"] == "--device cuda: CUDA is not available on this machine; use --device cpu or auto"
     assert written["env"]["device"] == "cuda" and written["env"]["device_name"].startswith("unavailable")
     assert (record.dir / "spec.json").exists() and not record.checkpoint_path.exists()
+
+
+@contextlib.contextmanager
+def _saved_on(location: str):
+    """torch.save inside the block tags every storage with ``location`` (e.g. "cuda:1"), as a file saved
+    on that GPU is: torch.load without map_location then needs that device."""
+    entry = (-1, lambda storage: location, lambda storage, where: None)
+    torch.serialization.register_package(*entry)
+    try:
+        yield
+    finally:
+        registry = torch.serialization._package_registry
+        registry[:] = [e for e in registry if e[1] is not entry[1]]
+
+
+def _preempted_checkpoint(write_suite, tmp_path, monkeypatch, stop_at: int = 25):
+    """A real checkpoint of a run stopped (preempted) after step ``stop_at``: (spec, record, checkpoint)."""
+    from bench.train import Trainer, request_stop, run_one
+
+    spec = _spec(write_suite)
+    record = RunRecord(tmp_path, spec.suite, spec.run_id)
+    original = Trainer._step
+
+    def stopping_step(self):
+        value = original(self)
+        if self.state.step + 1 == stop_at:
+            request_stop()
+        return value
+
+    monkeypatch.setattr(Trainer, "_step", stopping_step)
+    assert run_one(spec, record, device="cpu", progress=False)["status"] == "preempted"
+    monkeypatch.setattr(Trainer, "_step", original)
+    return spec, record, torch.load(record.checkpoint_path, weights_only=True)
+
+
+def _as_saved_on_two_gpus(record, ckpt, own_key: bool = True) -> dict:
+    """Rewrite ``ckpt`` as a run on cuda:1 of a two-GPU node saves it: storages tagged cuda:1, two
+    per-GPU RNG states and (``own_key``) the run's own GPU's state."""
+    gpu_states = [torch.arange(16, dtype=torch.uint8) + i for i in range(2)]
+    rng = {**ckpt["rng"], "cuda": gpu_states}
+    if own_key:
+        rng["cuda_device"] = gpu_states[1].clone()
+    else:
+        rng.pop("cuda_device", None)  # a checkpoint from before the key existed
+    saved = {**ckpt, "rng": rng}
+    with _saved_on("cuda:1"):
+        torch.save(saved, record.checkpoint_path)
+    return saved
+
+
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(write_suite, tmp_path, monkeypatch):
+    from bench import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec, record, ckpt = _preempted_checkpoint(write_suite, tmp_path, monkeypatch)
+    saved = _as_saved_on_two_gpus(record, ckpt)
+    with pytest.raises(RuntimeError, match="CUDA"):  # the file really asks for a GPU
+        torch.load(record.checkpoint_path, weights_only=True)
+    on_meta = torch.load(record.checkpoint_path, map_location="meta", weights_only=True)
+    with pytest.raises(TypeError, match="RNG state must be a torch.ByteTensor"):  # loading onto the run's device
+        train._set_rng_states(on_meta["rng"], torch.device("cpu"))  # (not the CPU) breaks every RNG restore
+
+    loaded = []
+    real_load = train.load_tensors
+
+    def spy(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(train, "load_tensors", spy)
+    trainer = train.Trainer(spec, record, device="cpu", progress=False)
+    rng = loaded[0]["rng"]
+    assert all(t.device.type == "cpu" and t.dtype == torch.uint8 for t in (rng["torch"], *rng["cuda"],
+                                                                            rng["cuda_device"]))
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"]) and trainer.state.step == 25
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, saved["model"][name]), name
+    for p in trainer.model.parameters():
+        state = trainer.optimizer.state[p]
+        assert state["step"].device.type == "cpu" and float(state["step"]) == 25
+        assert state["exp_avg"].device == p.device and state["exp_avg_sq"].device == p.device
+    assert trainer.warnings == ["the checkpoint holds the random states of 2 CUDA device(s) and this machine "
+                                "shows 0; 0 were restored, so CUDA random draws after the resume differ from an "
+                                "uninterrupted run's"]
+
+
+def test_an_older_checkpoint_of_two_gpus_resumes_on_none_with_a_warning(write_suite, tmp_path, monkeypatch):
+    from bench.train import run_one
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    spec, record, ckpt = _preempted_checkpoint(write_suite, tmp_path, monkeypatch)
+    _as_saved_on_two_gpus(record, ckpt, own_key=False)
+    result = run_one(spec, record, device="cpu", progress=False)
+    written = record.read_result()
+    assert result["status"] == written["status"] == "completed" and written["resumes"] == 1 and written["steps"] == 40
+    assert len(written["warnings"]) == 1 and "random states of 2 CUDA device(s)" in written["warnings"][0]
+    assert "shows 0; 0 were restored" in written["warnings"][0]
+
+
+@pytest.mark.parametrize("visible, own_key, restored", [
+    (1, True, [(0, 0), ("own", "cuda:0")]),  # fewer GPUs: the first, then the run's own state on its GPU
+    (4, False, [(0, 0), (1, 1)]),  # more GPUs, an older checkpoint: the two it has
+    (2, True, [(0, 0), (1, 1), ("own", "cuda:0")]),
+])
+def test_cuda_random_states_go_onto_the_gpus_that_exist(monkeypatch, visible, own_key, restored):
+    from bench.train import _set_rng_states
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: calls.append((int(state[0]) if int(state[0]) < 2 else "own", str(device)
+                                                            if isinstance(device, torch.device) else device)))
+    states = {"torch": torch.get_rng_state(), "cuda": [torch.full((16,), i, dtype=torch.uint8) for i in range(2)],
+              "numpy": _numpy_state(), "python": __import__("random").getstate()}
+    if own_key:
+        states["cuda_device"] = torch.full((16,), 7, dtype=torch.uint8)
+    warnings = _set_rng_states(states, torch.device("cuda", 0))
+    assert calls == restored
+    assert bool(warnings) == (visible != 2)
+
+
+def _numpy_state() -> list:
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
