@@ -36,7 +36,7 @@ from bench.spec import RunSpec
 from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
 from bench.trackers import Trackers
 
-__all__ = ["CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate", "init_distributed", "LoopState",
+__all__ = ["apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate", "init_distributed", "LoopState",
            "lr_at", "make_optimizer", "owned_cores", "Polyak", "Preempted", "read_model_nfe", "request_stop",
            "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer", "use_device"]
 
@@ -162,6 +162,22 @@ def use_device(device: str | None, dist: Distributed) -> torch.device:
         torch.cuda.set_device(chosen)
         torch.cuda.reset_peak_memory_stats(chosen)
     return chosen
+
+
+def apply_numerics(train: dict[str, Any]) -> None:
+    """Set torch's process-wide GPU numerics from a run's train fields, so a number never depends on
+    torch's defaults: TF32 products and convolutions (``tf32``), cuDNN's autotuner (``cudnn_benchmark``),
+    cuDNN's deterministic convolutions whenever the autotuner is off or ``deterministic`` asks, and
+    ``torch.use_deterministic_algorithms`` (warning, not failing, on an operation without one)."""
+    tf32, autotune = bool(train.get("tf32", False)), bool(train.get("cudnn_benchmark", False))
+    deterministic = bool(train.get("deterministic", False))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = autotune
+    torch.backends.cudnn.deterministic = deterministic or not autotune
+    if deterministic:  # cuBLAS's deterministic reductions need a fixed workspace, set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -366,6 +382,7 @@ class Trainer:
         self.dist = init_distributed()
         self.progress = progress and self.dist.main
         self.device = use_device(device, self.dist)  # cuda:LOCAL_RANK, current before anything is built
+        apply_numerics(self.train)  # TF32, cuDNN autotuning, determinism: before the model exists
         self.data = load_dataset(spec.dataset, spec.data_config, data_root)
         seed_everything(spec.seed)
         self.model = build_model(spec.model, self.data.info, spec.model_config, f"run {spec.label}").to(self.device)

@@ -208,3 +208,40 @@ def _numpy_state() -> list:
 
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+
+@pytest.fixture
+def numerics_restored(monkeypatch):
+    """torch's process-wide numerics flags (and cuBLAS's workspace setting) as they were before the test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.deterministic) = flags[:4]
+    torch.use_deterministic_algorithms(flags[4])
+
+
+@pytest.mark.parametrize("train, expected", [
+    ("", {"tf32_matmul": False, "tf32_cudnn": False, "cudnn_benchmark": False, "cudnn_deterministic": True,
+          "deterministic_algorithms": False}),
+    (", tf32: true, cudnn_benchmark: true", {"tf32_matmul": True, "tf32_cudnn": True, "cudnn_benchmark": True,
+                                             "cudnn_deterministic": False, "deterministic_algorithms": False}),
+    (", cudnn_benchmark: true, deterministic: true", {"tf32_matmul": False, "tf32_cudnn": False,
+                                                      "cudnn_benchmark": True, "cudnn_deterministic": True,
+                                                      "deterministic_algorithms": True}),
+])
+def test_the_numerics_a_run_asks_for_are_set_and_recorded(write_suite, tmp_path, numerics_restored, train, expected):
+    from bench.train import run_one
+
+    torch.backends.cuda.matmul.allow_tf32 = not expected["tf32_matmul"]  # the opposite of what the run asks
+    torch.backends.cudnn.benchmark = not expected["cudnn_benchmark"]
+    text = TINY.replace("max_steps: 40", "max_steps: 5").replace("checkpoint_every: 20", f"checkpoint_every: 20{train}")
+    spec = _spec(write_suite, text)
+    record = RunRecord(tmp_path, spec.suite, spec.run_id)
+    assert run_one(spec, record, device="cpu", progress=False)["status"] == "completed"
+    env = record.read_result()["env"]
+    assert env["numerics"] == expected
+    assert (env["device"], env["device_kind"], env["gpu_name"], env["cudnn_version"]) == ("cpu", "cpu", None, None)
+    assert env["cuda_version"] == torch.version.cuda  # None on a CPU build of torch
+    assert torch.backends.cudnn.allow_tf32 is expected["tf32_cudnn"]  # set in this process, not only recorded
