@@ -352,7 +352,7 @@ def unusable_pinned_runs(pinned, records, skipped: Sequence[tuple[str, str]] = (
             label = run_label(model, variant, dataset, seed)
             if row is None:
                 problems.append((label, "no record (pinned)"))
-            elif row["status"] != "completed":  # failed, diverged, timeout, preempted, or still unfinished
+            elif row["status"] != "completed":  # failed, diverged, timeout, preempted, oom, or still unfinished
                 error = row.get("error")
                 error = error if isinstance(error, str) and error else ""
                 problems.append((label, f"{row['status']}" + (f": {error[:120]}" if error else "")))

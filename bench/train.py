@@ -36,9 +36,10 @@ from bench.spec import RunSpec
 from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
 from bench.trackers import Trackers
 
-__all__ = ["apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate", "init_distributed", "LoopState",
-           "lr_at", "make_optimizer", "owned_cores", "Polyak", "Preempted", "read_model_nfe", "request_stop",
-           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer", "use_device"]
+__all__ = ["apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",
+           "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores", "Polyak",
+           "Preempted", "read_model_nfe", "request_stop", "resolve_device", "run_one", "run_threads", "seed_everything",
+           "TimedOut", "Trainer", "use_device"]
 
 _stop = threading.Event()
 
@@ -438,6 +439,8 @@ class Trainer:
             self.order.set_state(state.epoch_order_state)
             self.warnings += _set_rng_states(ckpt["rng"], self.device)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            if isinstance(err, torch.OutOfMemoryError):
+                raise  # no room for the state on this device: an oom run, not a mismatched checkpoint
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} does not match "
                                      f"the model ({first}); delete it or re-run with --force") from None
@@ -728,6 +731,24 @@ def _io_error(err: OSError) -> str:
             "(it resumes from its last checkpoint)")
 
 
+def out_of_memory(err: BaseException, device: torch.device | str, step: int) -> dict[str, Any]:
+    """The ``oom`` result of a run that ran out of memory: the error's first line, what to change, and
+    the memory figures (MB): on a GPU the allocator's peaks and the device's total, on a CPU the peak RSS."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    where = torch.device(device)
+    if where.type == "cuda" and torch.cuda.is_available():
+        mb = 2 ** 20
+        memory = {"max_allocated_mb": torch.cuda.max_memory_allocated(where) / mb,
+                  "max_reserved_mb": torch.cuda.max_memory_reserved(where) / mb,
+                  "total_mb": torch.cuda.get_device_properties(where).total_memory / mb}
+        torch.cuda.empty_cache()  # the sweep's next run starts with this one's cache given back
+    else:
+        memory = {"peak_rss_mb": peak_memory_mb("cpu")}
+    return {"status": "oom", "memory": memory,
+            "error": f"out of memory after {step} steps: {first[:240]}; lower train.batch_size or raise "
+                     "train.accumulate (or use a larger device), then run with --retry oom"}
+
+
 def _requested_device(device: str | None) -> torch.device | str:
     """The device a run that never built its Trainer asked for: resolved when it exists, else as given."""
     try:
@@ -756,6 +777,9 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
         result = {"status": "diverged", "error": str(err)}
     except (TimedOut, TimeoutError) as err:
         result = {"status": "timeout", "error": str(err) or "the wall-clock budget ran out inside an ODE solve"}
+    except torch.OutOfMemoryError as err:  # torch.cuda.OutOfMemoryError too: the same class
+        result = out_of_memory(err, trainer.device if trainer else _requested_device(device),
+                               trainer.state.step if trainer else 0)
     except (AssertionError, FloatingPointError) as err:
         if "underflow" in str(err) or isinstance(err, FloatingPointError):
             result = {"status": "diverged", "error": f"ODE solver failure: {err}"}

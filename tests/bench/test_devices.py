@@ -9,6 +9,8 @@ import contextlib
 import pytest
 import torch
 
+from baselines.base import FlowModel
+from baselines.registry import register
 from bench.spec import load_suite
 from bench.store import RunRecord
 
@@ -245,3 +247,72 @@ def test_the_numerics_a_run_asks_for_are_set_and_recorded(write_suite, tmp_path,
     assert (env["device"], env["device_kind"], env["gpu_name"], env["cudnn_version"]) == ("cpu", "cpu", None, None)
     assert env["cuda_version"] == torch.version.cuda  # None on a CPU build of torch
     assert torch.backends.cudnn.allow_tf32 is expected["tf32_cudnn"]  # set in this process, not only recorded
+
+
+_MEMORY = {"short": True}  # the oom_after_3 model runs out while this holds
+
+
+@register("oom_after_3", "test model that runs out of memory at its fourth training step")
+def _build_oom(data):
+    class RunsOut(FlowModel):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.calls = 0
+
+        def log_prob(self, x, y=None):
+            if self.training:
+                self.calls += 1
+                if self.calls > 3 and _MEMORY["short"]:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.\nmore text")
+            return -0.5 * (x ** 2).sum(1) * self.w
+
+    return RunsOut()
+
+
+def test_a_run_out_of_memory_is_oom_left_alone_until_retry_oom(write_suite, results, capsys, monkeypatch):
+    from bench.cli import main
+    from bench.retry import DEFAULT_RETRY, decide, parse_retry
+
+    monkeypatch.setitem(_MEMORY, "short", True)
+    path = write_suite(TINY.replace("realnvp: {n_layers: 2, hidden: 16, batch_norm: false}", "oom_after_3: {}"))
+    spec = load_suite(path).runs()[0]
+    record = RunRecord(results, spec.suite, spec.run_id)
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 1
+    result = record.read_result()
+    assert result["status"] == "oom" and result["steps"] == 3 and "traceback" not in result
+    assert result["error"] == ("out of memory after 3 steps: CUDA out of memory. Tried to allocate 20.00 GiB.; "
+                               "lower train.batch_size or raise train.accumulate (or use a larger device), then run "
+                               "with --retry oom")
+    assert list(result["memory"]) == ["peak_rss_mb"] and 10 < result["memory"]["peak_rss_mb"] < 1e6  # a CPU run
+    assert "1 oom" in capsys.readouterr().out
+
+    why = ("out of memory at step 3; left alone: lower train.batch_size or raise train.accumulate (a new run), or "
+           "re-run it with --retry oom on a larger device")
+    assert decide("oom", result, DEFAULT_RETRY) == (False, why)
+    assert decide("oom", result, parse_retry("oom")) == (True, "oom at step 3: re-runs")
+    assert main(["status", str(path), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert why in out and "1 oom" in out and "would take up 0" in out
+
+    before = record.result_path.read_bytes()
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report"]) == 0
+    assert "1 oom left alone (--retry oom re-runs it)" in capsys.readouterr().out
+    assert record.result_path.read_bytes() == before
+    monkeypatch.setitem(_MEMORY, "short", False)  # a larger device
+    assert main(["run", str(path), "--results", str(results), "--quiet", "--no-report", "--retry", "oom"]) == 0
+    assert record.read_result()["status"] == "completed"
+
+
+def test_oom_figures_on_a_gpu_are_the_allocator_peaks_and_the_device_total(monkeypatch):
+    from bench.train import out_of_memory
+
+    mb = 2 ** 20
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 700 * mb)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 900 * mb)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 1024 * mb}))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    result = out_of_memory(torch.OutOfMemoryError("CUDA out of memory."), torch.device("cuda", 1), 12)
+    assert result["memory"] == {"max_allocated_mb": 700.0, "max_reserved_mb": 900.0, "total_mb": 1024.0}
+    assert result["status"] == "oom" and result["error"].startswith("out of memory after 12 steps: CUDA out of memory.;")
