@@ -10,7 +10,10 @@ a tolerance (``bench.metrics``: absolute for NLL, bits/dim and test error, relat
 and time). A move in the bad direction beyond the tolerance is a regression only when it is also
 significant: with two or more seeds on both sides, Welch's t-test (one-sided, alpha 0.05 by
 default, the suite's ``check: {alpha: ...}`` or ``--alpha``); with one seed on either side the
-tolerance alone decides, and the output says so. Pinned and current quantities are matched by
+tolerance alone decides, and the output says so. Time quantities depend on the hardware: the pinned
+file records the device kind (``cpu``, ``cuda``) and name its runs trained on, and time is gated only
+when the current records ran on the same kind; otherwise (or for a file pinned before the
+``device_kind`` column) it is shown for information (verdict ``info``). Pinned and current quantities are matched by
 (model, variant, dataset, record column), so a file pinned before variants (no ``variant``
 column) still reads, and a pinned ``nll`` of ``test.nll`` meets the same column.
 
@@ -31,7 +34,7 @@ from bench.errors import FlowbenchError, did_you_mean
 from bench.metrics import METRICS, TOLERANCE_FAMILIES
 from bench.stats import welch
 
-__all__ = ["check", "CheckResult", "compare", "DEFAULT_ALPHA", "family", "format_result", "KEYS", "parse_alpha",
+__all__ = ["check", "CheckResult", "compare", "DEFAULT_ALPHA", "DEVICE_BOUND", "family", "format_result", "KEYS", "parse_alpha",
            "parse_tolerances", "pin", "PIN_COLUMNS", "PINNED_DIR", "pinned_folder", "pinned_path", "QUANTITIES",
            "read_pinned", "shipped", "suite_alpha", "suite_tolerances", "summarise", "tolerance_for",
            "unusable_pinned_runs", "VERDICTS"]
@@ -40,9 +43,11 @@ PINNED_DIR = Path(__file__).resolve().parent.parent / "baselines" / "pinned"
 KEYS = ["model", "variant", "dataset"]
 # pinned besides the headline (named after its metric, e.g. "nll") and a conditional model's conditional NLL
 QUANTITIES = ("nfe_forward", "nfe_backward", "nfe_test", "train_seconds")
-PIN_COLUMNS = ["model", "variant", "dataset", "quantity", "column", "mean", "std", "min", "max", "n", "seeds"]
+PIN_COLUMNS = ["model", "variant", "dataset", "quantity", "column", "mean", "std", "min", "max", "n", "seeds",
+               "device_kind", "device_name"]
 DEFAULT_ALPHA = 0.05
-VERDICTS = ("regressed", "improved", "noise", "missing", "ok")
+VERDICTS = ("regressed", "improved", "noise", "missing", "info", "ok")  # info: shown, not gated (other device)
+DEVICE_BOUND = ("time",)  # tolerance families measured on the hardware: gated only between like devices
 
 
 def family(quantity: str, where: str = "check") -> str:
@@ -152,9 +157,28 @@ def summarise(df, metric: str | None = None, labels: Mapping[str, Mapping[str, A
     g = long.groupby([*KEYS, "quantity", "column"], sort=False)
     out = g["value"].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
     out["seeds"] = g["seed"].agg(lambda s: " ".join(str(int(x)) for x in sorted(s)))
-    out = out.reset_index()
+    out = out.reset_index().merge(_devices(done), on=KEYS, how="left")
     out = out[~((out["quantity"].str.startswith("nfe")) & (out["max"] == 0))]  # no NFE: not a CNF
     return out[PIN_COLUMNS].reset_index(drop=True), records
+
+
+def _one_value(values) -> str:
+    """The one value a group of runs shares, "mixed" when they differ, "" when none is known."""
+    known = {str(v) for v in values if isinstance(v, str) and v}
+    return known.pop() if len(known) == 1 else "mixed" if known else ""
+
+
+def _devices(done):
+    """Per (model, variant, dataset): the device kind and name its runs trained on (``env.device_kind``,
+    or the kind of ``env.device`` in a record from before that field)."""
+    def column(name: str) -> list:
+        return list(done[name]) if name in done else [None] * len(done)
+
+    kinds = [kind if isinstance(kind, str) and kind else str(device).split(":")[0] if isinstance(device, str) else ""
+             for kind, device in zip(column("env.device_kind"), column("env.device"))]
+    frame = done[KEYS].assign(device_kind=kinds, device_name=column("env.device_name"))
+    g = frame.groupby(KEYS, sort=False)
+    return g.agg(device_kind=("device_kind", _one_value), device_name=("device_name", _one_value)).reset_index()
 
 
 def pinned_path(suite: str, pinned_dir: str | os.PathLike | None = None) -> Path:
@@ -207,7 +231,8 @@ class CheckResult:
     """The comparison of every pinned quantity, and the verdict."""
 
     rows: Any  # DataFrame: KEYS, quantity, column, pinned(_std, _n), current(_std, _n), delta, moved, kind,
-    #            tolerance, test ("welch" or "tolerance"), p (one-sided, toward the verdict), verdict
+    #            tolerance, test ("welch" or "tolerance"), p (one-sided, toward the verdict), verdict,
+    #            pinned_device, current_device, device_note (why a time row is info, not gated)
     missing: list[tuple[str, str, str]] = field(default_factory=list)  # pinned rows without completed records
     unpinned: list[tuple[str, str, str]] = field(default_factory=list)  # current rows not in the pinned file
     alpha: float = DEFAULT_ALPHA
@@ -238,7 +263,8 @@ def read_pinned(suite: str, pinned_dir: str | os.PathLike | None = None):
     if not path.exists():
         raise FlowbenchError(f'no pinned numbers for suite "{suite}" ({path}); run the suite and `flowbench pin {suite}`')
     try:
-        table = pd.read_csv(path, dtype={"model": str, "variant": str, "dataset": str, "quantity": str, "seeds": str},
+        table = pd.read_csv(path, dtype={"model": str, "variant": str, "dataset": str, "quantity": str, "seeds": str,
+                                         "device_kind": str, "device_name": str},
                             keep_default_na=False, na_values={c: [""] for c in ("mean", "std", "min", "max", "n")})
     except (OSError, ValueError) as err:
         raise FlowbenchError(f"cannot read pinned numbers {path}: {err}") from None
@@ -252,7 +278,7 @@ def read_pinned(suite: str, pinned_dir: str | os.PathLike | None = None):
         family(q, f"{path}: quantity")
     if "column" not in table:
         table["column"] = [METRICS[q].source for q in table["quantity"]]
-    for col, default in (("std", math.nan), ("n", 1)):
+    for col, default in (("std", math.nan), ("n", 1), ("device_kind", ""), ("device_name", "")):
         if col not in table:
             table[col] = default
     return table
@@ -299,11 +325,42 @@ def compare(pinned, current, tolerances: Mapping[str, float] | None = None, alph
         kinds.append(kind), tols.append(tol), moved.append(m), tests.append(test), ps.append(p), verdicts.append(verdict)
     merged = merged.assign(kind=kinds, tolerance=tols, delta=merged["current"] - merged["pinned"], moved=moved,
                            test=tests, p=ps, verdict=verdicts)
+    merged = _ungate_other_devices(merged, pin_, cur)
     done = set(zip(*(cur[k] for k in KEYS)))
     pinned_keys = list(dict.fromkeys(zip(*(pin_[k] for k in KEYS))))
     missing = [k for k in pinned_keys if k not in done]
     unpinned = [k for k in dict.fromkeys(zip(*(cur[k] for k in KEYS))) if k not in set(pinned_keys)]
     return CheckResult(pd.DataFrame(merged), missing, unpinned, alpha)
+
+
+def _device_note(quantity: str, verdict: str, pinned: str, current: str) -> str:
+    """Why a hardware-bound quantity is not gated ("" when it is): its devices differ or are unknown."""
+    if family(quantity) not in DEVICE_BOUND or verdict == "missing":
+        return ""
+    if pinned in ("", "mixed"):
+        return "pinned device unknown" if not pinned else "pinned on mixed devices"
+    if current != pinned:
+        return f"pinned on {pinned}, now {current or 'unknown'}"
+    return ""
+
+
+def _ungate_other_devices(merged, pinned, current):
+    """Time rows whose pinned and current device kinds differ (or are unknown) become ``info``."""
+    def kinds(table, name: str):
+        if "device_kind" not in table:
+            return table[KEYS].drop_duplicates().assign(**{name: ""})
+        return table[[*KEYS, "device_kind"]].drop_duplicates(KEYS).rename(columns={"device_kind": name})
+
+    merged = merged.merge(kinds(pinned, "pinned_device"), on=KEYS, how="left").merge(
+        kinds(current, "current_device"), on=KEYS, how="left")
+    notes = [_device_note(q, v, p if isinstance(p, str) else "", c if isinstance(c, str) else "")
+             for q, v, p, c in zip(merged["quantity"], merged["verdict"], merged["pinned_device"],
+                                   merged["current_device"])]
+    ungated = [bool(n) for n in notes]
+    merged["device_note"] = notes
+    merged.loc[ungated, "verdict"] = "info"
+    merged.loc[ungated, "test"] = ""
+    return merged
 
 
 def _pinned_seeds(group) -> list[int]:
@@ -352,7 +409,7 @@ def unusable_pinned_runs(pinned, records, skipped: Sequence[tuple[str, str]] = (
             label = run_label(model, variant, dataset, seed)
             if row is None:
                 problems.append((label, "no record (pinned)"))
-            elif row["status"] != "completed":  # failed, diverged, timeout, preempted, or still unfinished
+            elif row["status"] != "completed":  # failed, diverged, timeout, preempted, oom, or still unfinished
                 error = row.get("error")
                 error = error if isinstance(error, str) and error else ""
                 problems.append((label, f"{row['status']}" + (f": {error[:120]}" if error else "")))
@@ -429,6 +486,8 @@ def _change_text(r: Any, decimals: int) -> str:
 def _test_text(r: Any) -> str:
     if r.verdict == "missing":
         return ""
+    if r.verdict == "info":
+        return f"{r.device_note}: not gated"
     if r.test == "welch":
         return f"Welch p={r.p:.3g}"
     return f"n={int(min(r.pinned_n or 1, r.current_n or 1))}: tolerance only"
@@ -468,6 +527,12 @@ def format_result(result: CheckResult, verbose: bool = False) -> str:
         lines.append(f"missing records for {len(result.missing)} pinned (model, dataset): {names(result.missing)}")
     if result.unpinned:
         lines.append(f"not pinned (ignored): {names(result.unpinned)}")
+    ungated = result.rows[result.rows["verdict"] == "info"] if n else result.rows
+    if len(ungated):
+        reasons = "; ".join(dict.fromkeys(ungated["device_note"]))
+        lines.append(f"time shown for information, not gated ({len(ungated)} of {n} quantities): {reasons}"
+                     + (" (a file pinned before device_kind: `flowbench pin` again on this device to gate time)"
+                        if "unknown" in reasons else ""))
     if n:
         single = int((result.rows["test"] == "tolerance").sum())
         lines.append(f"significance: Welch's t-test (one-sided, alpha {result.alpha:g}) where both sides have 2+ "

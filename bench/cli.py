@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    '"partition=gpu,timeout_min=120,gpus_per_node=1"')
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait, show finished runs, "
                    "exit 1 if any failed")
-    p.add_argument("--retry", metavar="S,...", help="also re-run these statuses: diverged (or all); failed, timeout, "
+    p.add_argument("--retry", metavar="S,...", help="also re-run these statuses: diverged, oom (or all); failed, timeout, "
                    "preempted and lost runs are re-run anyway")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="with --executor local: runs at once (default: one per GPU, 1 without GPUs)")

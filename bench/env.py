@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["device_name", "environment", "git_sha", "PACKAGES", "versions"]
+__all__ = ["device_name", "environment", "git_sha", "gpu", "numerics", "PACKAGES", "versions"]
 
 PACKAGES = ("torch", "torchdiffeq", "normflows", "numpy", "pandas", "submitit")
 
@@ -49,8 +49,32 @@ def device_name(device: Any) -> str:
 
     device = torch.device(device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "unavailable: no CUDA on this machine"
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def numerics() -> dict[str, bool]:
+    """torch's process-wide numerics flags as they are now (``bench.train.apply_numerics`` sets them)."""
+    import torch
+
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
+
+
+def gpu(device: Any) -> dict[str, Any]:
+    """The device kind ("cpu" or "cuda"), the GPU's name, the CUDA and cuDNN versions torch was built
+    with (None where they do not apply), so time and memory are only compared like with like."""
+    import torch
+
+    kind = torch.device(device).type
+    cuda = kind == "cuda" and torch.cuda.is_available()
+    return {"device_kind": kind, "gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
+            "cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version() if cuda else None}
 
 
 def environment(device: Any) -> dict[str, Any]:
@@ -58,4 +82,4 @@ def environment(device: Any) -> dict[str, Any]:
     slurm = {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                                                  "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT") if k in os.environ}
     return {"git_sha": git_sha(), "versions": versions(), "device": str(device), "device_name": device_name(device),
-            "host": socket.gethostname(), "pid": os.getpid(), "slurm": slurm}
+            **gpu(device), "numerics": numerics(), "host": socket.gethostname(), "pid": os.getpid(), "slurm": slurm}

@@ -321,7 +321,7 @@ def _cell(row: Any, name: str) -> str:
 
 
 def failed_runs_html(failed: Any, out_dir: str | os.PathLike | None, label: Any) -> list[str]:
-    """The failed runs (failed, diverged, timeout, preempted) as a table: run, run id, status, the
+    """The failed runs (failed, diverged, timeout, preempted, oom) as a table: run, run id, status, the
     error's first line (the whole error and traceback folded under it) and links to the run's log,
     error and training log, relative to the report's folder ``out_dir``. ``label(model, variant,
     dataset, seed)`` names a run."""

@@ -46,7 +46,7 @@ __all__ = ["EXECUTORS", "SweepSummary", "RunJob", "run_inline", "run_local", "lo
 
 EXECUTORS = ("inline", "local", "slurm")
 
-FINAL_STATUSES = {"completed", "failed", "timeout", "preempted", "diverged"}
+FINAL_STATUSES = {"completed", "failed", "timeout", "preempted", "diverged", "oom"}
 NOT_FAILED = ("completed", "submitted", "queued", "claimed")  # claimed: another live process trains the run
 
 
@@ -552,7 +552,7 @@ def slurm_view(specs: Sequence[RunSpec], results_dir: str | Path) -> dict[str, d
     return {rid: {**info, "state": states.get(info.get("job_id"), "")} for rid, info in infos.items() if info}
 
 
-DEAD_STATES = {"CANCELLED": "failed", "FAILED": "failed", "TIMEOUT": "timeout", "OUT_OF_MEMORY": "failed",
+DEAD_STATES = {"CANCELLED": "failed", "FAILED": "failed", "TIMEOUT": "timeout", "OUT_OF_MEMORY": "oom",
                "NODE_FAIL": "failed", "PREEMPTED": "preempted", "BOOT_FAIL": "failed", "DEADLINE": "timeout"}
 
 

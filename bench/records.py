@@ -25,7 +25,7 @@ __all__ = ["AGG_COLUMNS", "aggregate", "FAILED_STATUSES", "headline_values", "KE
 if TYPE_CHECKING:
     import pandas as pd
 
-FAILED_STATUSES = ("failed", "diverged", "timeout", "preempted")
+FAILED_STATUSES = ("failed", "diverged", "timeout", "preempted", "oom")
 UNFINISHED_STATUSES = ("pending", "running")
 KEYS = ["model", "variant", "dataset"]
 LABELS = ("variant", "setting", "published_model")  # from spec.json; for the suite's own runs, from the suite
@@ -59,7 +59,7 @@ class Records(ModelRows):
 
     df: Any  # newest record per (model, variant, dataset, seed), every status
     completed: Any  # the completed ones, with ``headline``, ``headline_metric`` and ``headline_field`` columns
-    failed: Any  # failed / diverged / timeout / preempted ones
+    failed: Any  # failed / diverged / timeout / preempted / oom ones
     missing: list[tuple[str, str, str, int]] = field(default_factory=list)  # (model, variant, dataset, seed)
     superseded: int = 0  # older records of the same run or of the same (model, variant, dataset, seed)
     rows: list[tuple[str, str]] = field(default_factory=list)  # (model, variant), in the suite's order

@@ -1,8 +1,9 @@
 """The retry policy: which runs ``flowbench run`` takes up again, and why (``status`` shows it).
 
 Failed, timed-out, preempted and lost runs are re-run (the last three resume from their
-checkpoint); a diverged run with the same seed diverges again, so it is left alone unless
-``--retry diverged`` or ``--force``. A job SLURM still holds is never submitted twice.
+checkpoint); a diverged run with the same seed diverges again, and a run out of memory (``oom``)
+runs out again on the same device, so they are left alone unless ``--retry diverged`` / ``--retry
+oom`` or ``--force``. A job SLURM still holds is never submitted twice.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from bench.store import RunRecord
 
 __all__ = ["RETRYABLE", "DEFAULT_RETRY", "parse_retry", "run_state", "decide", "pending"]
 
-RETRYABLE = ("failed", "timeout", "preempted", "lost", "diverged")
-DEFAULT_RETRY = frozenset({"failed", "timeout", "preempted", "lost"})  # diverged re-runs diverge again
+RETRYABLE = ("failed", "timeout", "preempted", "lost", "diverged", "oom")
+DEFAULT_RETRY = frozenset({"failed", "timeout", "preempted", "lost"})  # diverged and oom re-runs fail again
 
 
 def parse_retry(text: str | None) -> frozenset[str]:
-    """``--retry diverged`` (a comma list, or ``all``): statuses re-run on top of DEFAULT_RETRY."""
+    """``--retry diverged,oom`` (a comma list, or ``all``): statuses re-run on top of DEFAULT_RETRY."""
     wanted = {p.strip() for p in (text or "").split(",") if p.strip()}
     if "all" in wanted:
         return frozenset(RETRYABLE)
@@ -79,6 +80,9 @@ def decide(state: str, result: Mapping[str, Any] | None = None, retry: frozenset
     if state == "lost":
         ended = f"job {job} ended {job_state}" if job and job_state else "its process is gone"
         return "lost" in retry, f"lost: recorded running{at}, but {ended}; resumes from its checkpoint"
+    if state == "oom" and "oom" not in retry:
+        return False, (f"out of memory{at}; left alone: lower train.batch_size or raise train.accumulate (a new "
+                       "run), or re-run it with --retry oom on a larger device")
     if state in RETRYABLE:
         if state not in retry:
             return False, f"{state}{at}; left alone (--retry {state} re-runs it)"

@@ -33,8 +33,8 @@ from bench.metrics import SUITE_METRICS
 __all__ = ["check_field", "check_seeds", "check_suite_name", "check_train", "checked", "declaration", "Field",
            "find_suite", "import_suite_plugins", "load_suite", "MAX_NODES", "METRICS", "MODULE_NAME", "ONLY_KEYS",
            "Override", "OVERRIDE_KEYS", "parse_only", "parse_sets", "parse_value", "read_yaml",
-           "resolve_data_options", "resolve_model_config", "RunSpec", "Suite", "SUITE_KEYS", "suite_metrics",
-           "SUITE_NAME", "suite_names", "SUITES_DIR", "TRAIN_DEFAULTS", "TRAIN_FIELDS"]
+           "resolve_data_options", "resolve_model_config", "RUN_ID_OPTIONAL", "RunSpec", "Suite", "SUITE_KEYS",
+           "suite_metrics", "SUITE_NAME", "suite_names", "SUITES_DIR", "TRAIN_DEFAULTS", "TRAIN_FIELDS"]
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defines each)
@@ -174,8 +174,18 @@ TRAIN_FIELDS: dict[str, Field] = {
     "patience": Field((int,), None, nullable=True, minimum=1,
                       help="early stopping after this many evaluations without improvement"),
     "checkpoint_every": Field((int,), 200, minimum=1, help="steps between checkpoints"),
+    "tf32": Field((bool,), False, help="TF32 matrix products and convolutions on GPUs that have them (faster, about "
+                                        "10 bits of mantissa); false: full float32"),
+    "cudnn_benchmark": Field((bool,), False, help="let cuDNN time its convolution algorithms and keep the fastest "
+                                                   "(faster, not deterministic); false: cuDNN's deterministic ones"),
+    "deterministic": Field((bool,), False, help="torch.use_deterministic_algorithms (warns on an operation that has "
+                                                 "no deterministic form) and cuDNN's deterministic convolutions even "
+                                                 "with cudnn_benchmark"),
 }
 TRAIN_DEFAULTS = {k: f.default for k, f in TRAIN_FIELDS.items()}
+# training fields added after run ids were in use: left out of the hashed content while at their default,
+# so every run (and pinned number) from before they existed keeps its id
+RUN_ID_OPTIONAL = ("tf32", "cudnn_benchmark", "deterministic")
 
 SUITE_KEYS = {
     "name": "suite name (defaults to the file name)",
@@ -281,9 +291,17 @@ class RunSpec:
                 "model_config": self.model_config, "data_config": self.data_config,
                 "train": self.train, "metric": self.metric}
 
+    def hashed_content(self) -> dict[str, Any]:
+        """``content()`` less the RUN_ID_OPTIONAL training fields that are at their default: what the
+        run id hashes, so that adding such a field keeps every existing run id."""
+        content = self.content()
+        train = {k: v for k, v in content["train"].items()
+                 if not (k in RUN_ID_OPTIONAL and type(v) is type(TRAIN_DEFAULTS[k]) and v == TRAIN_DEFAULTS[k])}
+        return {**content, "train": train}
+
     @cached_property
     def run_id(self) -> str:
-        return hashlib.sha256(_canonical(self.content()).encode()).hexdigest()[:12]
+        return hashlib.sha256(_canonical(self.hashed_content()).encode()).hexdigest()[:12]
 
     @property
     def label(self) -> str:

@@ -44,7 +44,7 @@ def current_umask() -> int:
         os.umask(mask)
     return mask
 
-STATUSES = ("pending", "running", "completed", "failed", "timeout", "preempted", "diverged")
+STATUSES = ("pending", "running", "completed", "failed", "timeout", "preempted", "diverged", "oom")
 
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:

@@ -37,9 +37,10 @@ from bench.spec import RunSpec
 from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
 from bench.trackers import Trackers
 
-__all__ = ["CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate", "init_distributed", "LoopState",
-           "lr_at", "make_optimizer", "owned_cores", "Polyak", "Preempted", "read_model_nfe", "request_stop",
-           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer"]
+__all__ = ["apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",
+           "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores", "Polyak",
+           "Preempted", "read_model_nfe", "request_stop", "resolve_device", "run_one", "run_threads", "seed_everything",
+           "TimedOut", "Trainer", "use_device"]
 
 _stop = threading.Event()
 
@@ -145,12 +146,56 @@ def init_distributed() -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise FlowbenchError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
+def resolve_device(device: str | None, local_rank: int = 0, world: int = 1) -> torch.device:
+    """This process's torch device: ``auto`` is CUDA when available, else the CPU; ``cuda`` (and ``auto``
+    on a CUDA machine) is ``cuda:LOCAL_RANK``, one GPU per process of a multi-process run; an explicit
+    ``cuda:N`` stays as given for a one-process run. A device this machine lacks is a FlowbenchError."""
+    name = str(device or "auto")
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
+        raise FlowbenchError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    chosen = torch.device(name)
+    if chosen.index is None:
+        chosen = torch.device("cuda", local_rank)
+    elif world > 1:
+        raise FlowbenchError(f"--device {name}: a run of {world} processes uses one GPU per process "
+                             "(cuda:LOCAL_RANK); use --device cuda or auto")
+    count = torch.cuda.device_count()
+    if chosen.index >= count:
+        raise FlowbenchError(f"--device {name}: this process needs {chosen}, but the machine shows {count} CUDA "
+                             "device(s); give the job one GPU per process (SLURM gpus_per_node >= tasks_per_node)")
+    return chosen
+
+
+def use_device(device: str | None, dist: Distributed) -> torch.device:
+    """Resolve this process's device (``resolve_device``) and make it the current CUDA device, so that
+    everything built afterwards (and NCCL's communicator) lands on this process's own GPU."""
+    chosen = resolve_device(device, dist.local_rank, dist.world)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+        torch.cuda.reset_peak_memory_stats(chosen)
+    return chosen
+
+
+def apply_numerics(train: dict[str, Any]) -> None:
+    """Set torch's process-wide GPU numerics from a run's train fields, so a number never depends on
+    torch's defaults: TF32 products and convolutions (``tf32``), cuDNN's autotuner (``cudnn_benchmark``),
+    cuDNN's deterministic convolutions whenever the autotuner is off or ``deterministic`` asks, and
+    ``torch.use_deterministic_algorithms`` (warning, not failing, on an operation without one)."""
+    tf32, autotune = bool(train.get("tf32", False)), bool(train.get("cudnn_benchmark", False))
+    deterministic = bool(train.get("deterministic", False))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = autotune
+    torch.backends.cudnn.deterministic = deterministic or not autotune
+    if deterministic:  # cuBLAS's deterministic reductions need a fixed workspace, set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -267,22 +312,40 @@ def _double(value: torch.Tensor | float) -> torch.Tensor | float:
     return value.detach().double() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _rng_states() -> dict[str, Any]:
-    """Every RNG state as tensors, numbers and tuples (what ``weights_only`` loading reads back)."""
+def _rng_states(device: torch.device) -> dict[str, Any]:
+    """Every RNG state as tensors, numbers and tuples (what ``weights_only`` loading reads back):
+    the CPU's, every visible GPU's (``cuda``) and the run's own GPU's (``cuda_device``, restored onto
+    whichever GPU the resumed run uses)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    cuda = torch.cuda.is_available()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+            "cuda_device": torch.cuda.get_rng_state(device) if cuda and device.type == "cuda" else None,
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": random.getstate()}
 
 
-def _set_rng_states(states: dict[str, Any]) -> None:
+def _set_rng_states(states: dict[str, Any], device: torch.device) -> list[str]:
+    """Restore ``_rng_states`` (loaded onto the CPU) on this machine, whatever its GPUs; the warnings.
+
+    The per-GPU states go back onto the GPUs both machines have; the run's own GPU gets the state it
+    saved (``cuda_device``; a checkpoint older than that key has only the per-GPU list)."""
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = list(states.get("cuda") or [])
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index in range(min(len(saved), visible)):
+        torch.cuda.set_rng_state(saved[index], index)
+    own = states.get("cuda_device")
+    if own is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(own, device)
     name, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
+    if saved and len(saved) != visible:
+        return [f"the checkpoint holds the random states of {len(saved)} CUDA device(s) and this machine shows "
+                f"{visible}; {min(len(saved), visible)} were restored, so CUDA random draws after the resume "
+                "differ from an uninterrupted run's"]
+    return []
 
 
 @torch.no_grad()
@@ -344,9 +407,8 @@ class Trainer:
         self.train = spec.train
         self.dist = init_distributed()
         self.progress = progress and self.dist.main
-        self.device = resolve_device(device, self.dist.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.device = use_device(device, self.dist)  # cuda:LOCAL_RANK, current before anything is built
+        apply_numerics(self.train)  # TF32, cuDNN autotuning, determinism: before the model exists
         self.data = load_dataset(spec.dataset, spec.data_config, data_root)
         seed_everything(spec.seed)
         self.model = build_model(spec.model, self.data.info, spec.model_config, f"run {spec.label}").to(self.device)
@@ -378,6 +440,7 @@ class Trainer:
         self._stat_keys: list[str] = []
         self._lr_varies = bool(self.train["warmup_steps"]) or self.train["schedule"] != "constant"
         self.trackers = Trackers(spec, record, enabled=self.dist.main)  # opened at the first metrics line
+        self.warnings: list[str] = []  # what the result should say besides its numbers (a partial RNG restore)
         if record.checkpoint_path.exists():
             self._resume()
         self.dist.broadcast_module(self.model)  # every process starts from rank 0's weights and buffers
@@ -386,7 +449,9 @@ class Trainer:
     def _resume(self) -> None:
         path = self.record.checkpoint_path
         try:
-            ckpt = load_tensors(path, map_location=self.device)  # weights only: a planted pickle never runs
+            # onto the CPU, whatever device saved it: load_state_dict places each tensor (Adam's step stays on
+            # the CPU), and RNG states must be CPU byte tensors; weights only: a planted pickle never runs
+            ckpt = load_tensors(path, map_location="cpu")
         except (OSError, UnreadableFile) as err:  # a truncated, foreign or hostile file
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): cannot read checkpoint {path} "
                                      f"({err}); delete it or re-run with --force") from None
@@ -404,8 +469,10 @@ class Trainer:
                 self.polyak.load_state_dict(ckpt["polyak"])
             state = LoopState(**ckpt["loop"])
             self.order.set_state(state.epoch_order_state)
-            _set_rng_states(ckpt["rng"])
+            self.warnings += _set_rng_states(ckpt["rng"], self.device)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            if isinstance(err, torch.OutOfMemoryError):
+                raise  # no room for the state on this device: an oom run, not a mismatched checkpoint
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointMismatch(f"run {self.spec.label} ({self.spec.run_id}): checkpoint {path} does not match "
                                      f"the model ({first}); delete it or re-run with --force") from None
@@ -421,7 +488,7 @@ class Trainer:
             return
         atomic_torch_save(self.record.checkpoint_path, {
             "run_id": self.spec.run_id, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states(),
+            "loop": asdict(self.state), "best_model": self.best_model_state, "rng": _rng_states(self.device),
             "polyak": None if self.polyak is None else self.polyak.state_dict()})
 
     # -- the loop -------------------------------------------------------------------------
@@ -732,6 +799,32 @@ def _io_error(err: OSError) -> str:
             "(it resumes from its last checkpoint)")
 
 
+def out_of_memory(err: BaseException, device: torch.device | str, step: int) -> dict[str, Any]:
+    """The ``oom`` result of a run that ran out of memory: the error's first line, what to change, and
+    the memory figures (MB): on a GPU the allocator's peaks and the device's total, on a CPU the peak RSS."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    where = torch.device(device)
+    if where.type == "cuda" and torch.cuda.is_available():
+        mb = 2 ** 20
+        memory = {"max_allocated_mb": torch.cuda.max_memory_allocated(where) / mb,
+                  "max_reserved_mb": torch.cuda.max_memory_reserved(where) / mb,
+                  "total_mb": torch.cuda.get_device_properties(where).total_memory / mb}
+        torch.cuda.empty_cache()  # the sweep's next run starts with this one's cache given back
+    else:
+        memory = {"peak_rss_mb": peak_memory_mb("cpu")}
+    return {"status": "oom", "memory": memory,
+            "error": f"out of memory after {step} steps: {first[:240]}; lower train.batch_size or raise "
+                     "train.accumulate (or use a larger device), then run with --retry oom"}
+
+
+def _requested_device(device: str | None) -> torch.device | str:
+    """The device a run that never built its Trainer asked for: resolved when it exists, else as given."""
+    try:
+        return resolve_device(device)
+    except FlowbenchError:
+        return str(device)
+
+
 def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str | None, progress: bool,
            claim: Claim | None, annotate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
            ) -> dict[str, Any] | None:
@@ -752,6 +845,9 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
         result = {"status": "diverged", "error": str(err)}
     except (TimedOut, TimeoutError) as err:
         result = {"status": "timeout", "error": str(err) or "the wall-clock budget ran out inside an ODE solve"}
+    except torch.OutOfMemoryError as err:  # torch.cuda.OutOfMemoryError too: the same class
+        result = out_of_memory(err, trainer.device if trainer else _requested_device(device),
+                               trainer.state.step if trainer else 0)
     except (AssertionError, FloatingPointError) as err:
         if "underflow" in str(err) or isinstance(err, FloatingPointError):
             result = {"status": "diverged", "error": f"ODE solver failure: {err}"}
@@ -766,7 +862,9 @@ def _train(spec: RunSpec, record: RunRecord, data_root: str | None, device: str 
     if trainer is not None and result["status"] != "completed":
         s = trainer.state
         result.update(steps=s.step, train_seconds=s.train_seconds, resumes=s.resumes)
-    result = {**base, **result, "env": environment(trainer.device if trainer else resolve_device(device))}
+    if trainer is not None and trainer.warnings:
+        result["warnings"] = list(trainer.warnings)
+    result = {**base, **result, "env": environment(trainer.device if trainer else _requested_device(device))}
     if annotate is not None:
         result = annotate(result)
     if trainer is not None:

@@ -23,6 +23,31 @@ def write_suite(tmp_path):
 
 
 @pytest.fixture
+def stop_at_step(monkeypatch):
+    """stop_at_step(n, stop=request_stop) -> calls ``stop()`` once the training loop is in its n-th step
+    (a SLURM signal, a scancel: the run checkpoints after that step and returns preempted);
+    stop_at_step(None) takes the hook off again."""
+    from bench.train import Trainer, request_stop
+
+    original = Trainer._step
+
+    def arm(step: int | None, stop=request_stop) -> None:
+        if step is None:
+            monkeypatch.setattr(Trainer, "_step", original)
+            return
+
+        def stopping_step(self, *args):
+            value = original(self, *args)
+            if self.state.step + 1 == step:
+                stop()
+            return value
+
+        monkeypatch.setattr(Trainer, "_step", stopping_step)
+
+    return arm
+
+
+@pytest.fixture
 def results(tmp_path) -> Path:
     return tmp_path / "results"
 

@@ -297,3 +297,50 @@ def test_identical_records_show_no_change_and_every_row_its_unit(pinned, results
     for quantity in ("nll (nats)", "nfe_forward (evaluations)", "train_seconds (s)"):
         assert quantity in out
     assert "2.010 ± 0.010 (n=3)" in out and "±0.05 nats" in out
+
+
+H100 = {"git_sha": "abc123", "device": "cuda:0", "device_kind": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
+        "host": "gpu01"}
+LAPTOP = {"git_sha": "abc123", "device": "cpu", "device_kind": "cpu", "device_name": "cpu (x86_64, 2 threads)",
+          "host": "laptop"}
+
+
+def _timed(results, env, seconds: float, shift: float = 0.0, suite: str = "d"):
+    for seed in range(2):
+        write_run(results, suite, "realnvp", "moons", seed, 1.0 + 0.01 * seed + shift, seconds=seconds, env=env)
+
+
+def test_time_is_gated_only_against_numbers_pinned_on_the_same_device_kind(tmp_path, capsys):
+    _timed(tmp_path / "gpu", H100, seconds=10.0)
+    pinned = tmp_path / "pinned"
+    assert main(["pin", "d", "--results", str(tmp_path / "gpu"), "--pinned", str(pinned)]) == 0
+    table = pd.read_csv(pinned / "d.csv", keep_default_na=False)
+    assert set(table["device_kind"]) == {"cuda"} and set(table["device_name"]) == {"NVIDIA H100 80GB HBM3"}
+
+    _timed(tmp_path / "cpu", LAPTOP, seconds=300.0)  # 30x slower on a laptop: not a regression
+    capsys.readouterr()
+    assert main(["check", "d", "--results", str(tmp_path / "cpu"), "--pinned", str(pinned)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"train_seconds \(s\) .*\+2900\.0%.* pinned on cuda, now cpu: not gated +info", out), out
+    assert "time shown for information, not gated (1 of 2 quantities): pinned on cuda, now cpu\n" in out
+    assert "check: OK: 2 pinned quantities: 1 info, 1 ok" in out
+
+    _timed(tmp_path / "slow-gpu", H100, seconds=300.0)  # the same kind: gated as ever
+    assert main(["check", "d", "--results", str(tmp_path / "slow-gpu"), "--pinned", str(pinned)]) == 1
+    assert re.search(r"train_seconds \(s\) .*REGRESSED", capsys.readouterr().out)
+    _timed(tmp_path / "worse-cpu", LAPTOP, seconds=10.0, shift=0.5)  # the metric is gated whatever the device
+    assert main(["check", "d", "--results", str(tmp_path / "worse-cpu"), "--pinned", str(pinned)]) == 1
+
+
+def test_a_file_pinned_before_device_kind_does_not_gate_time_and_says_so(tmp_path, capsys):
+    _timed(tmp_path / "base", LAPTOP, seconds=10.0)
+    pinned = tmp_path / "pinned"
+    assert main(["pin", "d", "--results", str(tmp_path / "base"), "--pinned", str(pinned)]) == 0
+    table = pd.read_csv(pinned / "d.csv")
+    table.drop(columns=["device_kind", "device_name"]).to_csv(pinned / "d.csv", index=False)  # the older format
+    _timed(tmp_path / "slow", LAPTOP, seconds=300.0)
+    capsys.readouterr()
+    assert main(["check", "d", "--results", str(tmp_path / "slow"), "--pinned", str(pinned)]) == 0
+    out = capsys.readouterr().out
+    assert "pinned device unknown: not gated" in out and "`flowbench pin` again on this device to gate time" in out
+    assert check.read_pinned("d", pinned)["device_kind"].tolist() == ["", ""]

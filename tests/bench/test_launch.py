@@ -295,27 +295,19 @@ def test_local_executor_rejects_jobs_elsewhere(write_suite, results, capsys):
 
 
 
-def test_a_job_writes_its_final_record_once_with_the_code_and_why_it_stopped(write_suite, tmp_path, monkeypatch):
+def test_a_job_writes_its_final_record_once_with_the_code_and_why_it_stopped(write_suite, tmp_path, monkeypatch,
+                                                                           stop_at_step):
     """RunJob (what SLURM and local workers call): a run stopped by TERM mid-way writes one final
     result.json that already holds the submitted code and the reason, not a record patched after."""
     import signal
 
     from bench.launch import RunJob
     from bench.store import RunRecord
-    from bench.train import Trainer
 
     spec = load_suite(write_suite(SIX_RUNS.replace("seeds: [0, 1, 2, 3, 4, 5]", "seeds: [0]"), "job")).runs()[0]
-    original_step = Trainer._step
-
-    def terminated_step(self, *args):
-        value = original_step(self, *args)
-        if self.state.step + 1 == 5:
-            os.kill(os.getpid(), signal.SIGTERM)  # as scancel does; RunJob's handler asks the loop to stop
-        return value
-
+    stop_at_step(5, lambda: os.kill(os.getpid(), signal.SIGTERM))  # as scancel does; RunJob's handler stops the loop
     writes = []
     original_write = RunRecord.write_result
-    monkeypatch.setattr(Trainer, "_step", terminated_step)
     monkeypatch.setattr(RunRecord, "write_result", lambda self, r: (writes.append(dict(r)), original_write(self, r)))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
     try:

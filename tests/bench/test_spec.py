@@ -96,6 +96,26 @@ datasets: [8gaussians, moons]
     assert out == a.run_id and len(out) == 12
 
 
+# run ids of the shipped smoke suite, computed before the GPU numerics fields (tf32, cudnn_benchmark,
+# deterministic) existed: records and pinned numbers under these ids must still be found
+SMOKE_IDS = {"realnvp/8gaussians/seed0": "e5912c8b0fc7", "ffjord/moons/seed0": "c01e960082f9",
+             "latent_ode/spirals/seed0": "1ea838c24a4c"}
+
+
+def test_shipped_run_ids_survive_new_fields_at_their_default():
+    from bench.spec import RUN_ID_OPTIONAL, SUITES_DIR
+
+    runs = {r.label: r for r in load_suite(SUITES_DIR / "smoke.yaml").runs()}
+    assert {label: runs[label].run_id for label in SMOKE_IDS} == SMOKE_IDS
+    spec = runs["realnvp/8gaussians/seed0"]
+    assert {spec.train[k] for k in RUN_ID_OPTIONAL} == {False}  # present, at their default, not hashed
+    older = {**spec.to_dict(), "train": {k: v for k, v in spec.train.items() if k not in RUN_ID_OPTIONAL}}
+    assert RunSpec.from_dict(older).run_id == spec.run_id  # a spec.json written before the fields existed
+    for name in RUN_ID_OPTIONAL:  # set away from the default, each is a different run
+        changed = RunSpec.from_dict({**spec.to_dict(), "train": {**spec.train, name: True}})
+        assert changed.run_id != spec.run_id, name
+
+
 @pytest.mark.parametrize("text, message", [
     (BASE + "trian: {}\n", 'unknown key "trian" (did you mean "train"?)'),
     (BASE.replace("lr: 1e-3", "lr: fast"), "train.lr: expected a number >= 0, got 'fast'"),

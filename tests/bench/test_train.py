@@ -267,29 +267,21 @@ def test_polyak_average_is_the_debiased_moving_average():
     assert torch.equal(layer.weight, live)
 
 
-def test_polyak_evaluation_and_final_weights_survive_resume_exactly(write_suite, tmp_path, monkeypatch):
+def test_polyak_evaluation_and_final_weights_survive_resume_exactly(write_suite, tmp_path, stop_at_step):
     """Polyak average (evaluated, saved), final-weight testing, betas and accumulation: a run stopped
     at step 50 and resumed gives exactly the uninterrupted run's history, test numbers and weights."""
-    from bench.train import Trainer, request_stop, run_one
+    from bench.train import run_one
 
     spec = _spec(write_suite, "{max_steps: 100, batch_size: 64, lr: 5e-3, eval_every: 20, checkpoint_every: 20, "
                               "polyak: 0.9, restore_best: false, betas: [0.8, 0.99], accumulate: 2}")
     straight = RunRecord(tmp_path / "straight", spec.suite, spec.run_id)
     assert run_one(spec, straight, device="cpu", progress=False)["status"] == "completed"
 
-    original = Trainer._step
-
-    def stopping_step(self, *args):
-        value = original(self, *args)
-        if self.state.step + 1 == 50:
-            request_stop()
-        return value
-
     stopped = RunRecord(tmp_path / "stopped", spec.suite, spec.run_id)
-    monkeypatch.setattr(Trainer, "_step", stopping_step)
+    stop_at_step(50)
     assert run_one(spec, stopped, device="cpu", progress=False)["status"] == "preempted"
     assert torch.load(stopped.checkpoint_path, weights_only=False)["polyak"]["updates"] == 50
-    monkeypatch.setattr(Trainer, "_step", original)
+    stop_at_step(None)
     resumed = run_one(spec, stopped, device="cpu", progress=False)
     reference = straight.read_result()
     assert resumed["status"] == "completed" and resumed["resumes"] == 1
