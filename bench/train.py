@@ -37,7 +37,7 @@ from bench.spec import RunSpec
 from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
 from bench.trackers import Trackers
 
-__all__ = ["apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",
+__all__ = ["BACKENDS", "process_group_backend", "apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",
            "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores", "Polyak",
            "Preempted", "read_model_nfe", "request_stop", "resolve_device", "run_one", "run_threads", "seed_everything",
            "TimedOut", "Trainer", "use_device"]
@@ -134,6 +134,19 @@ class Distributed:
                     dist.broadcast(tensor, src=0)
 
 
+BACKENDS = ("nccl", "gloo")
+
+
+def process_group_backend() -> str:
+    """torch.distributed's backend: ``$FLOWBENCH_BACKEND`` (nccl or gloo) when set, else NCCL where
+    CUDA is available and gloo elsewhere (gloo on GPUs runs several processes on one GPU, as
+    benchmarks/gpu_check.py does; NCCL refuses two processes on one GPU)."""
+    chosen = os.environ.get("FLOWBENCH_BACKEND", "").strip().lower()
+    if chosen and chosen not in BACKENDS:
+        raise FlowbenchError(f"$FLOWBENCH_BACKEND={chosen!r}: expected one of {', '.join(BACKENDS)}")
+    return chosen or ("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def init_distributed() -> Distributed:
     """Join the process group that submitit's tasks (or torchrun) describe in the environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -142,7 +155,7 @@ def init_distributed() -> Distributed:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=process_group_backend())
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

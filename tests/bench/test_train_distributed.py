@@ -44,12 +44,13 @@ train: {{max_steps: 6, batch_size: 64, eval_batch_size: 50, lr: 5e-3, eval_every
 """
 
 WORKER = textwrap.dedent("""
-    import json, sys, torch
+    import json, os, sys, torch
     torch.set_num_threads(1)
     from bench.spec import load_suite
     from bench.store import RunRecord
-    from bench.train import Trainer
+    from bench.train import Preempted, Trainer
     suite, results, out = sys.argv[1:4]
+    exec(os.environ.get("TEST_PRELUDE", ""))  # the test's own patches (a skewed clock, a stop request)
     spec = load_suite(suite).runs()[0]
     record = RunRecord(results, spec.suite, spec.run_id)
     record.create(spec.to_dict())
@@ -62,11 +63,13 @@ WORKER = textwrap.dedent("""
         return first_step(*args, **kwargs)
 
     trainer.optimizer.step = step
-    result = trainer.run()
-    torch.save(trainer.first_grads, out + ".grads")
+    try:
+        result = trainer.run()
+    except Preempted as err:
+        result = {"status": "preempted", "error": str(err), "steps": trainer.state.step}
+    torch.save(getattr(trainer, "first_grads", {}), out + ".grads")
     torch.save(trainer.model.state_dict(), out)
-    if trainer.dist.main:
-        json.dump(result, open(out + ".json", "w"), default=str)
+    json.dump(result, open(out + ".json", "w"), default=str)
 """)
 
 TIMING = {"train_seconds", "eval_seconds", "seconds_per_step", "wall_seconds", "peak_memory_mb", "world_size", "env"}
@@ -78,9 +81,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(suite: Path, results: Path, out: Path, world: int, timeout: float = 240) -> list[Path]:
-    """Run the suite's one run as ``world`` gloo processes (one process: no process group); the
-    weights file of each rank."""
+def run_processes(suite: Path, results: Path, out: Path, world: int, timeout: float = 240,
+                  prelude: str = "", tag: str = "") -> list[Path]:
+    """Run the suite's one run as ``world`` gloo processes (one process: no process group), each
+    first executing ``prelude``; the weights file of each rank (its result beside it, ``.json``)."""
     script = out / "worker.py"
     script.write_text(WORKER)
     port = free_port()
@@ -88,8 +92,8 @@ def run_processes(suite: Path, results: Path, out: Path, world: int, timeout: fl
     for rank in range(world):
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1",
                "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        files.append(out / f"w{world}-rank{rank}.pt")
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TEST_PRELUDE": prelude}
+        files.append(out / f"{tag}w{world}-rank{rank}.pt")
         procs.append(subprocess.Popen([sys.executable, str(script), str(suite), str(results), str(files[-1])],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
@@ -150,3 +154,73 @@ def test_two_processes_make_the_single_process_run(model, tmp_path):
     assert [h["step"] for h in history[0]] == [h["step"] for h in history[1]] == [3, 6]
     for a, b in zip(*history):
         same_run({k: v for k, v in a.items() if k != "seconds"}, {k: v for k, v in b.items() if k != "seconds"}, rel)
+
+
+# rank 1's clock (the step budget's, or the ODE solves' deadline clock) jumps 1,000 s ahead during its
+# third step; rank 0's keeps time
+SKEWED_CLOCK = textwrap.dedent("""
+    import time as _time, types as _types
+    import baselines.cnf as _cnf, bench.train as _train
+    _skew = {"on": False}
+    def _clock(real):
+        return lambda: real() + (1000.0 if _skew["on"] else 0.0)
+    if os.environ["RANK"] == "1":
+        _train.time = _types.SimpleNamespace(**{**vars(_time), "perf_counter": _clock(_time.perf_counter)})
+        _cnf.time = _types.SimpleNamespace(**{**vars(_time), "monotonic": _clock(_time.monotonic)})
+        _step = _train.Trainer._step
+        def _skewing_step(self, *args):
+            _skew["on"] = _skew["on"] or self.state.step + 1 == 3
+            return _step(self, *args)
+        _train.Trainer._step = _skewing_step
+""")
+
+
+@pytest.mark.parametrize("model, steps", [("realnvp", 3), ("ffjord", 2)])
+def test_ranks_stop_together_when_one_clock_runs_ahead(model, steps, tmp_path):
+    """One process past the budget: its step's all-reduce carries the flag (RealNVP: the step budget,
+    checked by each process's clock), or the solver's step does (FFJORD: the deadline inside an ODE
+    solve); every process stops at the same step, with no process left waiting in a collective."""
+    options = "{n_layers: 2, hidden: 8, batch_norm: true}" if model == "realnvp" else "{hidden: [8, 8]}"
+    suite = tmp_path / "d.yaml"
+    suite.write_text(SUITE.format(dataset="moons", data=DATA["moons"], model=model, options=options, accumulate=1)
+                     .replace("max_steps: 6", "max_steps: 50, max_minutes: 5"))
+    files = run_processes(suite, tmp_path / "two", tmp_path, 2, timeout=90, prelude=SKEWED_CLOCK)
+    results = [json.loads(Path(str(f) + ".json").read_text()) for f in files]
+    for result in results:
+        assert (result["status"], result["stop_reason"], result["steps"]) == ("completed", "max_minutes", steps)
+    assert results[0]["test"] == results[1]["test"]
+
+
+STOP_AT_3 = textwrap.dedent("""
+    import bench.train as _train
+    _step = _train.Trainer._step
+    def _stopping_step(self, *args):
+        out = _step(self, *args)
+        if self.state.step + 1 == 3 and os.environ["RANK"] == "0":
+            _train.request_stop()  # the signal reaches one process; the step's all-reduce tells the others
+        return out
+    _train.Trainer._step = _stopping_step
+""")
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_a_checkpoint_of_two_processes_resumes_on_one_or_three(world, tmp_path):
+    """Two processes stopped at step 3 (a stop request in one of them: both checkpoint, through rank 0),
+    resumed by ``world`` processes: the run one process makes uninterrupted."""
+    dataset, options = FAMILIES["glow"]
+    suite = tmp_path / "d.yaml"
+    suite.write_text(SUITE.format(dataset=dataset, data=DATA[dataset], model="glow", options=options, accumulate=2))
+    (straight,) = run_processes(suite, tmp_path / "straight", tmp_path, 1)
+    stopped = run_processes(suite, tmp_path / "resumed", tmp_path, 2, prelude=STOP_AT_3, tag="stopped")
+    for f in stopped:
+        assert json.loads(Path(str(f) + ".json").read_text())["steps"] == 3
+    resumed = run_processes(suite, tmp_path / "resumed", tmp_path, world, tag="resumed")
+    reference = torch.load(straight, weights_only=True)
+    for f in resumed:
+        weights = torch.load(f, weights_only=True)
+        for key, value in reference.items():
+            if value.is_floating_point():
+                torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    result = json.loads(Path(str(resumed[0]) + ".json").read_text())
+    assert result["resumes"] == 1
+    same_run({**json.loads(Path(str(straight) + ".json").read_text()), "resumes": 1}, result)
