@@ -195,10 +195,9 @@ STOP_AT_3 = textwrap.dedent("""
     import bench.train as _train
     _step = _train.Trainer._step
     def _stopping_step(self, *args):
-        out = _step(self, *args)
         if self.state.step + 1 == 3 and os.environ["RANK"] == "0":
-            _train.request_stop()  # the signal reaches one process; the step's all-reduce tells the others
-        return out
+            _train.request_stop()  # the signal reaches one process in step 3; its all-reduce tells the others
+        return _step(self, *args)
     _train.Trainer._step = _stopping_step
 """)
 
