@@ -2,18 +2,30 @@
 
 ``pin`` writes ``SUITE.csv`` into the suite's pinned folder (``pinned_folder``: the package's
 baselines/pinned for a shipped suite, ``pinned/`` beside a user's own suite file, or ``--pinned``):
-per (model, variant, dataset) and quantity (the
-headline metric, a conditional model's conditional NLL, NFE forward/backward/test, training
-seconds) the mean over seeds with its spread (std, min, max, n) and the seeds. ``check``
-aggregates the newest records the same way and compares each quantity with its pinned mean under
-a tolerance (``bench.metrics``: absolute for NLL, bits/dim and test error, relative for MSE, NFE
-and time). A move in the bad direction beyond the tolerance is a regression only when it is also
-significant: with two or more seeds on both sides, Welch's t-test (one-sided, alpha 0.05 by
-default, the suite's ``check: {alpha: ...}`` or ``--alpha``); with one seed on either side the
-tolerance alone decides, and the output says so. Time quantities depend on the hardware: the pinned
-file records the device kind (``cpu``, ``cuda``) and name its runs trained on, and time is gated only
-when the current records ran on the same kind; otherwise (or for a file pinned before the
-``device_kind`` column) it is shown for information (verdict ``info``). Pinned and current quantities are matched by
+per (model, variant, dataset) and quantity (the headline metric, a conditional model's conditional
+NLL, NFE forward/backward/test, training seconds) the mean over seeds with its spread (std, min,
+max, n), the seeds and each seed's value. ``check`` aggregates the newest records the same way and
+judges each quantity under a tolerance (``bench.metrics``: absolute for NLL, bits/dim and test
+error, relative for MSE, NFE and time), with the burden of proof on the all-clear:
+
+- **paired** (the pinned and current records share seeds; runs are deterministic, so the same spec
+  and seed give the same numbers): the mean over shared seeds of current - pinned. Exactly zero
+  everywhere is ``equal`` (shown ``=``); a mean shift in the bad direction beyond the tolerance is
+  ``regressed`` whatever the number of seeds; within it, ``ok``.
+- **bounds** (other seeds, two or more a side, some spread): one-sided 1 - alpha confidence bounds
+  of the shift (Welch's degrees of freedom). ``ok`` when the upper bound is at or below the
+  tolerance (shown to be within it), ``regressed`` when the lower bound is above it (shown to be
+  beyond it), ``improved`` when the upper bound is below minus the tolerance; else
+  ``inconclusive``, with the seeds a side that would settle it at the observed spread.
+- **tolerance alone** (other seeds and one seed a side, or no spread on either: integer NFE that
+  happened to agree): there is no bound to compute and none is pretended; a shift within the
+  tolerance is ``ok``, a larger one ``inconclusive`` (run the pinned seeds to pair them).
+
+Time depends on the hardware: the pinned file records the device kind and name its runs trained
+on, and time is gated only when the current records ran on the same kind and name (``--gate-time``
+gates it anyway); otherwise (or for a file pinned before the ``device_kind`` column) it is shown
+for information (``info``). ``--set``/``--against`` check what-if variants against the pinned
+numbers of the variant they came from (or another). Pinned and current quantities are matched by
 (model, variant, dataset, record column), so a file pinned before variants (no ``variant``
 column) still reads, and a pinned ``nll`` of ``test.nll`` meets the same column.
 
@@ -32,21 +44,25 @@ from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
 from bench.metrics import METRICS, TOLERANCE_FAMILIES
-from bench.stats import welch
+from bench.stats import seeds_to_settle, shift_bounds
 
-__all__ = ["check", "CheckResult", "compare", "DEFAULT_ALPHA", "DEVICE_BOUND", "family", "format_result", "KEYS", "parse_alpha",
+__all__ = ["check", "CheckResult", "compare", "DEFAULT_ALPHA", "DEVICE_BOUND", "EXIT_INCONCLUSIVE", "EXIT_MISSING",
+           "EXIT_REGRESSED", "family", "format_result", "judge", "Judgement", "KEYS", "parse_alpha",
            "parse_tolerances", "pin", "PIN_COLUMNS", "PINNED_DIR", "pinned_folder", "pinned_path", "QUANTITIES",
            "read_pinned", "shipped", "suite_alpha", "suite_tolerances", "summarise", "tolerance_for",
-           "unusable_pinned_runs", "VERDICTS"]
+           "TESTS", "unusable_pinned_runs", "VERDICTS"]
 
 PINNED_DIR = Path(__file__).resolve().parent.parent / "baselines" / "pinned"
 KEYS = ["model", "variant", "dataset"]
 # pinned besides the headline (named after its metric, e.g. "nll") and a conditional model's conditional NLL
 QUANTITIES = ("nfe_forward", "nfe_backward", "nfe_test", "train_seconds")
 PIN_COLUMNS = ["model", "variant", "dataset", "quantity", "column", "mean", "std", "min", "max", "n", "seeds",
-               "device_kind", "device_name"]
+               "values", "device_kind", "device_name"]
 DEFAULT_ALPHA = 0.05
-VERDICTS = ("regressed", "improved", "noise", "missing", "info", "ok")  # info: shown, not gated (other device)
+# info: shown, not gated (time on another device); equal: paired and identical on every seed
+VERDICTS = ("regressed", "inconclusive", "improved", "missing", "info", "ok", "equal")
+EXIT_REGRESSED, EXIT_MISSING, EXIT_INCONCLUSIVE = 1, 2, 3
+TESTS = ("paired", "bounds", "tolerance")  # which rule decided a row (module docstring)
 DEVICE_BOUND = ("time",)  # tolerance families measured on the hardware: gated only between like devices
 
 
@@ -153,10 +169,11 @@ def summarise(df, metric: str | None = None, labels: Mapping[str, Mapping[str, A
         if column in done:
             frames.append(done[[*KEYS, "seed"]].assign(quantity=quantity, column=column,
                                                        value=pd.to_numeric(done[column], errors="coerce")))
-    long = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+    long = pd.concat(frames, ignore_index=True).dropna(subset=["value"]).sort_values("seed", kind="stable")
     g = long.groupby([*KEYS, "quantity", "column"], sort=False)
     out = g["value"].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
-    out["seeds"] = g["seed"].agg(lambda s: " ".join(str(int(x)) for x in sorted(s)))
+    out["seeds"] = g["seed"].agg(lambda s: " ".join(str(int(x)) for x in s))  # in seed order, as the values
+    out["values"] = g["value"].agg(lambda v: " ".join(f"{x:.10g}" for x in v))
     out = out.reset_index().merge(_devices(done), on=KEYS, how="left")
     out = out[~((out["quantity"].str.startswith("nfe")) & (out["max"] == 0))]  # no NFE: not a CNF
     return out[PIN_COLUMNS].reset_index(drop=True), records
@@ -238,6 +255,9 @@ class CheckResult:
     alpha: float = DEFAULT_ALPHA
     git_sha: str | None = None  # the commit most of the checked records ran at
     failed_runs: list[tuple[str, str]] = field(default_factory=list)  # (pinned run or record, why it does not count)
+    against: dict[str, str] | None = None  # current variant -> the pinned variant it was checked against
+    seeds: list[int] = field(default_factory=list)  # the seeds of the checked records
+    device: str = ""  # the device (kind: name) most checked records trained on
 
     @property
     def regressed(self) -> Any:
@@ -245,13 +265,21 @@ class CheckResult:
         return self.rows[self.rows["verdict"] == "regressed"]
 
     @property
+    def inconclusive(self) -> Any:
+        """The rows the evidence does not settle (more seeds would)."""
+        return self.rows[self.rows["verdict"] == "inconclusive"]
+
+    @property
     def exit_code(self) -> int:
-        """0 all within tolerance or noise; 1 something regressed, or a pinned seed failed, diverged, timed
-        out, is missing beside its pair's other seeds, lacks its test metric, or a record is unreadable;
-        2 records missing for whole pinned (model, variant, dataset) rows (and nothing else wrong)."""
+        """0 every quantity shown within tolerance (ok, equal, improved, info); 1 something regressed,
+        or a pinned seed failed, diverged, timed out, is missing beside its pair's other seeds, lacks
+        its test metric, or a record is unreadable; 2 records missing for whole pinned (model,
+        variant, dataset) rows; 3 inconclusive rows (and nothing else wrong)."""
         if len(self.regressed) or self.failed_runs:
-            return 1
-        return 2 if self.missing else 0
+            return EXIT_REGRESSED
+        if self.missing:
+            return EXIT_MISSING
+        return EXIT_INCONCLUSIVE if len(self.inconclusive) else 0
 
 
 def read_pinned(suite: str, pinned_dir: str | os.PathLike | None = None):
@@ -264,7 +292,7 @@ def read_pinned(suite: str, pinned_dir: str | os.PathLike | None = None):
         raise FlowbenchError(f'no pinned numbers for suite "{suite}" ({path}); run the suite and `flowbench pin {suite}`')
     try:
         table = pd.read_csv(path, dtype={"model": str, "variant": str, "dataset": str, "quantity": str, "seeds": str,
-                                         "device_kind": str, "device_name": str},
+                                         "values": str, "device_kind": str, "device_name": str},
                             keep_default_na=False, na_values={c: [""] for c in ("mean", "std", "min", "max", "n")})
     except (OSError, ValueError) as err:
         raise FlowbenchError(f"cannot read pinned numbers {path}: {err}") from None
@@ -278,54 +306,108 @@ def read_pinned(suite: str, pinned_dir: str | os.PathLike | None = None):
         family(q, f"{path}: quantity")
     if "column" not in table:
         table["column"] = [METRICS[q].source for q in table["quantity"]]
-    for col, default in (("std", math.nan), ("n", 1), ("device_kind", ""), ("device_name", "")):
+    for col, default in (("std", math.nan), ("n", 1), ("seeds", ""), ("values", ""), ("device_kind", ""),
+                         ("device_name", "")):
         if col not in table:
             table[col] = default
     return table
 
 
-def _judge(pinned: float, pinned_std: float, pinned_n: float, current: float, current_std: float,
-           current_n: float, quantity: str, kind: str, tol: float, alpha: float) -> tuple[float, str, float, str]:
-    """(moved in the tolerance's unit, positive = worse; test; p; verdict) of one quantity."""
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict on one quantity and how it was reached. Shifts are in the tolerance's unit
+    (relative ones as fractions of the pinned mean), positive = worse."""
+
+    verdict: str
+    test: str = ""  # paired, bounds or tolerance (TESTS); "" for missing
+    moved: float = math.nan  # the mean shift (paired: the mean of the per-seed shifts)
+    lower: float = math.nan  # one-sided 1 - alpha bounds of the shift (bounds only)
+    upper: float = math.nan
+    n: int = 0  # pairs (paired), else the fewer seeds of the two sides
+    needed: int | None = None  # seeds a side that would settle an inconclusive bounds comparison
+
+
+def _per_seed(seeds: Any, values: Any) -> dict[int, float]:
+    """{seed: value} from a pinned or current row's ``seeds`` and ``values`` (empty when either is
+    absent, or they do not line up: a file pinned before per-seed values)."""
+    words, numbers = str(seeds or "").split(), str(values or "").split()
+    if not numbers or len(words) != len(numbers):
+        return {}
+    try:
+        return {int(float(s)): float(v) for s, v in zip(words, numbers)}
+    except ValueError:
+        return {}
+
+
+def judge(quantity: str, kind: str, tol: float, alpha: float, pinned: float, pinned_std: float, pinned_n: float,
+          current: float, current_std: float, current_n: float, pinned_seeds: Mapping[int, float] | None = None,
+          current_seeds: Mapping[int, float] | None = None) -> Judgement:
+    """The verdict on one quantity (the rule in the module docstring): paired when both sides hold
+    values of shared seeds, bounds with two or more seeds a side and a spread, tolerance alone else."""
     if current != current:
-        return math.nan, "", math.nan, "missing"
+        return Judgement("missing")
     scale = max(abs(pinned), 1e-12) if kind == "rel" else 1.0
-    moved = METRICS[quantity].sign * (current - pinned) / scale
-    beyond = moved > tol + 1e-12 or moved < -tol - 1e-12
-    seeds = min(int(pinned_n or 1), int(current_n or 1))
-    if seeds < 2 or pinned_std != pinned_std or current_std != current_std:
-        return moved, "tolerance", math.nan, ("regressed" if moved > tol + 1e-12 else
-                                              "improved" if moved < -tol - 1e-12 else "ok")
-    w = welch(pinned, pinned_std, int(pinned_n), current, current_std, int(current_n))
-    worse, better = (w.p_greater, w.p_less) if METRICS[quantity].sign > 0 else (w.p_less, w.p_greater)
-    p = worse if moved > 0 else better
-    if not beyond:
-        return moved, "welch", p, "ok"
-    if p >= alpha:
-        return moved, "welch", p, "noise"  # past the tolerance, but within the seeds' spread
-    return moved, "welch", p, "regressed" if moved > 0 else "improved"
+    sign = METRICS[quantity].sign
+    eps = 1e-12
+    shared = sorted(set(pinned_seeds or {}) & set(current_seeds or {}))
+    if shared:
+        diffs = [sign * (current_seeds[s] - pinned_seeds[s]) / scale for s in shared]
+        moved = sum(diffs) / len(diffs)
+        if all(current_seeds[s] == pinned_seeds[s] for s in shared):
+            verdict = "equal"
+        else:
+            verdict = "regressed" if moved > tol + eps else "improved" if moved < -tol - eps else "ok"
+        return Judgement(verdict, "paired", moved, n=len(shared))
+    moved = sign * (current - pinned) / scale
+    n = int(min(pinned_n or 1, current_n or 1))
+    spread_a, spread_b = (pinned_std / scale, current_std / scale)
+    if n < 2 or spread_a != spread_a or spread_b != spread_b or not (spread_a > 0 or spread_b > 0):
+        return Judgement("ok" if abs(moved) <= tol + eps else "inconclusive", "tolerance", moved, n=n)
+    bounds = shift_bounds(0.0, spread_a, int(pinned_n), moved, spread_b, int(current_n), alpha)
+    if bounds.lower > tol + eps:
+        verdict = "regressed"
+    elif bounds.upper < -tol - eps:
+        verdict = "improved"
+    elif bounds.upper <= tol + eps:
+        verdict = "ok"
+    else:
+        verdict = "inconclusive"
+    needed = seeds_to_settle(moved, spread_a, spread_b, tol, alpha) if verdict == "inconclusive" else None
+    return Judgement(verdict, "bounds", moved, bounds.lower, bounds.upper, n, needed)
 
 
-def compare(pinned, current, tolerances: Mapping[str, float] | None = None, alpha: float = DEFAULT_ALPHA) -> CheckResult:
-    """Compare current summaries with pinned ones: tolerance per quantity, and Welch's t-test where
-    both sides have two or more seeds."""
+def compare(pinned, current, tolerances: Mapping[str, float] | None = None, alpha: float = DEFAULT_ALPHA,
+            gate_time: bool = False) -> CheckResult:
+    """Judge current summaries against pinned ones (``judge``): paired by seed where both hold the
+    values of shared seeds, else by confidence bounds or the tolerance alone; time gated only
+    between like devices unless ``gate_time``."""
     import pandas as pd
 
     tolerances = dict(tolerances or {})
-    cur = current.rename(columns={"mean": "current", "std": "current_std", "n": "current_n"})
-    pin_ = pinned.rename(columns={"mean": "pinned", "std": "pinned_std", "n": "pinned_n"})
+    cur = current.rename(columns={"mean": "current", "std": "current_std", "n": "current_n",
+                                  "seeds": "current_seeds", "values": "current_values"})
+    pin_ = pinned.rename(columns={"mean": "pinned", "std": "pinned_std", "n": "pinned_n",
+                                  "seeds": "pinned_seeds", "values": "pinned_values"})
+    for frame, side in ((cur, "current"), (pin_, "pinned")):
+        for col in (f"{side}_seeds", f"{side}_values"):
+            if col not in frame:
+                frame[col] = ""
     on = [*KEYS, "column"]
-    merged = pin_[[*on, "quantity", "pinned", "pinned_std", "pinned_n"]].merge(
-        cur[[*on, "current", "current_std", "current_n"]], on=on, how="left")
-    kinds, tols, moved, tests, ps, verdicts = [], [], [], [], [], []
+    merged = pin_[[*on, "quantity", "pinned", "pinned_std", "pinned_n", "pinned_seeds", "pinned_values"]].merge(
+        cur[[*on, "current", "current_std", "current_n", "current_seeds", "current_values"]], on=on, how="left")
+    kinds, tols, judgements = [], [], []
     for r in merged.itertuples(index=False):
         kind, tol = tolerance_for(r.quantity, tolerances)
-        m, test, p, verdict = _judge(r.pinned, r.pinned_std, r.pinned_n, r.current, r.current_std, r.current_n,
-                                     r.quantity, kind, tol, alpha)
-        kinds.append(kind), tols.append(tol), moved.append(m), tests.append(test), ps.append(p), verdicts.append(verdict)
-    merged = merged.assign(kind=kinds, tolerance=tols, delta=merged["current"] - merged["pinned"], moved=moved,
-                           test=tests, p=ps, verdict=verdicts)
-    merged = _ungate_other_devices(merged, pin_, cur)
+        judgements.append(judge(r.quantity, kind, tol, alpha, r.pinned, r.pinned_std, r.pinned_n, r.current,
+                                r.current_std, r.current_n, _per_seed(r.pinned_seeds, r.pinned_values),
+                                _per_seed(r.current_seeds, r.current_values)))
+        kinds.append(kind), tols.append(tol)
+    merged = merged.assign(kind=kinds, tolerance=tols, delta=merged["current"] - merged["pinned"],
+                           moved=[j.moved for j in judgements], test=[j.test for j in judgements],
+                           lower=[j.lower for j in judgements], upper=[j.upper for j in judgements],
+                           pairs=[j.n for j in judgements], needed=[j.needed for j in judgements],
+                           verdict=[j.verdict for j in judgements])
+    merged = _ungate_other_devices(merged, pin_, cur, gate_time)
     done = set(zip(*(cur[k] for k in KEYS)))
     pinned_keys = list(dict.fromkeys(zip(*(pin_[k] for k in KEYS))))
     missing = [k for k in pinned_keys if k not in done]
@@ -333,33 +415,47 @@ def compare(pinned, current, tolerances: Mapping[str, float] | None = None, alph
     return CheckResult(pd.DataFrame(merged), missing, unpinned, alpha)
 
 
-def _device_note(quantity: str, verdict: str, pinned: str, current: str) -> str:
-    """Why a hardware-bound quantity is not gated ("" when it is): its devices differ or are unknown."""
+def _device_note(quantity: str, verdict: str, pinned: tuple[str, str], current: tuple[str, str]) -> str:
+    """Why a hardware-bound quantity is not gated ("" when it is): the pinned and current device
+    kinds or names (the host class: the GPU's name, the CPU's model and threads) differ or are unknown."""
     if family(quantity) not in DEVICE_BOUND or verdict == "missing":
         return ""
-    if pinned in ("", "mixed"):
-        return "pinned device unknown" if not pinned else "pinned on mixed devices"
-    if current != pinned:
-        return f"pinned on {pinned}, now {current or 'unknown'}"
+    (kind, name), (now_kind, now_name) = pinned, current
+    if kind in ("", "mixed"):
+        return "pinned device unknown" if not kind else "pinned on mixed devices"
+    if now_kind != kind:
+        return f"pinned on {kind}, now {now_kind or 'unknown'}"
+    if name and now_name and name != now_name:
+        return f"pinned on {name}, now {now_name}"
     return ""
 
 
-def _ungate_other_devices(merged, pinned, current):
-    """Time rows whose pinned and current device kinds differ (or are unknown) become ``info``."""
-    def kinds(table, name: str):
-        if "device_kind" not in table:
-            return table[KEYS].drop_duplicates().assign(**{name: ""})
-        return table[[*KEYS, "device_kind"]].drop_duplicates(KEYS).rename(columns={"device_kind": name})
+def _ungate_other_devices(merged, pinned, current, gate_time: bool = False):
+    """Time rows whose pinned and current devices differ (or are unknown) become ``info``, unless
+    ``gate_time``."""
+    def devices(table, prefix: str):
+        cols = {"device_kind": f"{prefix}_device", "device_name": f"{prefix}_device_name"}
+        frame = table[KEYS].drop_duplicates().assign(**{v: "" for v in cols.values()})
+        if "device_kind" in table:
+            frame = table[[*KEYS, *[c for c in cols if c in table]]].drop_duplicates(KEYS).rename(columns=cols)
+            for v in cols.values():
+                if v not in frame:
+                    frame[v] = ""
+        return frame
 
-    merged = merged.merge(kinds(pinned, "pinned_device"), on=KEYS, how="left").merge(
-        kinds(current, "current_device"), on=KEYS, how="left")
-    notes = [_device_note(q, v, p if isinstance(p, str) else "", c if isinstance(c, str) else "")
-             for q, v, p, c in zip(merged["quantity"], merged["verdict"], merged["pinned_device"],
-                                   merged["current_device"])]
-    ungated = [bool(n) for n in notes]
-    merged["device_note"] = notes
+    merged = merged.merge(devices(pinned, "pinned"), on=KEYS, how="left").merge(
+        devices(current, "current"), on=KEYS, how="left")
+
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else ""
+
+    notes = [_device_note(q, v, (text(pk), text(pn)), (text(ck), text(cn)))
+             for q, v, pk, pn, ck, cn in zip(merged["quantity"], merged["verdict"], merged["pinned_device"],
+                                             merged["pinned_device_name"], merged["current_device"],
+                                             merged["current_device_name"])]
+    merged["device_note"] = [n if not gate_time else "" for n in notes]
+    ungated = [bool(n) for n in merged["device_note"]]
     merged.loc[ungated, "verdict"] = "info"
-    merged.loc[ungated, "test"] = ""
     return merged
 
 
@@ -424,22 +520,40 @@ def unusable_pinned_runs(pinned, records, skipped: Sequence[tuple[str, str]] = (
 
 
 def _records_sha(records) -> str | None:
+    """The commit most checked records ran at (a code snapshot's records carry the submission's
+    commit, or ``snapshot:HASH`` outside git)."""
     done = records.completed
     if done.empty or "env.git_sha" not in done:
         return None
     shas = done["env.git_sha"].dropna()
+    shas = shas[shas.astype(str) != ""]
     return str(shas.mode().iat[0]) if not shas.empty else None
 
 
 def check(df, suite: str, tolerances: Mapping[str, float] | None = None, pinned_dir: str | os.PathLike | None = None,
           metric: str | None = None, alpha: float = DEFAULT_ALPHA,
-          labels: Mapping[str, Mapping[str, Any]] | None = None) -> CheckResult:
-    """Summarise the newest records of ``suite`` and compare them with its pinned numbers."""
+          labels: Mapping[str, Mapping[str, Any]] | None = None, gate_time: bool = False,
+          against: Mapping[str, str] | None = None) -> CheckResult:
+    """Summarise the newest records of ``suite`` and compare them with its pinned numbers. ``against``
+    maps current variants to the pinned variants they are checked against (what-if runs); only
+    records of its variants are then checked."""
     pinned = read_pinned(suite, pinned_dir)
+    if against is not None:
+        attrs = dict(df.attrs)
+        df = df[df["variant"].isin(list(against))].copy() if "variant" in df else df.iloc[0:0]
+        df["variant"] = df["variant"].map(dict(against)) if len(df) else df.get("variant")
+        df.attrs.update(attrs)
     current, records = summarise(df, metric, labels)
-    result = compare(pinned, current, tolerances, alpha)
+    result = compare(pinned, current, tolerances, alpha, gate_time)
     result.failed_runs = unusable_pinned_runs(pinned, records, df.attrs.get("skipped", []))
     result.git_sha = _records_sha(records)
+    result.against = dict(against) if against is not None else None
+    done = records.completed
+    result.seeds = sorted({int(x) for x in done["seed"]}) if len(done) else []
+    if len(done):
+        devices = _devices(done)
+        kinds = [f"{k}: {n}" if n else k for k, n in zip(devices["device_kind"], devices["device_name"]) if k]
+        result.device = max(set(kinds), key=kinds.count) if kinds else ""
     return result
 
 
@@ -483,19 +597,43 @@ def _change_text(r: Any, decimals: int) -> str:
     return "=" if delta == 0 else f"{delta:+.{decimals}f}"
 
 
-def _test_text(r: Any) -> str:
+def _shift_text(value: float, r: Any, decimals: int) -> str:
+    """A shift in the tolerance's unit: a signed percentage (relative) or a signed number."""
+    return f"{100 * value:+.1f}%" if r.kind == "rel" else f"{value:+.{decimals}f}"
+
+
+def _test_text(r: Any, alpha: float) -> str:
+    """Which rule decided the row, with the figures it decided on."""
     if r.verdict == "missing":
         return ""
     if r.verdict == "info":
         return f"{r.device_note}: not gated"
-    if r.test == "welch":
-        return f"Welch p={r.p:.3g}"
-    return f"n={int(min(r.pinned_n or 1, r.current_n or 1))}: tolerance only"
+    decimals = _decimals(r.quantity)
+    tol = f"{100 * r.tolerance:g}%" if r.kind == "rel" else f"{r.tolerance:g}"
+    if r.test == "paired":
+        if r.verdict == "equal":
+            return f"paired on {int(r.pairs)} seed(s): identical"
+        return f"paired on {int(r.pairs)} seed(s): mean shift {_shift_text(r.moved, r, decimals)} vs ±{tol}"
+    level = f"{100 * (1 - alpha):g}%"
+    if r.test == "bounds":
+        bounds = f"{level} bounds [{_shift_text(r.lower, r, decimals)}, {_shift_text(r.upper, r, decimals)}]"
+        if r.verdict == "regressed":
+            return f"{bounds}: lower bound above +{tol}"
+        if r.verdict in ("ok", "improved"):
+            return f"{bounds}: upper bound " + ("at or below" if r.verdict == "ok" else "below") + \
+                f" {'+' if r.verdict == 'ok' else '-'}{tol}"
+        needed = r.needed if r.needed == r.needed and r.needed is not None else None
+        settle = f"{int(needed)} seeds a side would settle it" if needed else "more seeds than 1,000 a side needed"
+        return f"{bounds} straddle +{tol}: {settle}"
+    why = "one seed a side" if int(r.pairs or 1) < 2 else "no spread on either side"
+    if r.verdict == "ok":
+        return f"tolerance alone ({why}): within ±{tol}"
+    return f"tolerance alone ({why}): beyond ±{tol}, no bound to decide; run the pinned seeds (paired) or more seeds"
 
 
 def format_result(result: CheckResult, verbose: bool = False) -> str:
     """A table of what moved (every row with ``verbose``), then a one-line verdict."""
-    rows = result.rows if verbose else result.rows[result.rows["verdict"] != "ok"]
+    rows = result.rows if verbose else result.rows[~result.rows["verdict"].isin(("ok", "equal"))]
     lines = []
     variants = bool(len(result.rows)) and (result.rows["variant"] != "").any()
     if len(rows):
@@ -509,7 +647,8 @@ def format_result(result: CheckResult, verbose: bool = False) -> str:
             current = _spread_text(r.current, r.current_std, r.current_n, decimals)
             body.append((r.model, *((r.variant,) if variants else ()), r.dataset,
                          f"{r.quantity} ({unit})" if unit else r.quantity, pinned, current, _change_text(r, decimals),
-                         tol, _test_text(r), r.verdict.upper() if r.verdict == "regressed" else r.verdict))
+                         tol, _test_text(r, result.alpha),
+                         {"regressed": "REGRESSED", "equal": "="}.get(r.verdict, r.verdict)))
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
         for row in (header, *body):
             lines.append("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
@@ -533,11 +672,15 @@ def format_result(result: CheckResult, verbose: bool = False) -> str:
         lines.append(f"time shown for information, not gated ({len(ungated)} of {n} quantities): {reasons}"
                      + (" (a file pinned before device_kind: `flowbench pin` again on this device to gate time)"
                         if "unknown" in reasons else ""))
+    if result.against is not None:
+        mapping = ", ".join(f"{cur or '(suite)'} -> pinned {pin or '(suite)'}" for cur, pin in result.against.items())
+        lines.append(f"what-if records checked against other pinned numbers: {mapping or 'none'}")
     if n:
-        single = int((result.rows["test"] == "tolerance").sum())
-        lines.append(f"significance: Welch's t-test (one-sided, alpha {result.alpha:g}) where both sides have 2+ "
-                     f"seeds; {single} of {n} quantities have one seed on a side: tolerance only")
+        tests = result.rows["test"].value_counts().to_dict()
+        lines.append(f"decided by: {tests.get('paired', 0)} paired by seed, {tests.get('bounds', 0)} by "
+                     f"{100 * (1 - result.alpha):g}% one-sided bounds (other seeds), {tests.get('tolerance', 0)} by "
+                     "the tolerance alone (one seed or no spread)")
     verdict = ("FAILED RUNS" if result.failed_runs and not len(result.regressed) else
-               {0: "OK", 1: "REGRESSION", 2: "MISSING RECORDS"}[result.exit_code])
+               {0: "OK", 1: "REGRESSION", 2: "MISSING RECORDS", 3: "INCONCLUSIVE"}[result.exit_code])
     lines.append(f"check: {verdict}: {n} pinned quantities: {summary or 'none'}")
     return "\n".join(lines) + "\n"

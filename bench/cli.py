@@ -125,12 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "baselines/pinned for a shipped suite, else pinned/ beside the suite file)")
     p.add_argument("--metric", default=None, help="headline metric (default: the suite's)")
     p.add_argument("--alpha", default=None, metavar="A",
-                   help="significance level of Welch's t-test (2+ seeds on both sides; default: the suite's or 0.05)")
+                   help="1 - confidence of the one-sided bounds used when the seeds differ (default: the suite's "
+                        "or 0.05)")
+    p.add_argument("--gate-time", action="store_true",
+                   help="gate time even when the pinned numbers come from another device kind or host class")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="check the what-if runs `run --set KEY=VALUE` made, against the pinned numbers of the "
+                        "variants they came from (repeatable, as given to run)")
+    p.add_argument("--against", default=None, metavar="VARIANT",
+                   help='the pinned variant the checked records are compared with ("" for the suite\'s own); '
+                        "default: each record's own variant (with --set: the variant it came from)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="append the outcome to FILE (default: SUITE.history.jsonl beside the pinned file)")
     p.add_argument("--verbose", "-v", action="store_true", help="show every pinned quantity, not only what moved")
     _add_results(p)
 
-    p = sub.add_parser("history", help="a quantity over the recorded checks (results/SUITE/check_history.jsonl)")
+    p = sub.add_parser("history", help="a quantity over the recorded checks (SUITE.history.jsonl beside the pinned "
+                                       "file)")
     p.add_argument("suite", help="suite name or file")
+    p.add_argument("--history", default=None, metavar="FILE", help="the history file (default: beside the pinned "
+                   "file; see check --history)")
+    p.add_argument("--pinned", default=None, metavar="DIR", help="folder of pinned files, as given to check")
     p.add_argument("--quantity", default=None, help="the quantity to show (default: the headline metrics)")
     p.add_argument("--last", type=int, default=10, metavar="N", help="the last N checks in the table (default 10)")
     p.add_argument("--out", default=None, metavar="DIR", help="writes DIR/SUITE/history.{md,csv,png,pdf} "
@@ -548,8 +563,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _what_if_variants(ctx: SuiteContext, sets: Sequence[str], against: str | None) -> dict[str, str] | None:
+    """current variant -> pinned variant for ``check --set/--against`` (None: each record's own)."""
+    if not sets:
+        return None if against is None else {v: against for v in dict.fromkeys(s.variant for s in ctx.specs)} or None
+    from bench.spec import load_suite
+
+    if not ctx.path:
+        raise FlowbenchError(f'check --set: suite "{ctx.name}" is known only by its records; pass its suite file')
+    suite = load_suite(ctx.path)
+    mapping: dict[str, str] = {}
+    for what_if, base in zip(suite.runs(sets=sets, check_models=False), suite.runs(check_models=False)):
+        mapping[what_if.variant] = base.variant if against is None else against
+    return mapping
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """`flowbench check SUITE`: compare with the pinned numbers, print, and append to the check history."""
+    """`flowbench check SUITE`: judge the newest records against the pinned numbers, print, and append
+    the outcome to the check history beside the pinned file."""
     from bench import history
     from bench.check import DEFAULT_ALPHA, check, format_result, parse_alpha, parse_tolerances, pinned_folder
     from bench.check import suite_alpha, suite_tolerances
@@ -559,17 +590,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     where = f"{ctx.path}: check" if ctx.path else "suite check:"
     tolerances = {**suite_tolerances(ctx.check, where), **parse_tolerances(args.tolerance)}
     alpha = parse_alpha(args.alpha) if args.alpha is not None else (suite_alpha(ctx.check, where) or DEFAULT_ALPHA)
-    inside(args.results, ctx.name)  # the check history is appended there
+    against = _what_if_variants(ctx, args.sets, args.against)
+    folder = pinned_folder(ctx.name, ctx.path or None, args.pinned)
+    log = history.history_path(folder, ctx.name, args.history)
     df = scan(args.results, ctx.name)  # no records at all: check reports every pinned pair missing (exit 2)
     _report_skipped(df)
-    folder = pinned_folder(ctx.name, ctx.path or None, args.pinned)
-    result = check(df, ctx.name, tolerances, folder, args.metric, alpha, ctx.labels)
+    result = check(df, ctx.name, tolerances, folder, args.metric, alpha, ctx.labels, args.gate_time, against)
     pinned = folder / f"{ctx.name}.csv"
     print(f"suite {ctx.name}: checking against {pinned}")
     print(format_result(result, args.verbose), end="")
     try:
-        print(f"(history: {history.append(args.results, ctx.name, result, pinned)})")
-    except FlowbenchError as err:  # a read-only results folder: the check itself still counts
+        print(f"(history: {history.append(log, ctx.name, result, pinned, ctx.path or None)})")
+    except FlowbenchError as err:  # a read-only folder: the check itself still counts
         print(f"flowbench: warning: {err}", file=sys.stderr)
     return result.exit_code
 
@@ -584,10 +616,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     args.out = args.out or default_reports(args.results)
     _check_writable(args.out, "--out", "history folder")
     out = str(inside(args.out, ctx.name))
-    frame = history.read(args.results, ctx.name)
+    from bench.check import pinned_folder
+
+    try:
+        folder = pinned_folder(ctx.name, ctx.path or None, args.pinned)
+    except FlowbenchError:  # only records: the history must then be named (or it is the legacy one)
+        if not args.history:
+            raise
+        folder = Path(args.history).parent
+    legacy = Path(args.results) / ctx.name / history.LEGACY_FILE
+    frame = history.read(history.history_path(folder, ctx.name, args.history), ctx.name,
+                         legacy if legacy.is_file() else None)
     wide = history.table(frame, args.quantity, args.last)
     text = history.to_markdown(wide)
-    print(f"suite {ctx.name}: {frame['entry'].nunique()} checks recorded; current means per check, pinned last")
+    print(f"suite {ctx.name}: {frame['entry'].nunique()} checks recorded; current means per check, then the pinned "
+          "mean and its tolerance band")
     print(text, end="")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "history.md"), "w") as f:

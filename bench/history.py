@@ -1,7 +1,10 @@
-"""The check history: every `flowbench check` appends its outcome to ``results/SUITE/check_history.jsonl``
-(date, the records' git sha, the verdict, and per quantity the current and pinned values), and
-`flowbench history SUITE` shows a quantity over the checks as a table and a figure, so a slow drift
-is visible before it crosses a tolerance.
+"""The check history: every `flowbench check` appends its outcome to ``SUITE.history.jsonl`` beside the
+pinned file (or ``--history FILE``), so it survives the results folder a CI job throws away and is
+committed with the pins: the date, the commit the records ran at (a code snapshot's submission
+commit), the suite file's hash, the seeds, the device, the exit code, and per quantity the current
+and pinned values, the rule that decided and the verdict. `flowbench history SUITE` shows a
+quantity over the commits with the pinned tolerance band, as a table and a figure, from the
+first check on, so a slow drift is visible before it crosses a tolerance.
 
 Only the standard library is imported at module level; pandas and matplotlib load on use.
 """
@@ -9,6 +12,7 @@ Only the standard library is imported at module level; pandas and matplotlib loa
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,20 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import FlowbenchError
 
-__all__ = ["append", "default_quantities", "figure", "HISTORY_FILE", "history_path", "read", "ROW_FIELDS", "table",
+__all__ = ["append", "default_quantities", "figure", "history_path", "LEGACY_FILE", "read", "ROW_FIELDS", "table",
            "to_markdown"]
 
 if TYPE_CHECKING:
     import pandas as pd
 
-HISTORY_FILE = "check_history.jsonl"
+LEGACY_FILE = "check_history.jsonl"  # results/SUITE/check_history.jsonl: where checks were appended before
 ROW_FIELDS = ("model", "variant", "dataset", "quantity", "column", "pinned", "pinned_std", "pinned_n", "current",
-              "current_std", "current_n", "test", "p", "verdict")
+              "current_std", "current_n", "kind", "tolerance", "test", "lower", "upper", "verdict")
 
 
-def history_path(results_dir: str | os.PathLike, suite: str) -> Path:
-    """``results/SUITE/check_history.jsonl``."""
-    return Path(results_dir) / suite / HISTORY_FILE
+def history_path(pinned_folder: str | os.PathLike, suite: str, chosen: str | os.PathLike | None = None) -> Path:
+    """``chosen`` (``--history FILE``), else ``SUITE.history.jsonl`` beside the pinned file."""
+    return Path(chosen) if chosen else Path(pinned_folder) / f"{suite}.history.jsonl"
 
 
 def _plain(value: Any) -> Any:
@@ -43,14 +47,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def append(results_dir: str | os.PathLike, suite: str, result: Any, pinned_file: str | os.PathLike = "",
-           now: _dt.datetime | None = None) -> Path:
-    """Append one check's outcome (a ``bench.check.CheckResult``) as one JSON line; returns the file."""
+def file_sha(path: str | os.PathLike | None) -> str | None:
+    """The first 12 hex digits of a file's SHA-256 (None without a readable file)."""
+    if not path:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
+def append(path: str | os.PathLike, suite: str, result: Any, pinned_file: str | os.PathLike = "",
+           suite_file: str | os.PathLike | None = None, now: _dt.datetime | None = None) -> Path:
+    """Append one check's outcome (a ``bench.check.CheckResult``) as one JSON line to ``path``; returns it."""
     entry = {"date": (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds"),
-             "git_sha": result.git_sha, "suite": suite, "pinned": str(pinned_file), "alpha": result.alpha,
-             "exit_code": result.exit_code,
+             "git_sha": result.git_sha, "suite": suite, "suite_sha": file_sha(suite_file),
+             "seeds": list(result.seeds), "device": result.device, "pinned": str(pinned_file),
+             "alpha": result.alpha, "exit_code": result.exit_code,
              "rows": [{k: _plain(getattr(r, k, None)) for k in ROW_FIELDS} for r in result.rows.itertuples(index=False)]}
-    path = history_path(results_dir, suite)
+    path = Path(path)
     line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,15 +79,19 @@ def append(results_dir: str | os.PathLike, suite: str, result: Any, pinned_file:
     return path
 
 
-def read(results_dir: str | os.PathLike, suite: str) -> pd.DataFrame:
+def read(path: str | os.PathLike, suite: str, legacy: str | os.PathLike | None = None) -> pd.DataFrame:
     """Every recorded check as one long DataFrame: entry (0, 1, ...), date, git_sha, exit_code and the
-    row fields; a FlowbenchError when there is no history yet."""
+    row fields, the ``legacy`` file's checks (results/SUITE/check_history.jsonl) first when it exists;
+    a FlowbenchError when there is no history yet."""
     import pandas as pd
 
-    path = history_path(results_dir, suite)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
+    lines = []
+    for source in ([Path(legacy)] if legacy else []) + [Path(path)]:
+        try:
+            lines += source.read_text().splitlines()
+        except OSError:
+            continue
+    if not lines:
         raise FlowbenchError(f'no check history for suite "{suite}" ({path}); `flowbench check {suite}` '
                              "writes one entry per check") from None
     rows = []
@@ -119,12 +138,25 @@ def table(frame: pd.DataFrame, quantity: str | None = None, last: int = 10) -> p
     wide = sub.pivot_table(index=["row", "dataset", "quantity"], columns="head", values="current", aggfunc="first",
                            sort=False)
     wide = wide[[heads[e] for e in entries if heads[e] in wide.columns]]
-    pinned = sub.sort_values("entry").groupby(["row", "dataset", "quantity"], sort=False)["pinned"].last()
-    return wide.assign(pinned=pinned.reindex(wide.index)).rename_axis(columns=None)
+    last_entry = sub.sort_values("entry").groupby(["row", "dataset", "quantity"], sort=False).last()
+    lo, hi = band(last_entry)
+    return wide.assign(pinned=last_entry["pinned"].reindex(wide.index), band_low=lo.reindex(wide.index),
+                       band_high=hi.reindex(wide.index)).rename_axis(columns=None)
+
+
+def band(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The pinned tolerance band of history rows: pinned ± tolerance (absolute), pinned x (1 ± tolerance)
+    (relative); NaN for rows recorded without their tolerance."""
+    import pandas as pd
+
+    pinned = pd.to_numeric(rows["pinned"], errors="coerce")
+    tol = pd.to_numeric(rows.get("tolerance", pd.Series(float("nan"), index=rows.index)), errors="coerce")
+    width = (tol * pinned.abs()).where(rows.get("kind", pd.Series("", index=rows.index)) == "rel", tol)
+    return pinned - width, pinned + width
 
 
 def to_markdown(wide: pd.DataFrame) -> str:
-    """The history table as Markdown (4 significant digits)."""
+    """The history table as Markdown (4 significant digits); the band is the pinned tolerance band."""
     heads = ["model", "dataset", "quantity", *map(str, wide.columns)]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for key, values in zip(wide.index, wide.itertuples(index=False)):
@@ -161,7 +193,15 @@ def figure(frame: pd.DataFrame, quantity: str | None = None, last: int = 30) -> 
             g = g.sort_values("entry")
             line = ax.errorbar(g["entry"], g["current"], yerr=g["current_std"].fillna(0.0), marker="o", markersize=3,
                                capsize=2, linewidth=1, label=row_label(m, v))
-            ax.plot(g["entry"], g["pinned"], "--", linewidth=0.8, color=line[0].get_color())
+            lo, hi = band(g)
+            color = line[0].get_color()
+            ax.plot(g["entry"], g["pinned"], "_" if len(g) == 1 else "--", markersize=14, linewidth=0.8, color=color)
+            if lo.notna().any():  # the band where the verdict is ok: a span, so one check already shows it
+                ax.fill_between(g["entry"], lo, hi, color=color, alpha=0.12, linewidth=0,
+                                step="mid" if len(g) > 1 else None)
+                if len(g) == 1:
+                    ax.errorbar(g["entry"], g["pinned"], yerr=[g["pinned"] - lo, hi - g["pinned"]], fmt="none",
+                                ecolor=color, alpha=0.3, elinewidth=8)
         ax.set_title(f"{d}: {q}", fontsize=9)
         ax.set_xticks(list(ticks), list(ticks.values()), rotation=30, ha="right", fontsize=6)
     legend: dict[str, Any] = {}  # every line once, in the first panel
@@ -169,6 +209,7 @@ def figure(frame: pd.DataFrame, quantity: str | None = None, last: int = 30) -> 
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     axes[0, 0].legend(list(legend.values()), list(legend), fontsize="x-small")
-    fig.suptitle("check history: current mean ± std over seeds (error bars); pinned mean dashed", fontsize=9)
+    fig.suptitle("check history: current mean ± std over seeds (error bars); pinned mean dashed, its tolerance band "
+                 "shaded", fontsize=9)
     fig.tight_layout()
     return fig

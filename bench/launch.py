@@ -209,6 +209,9 @@ class RunJob:
         def annotate(result: dict[str, Any]) -> dict[str, Any]:
             """What ran, next to what was submitted (status flags a mismatch), and why a run stopped."""
             result = {**result, "code": code}
+            env = result.get("env")
+            if isinstance(env, dict) and not env.get("git_sha"):  # a snapshot has no .git: the submission's commit
+                result["env"] = {**env, "git_sha": code["git"] or (f"snapshot:{code['ran']}" if code["ran"] else None)}
             if result["status"] == "preempted":
                 why = ("SLURM's end-of-allocation signal" if signal.SIGUSR2 in received
                        else "SIGTERM (scancel or shutdown)")

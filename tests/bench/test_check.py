@@ -135,41 +135,59 @@ def test_smoke_suite_reproduces_its_pinned_numbers(tmp_path, capsys):
     assert "check: OK" in out
 
 
-def _spread(results, shift=0.0, spread=0.1, seeds=3, suite="n"):
+def _spread(results, shift=0.0, spread=0.1, seeds=3, suite="n", first_seed=0):
     """realnvp on moons: seeds at 1 + shift + spread x (-1, 0, 1, ...): sample std = spread."""
     offsets = [-1.0, 0.0, 1.0, 0.0, -1.0, 1.0][:seeds] if seeds > 1 else [0.0]
-    for seed, off in enumerate(offsets):
+    for seed, off in enumerate(offsets, start=first_seed):
         write_run(results, suite, "realnvp", "moons", seed, 1.0 + shift + spread * off, seconds=60.0)
 
 
-def test_check_passes_noise_within_the_seeds_spread_and_fails_a_shift_beyond_it(tmp_path, capsys):
+def test_the_same_seeds_are_paired_and_any_shift_beyond_tolerance_regresses(tmp_path, capsys):
     _spread(tmp_path / "base")
     pinned = tmp_path / "pinned"
     assert main(["pin", "n", "--results", str(tmp_path / "base"), "--pinned", str(pinned)]) == 0
-    noise = tmp_path / "noise"
-    _spread(noise, shift=0.08)  # past the 0.05 tolerance, but t = 0.98 on 4 df: p = 0.19
+    _spread(tmp_path / "shifted", shift=0.08)  # within the seeds' spread, but the same seeds: paired
     capsys.readouterr()
-    assert main(["check", "n", "--results", str(noise), "--pinned", str(pinned)]) == 0
+    assert main(["check", "n", "--results", str(tmp_path / "shifted"), "--pinned", str(pinned)]) == 1
     out = capsys.readouterr().out
-    assert "noise" in out and "Welch p=0.19" in out and "check: OK" in out
-    assert main(["check", "n", "--results", str(noise), "--pinned", str(pinned), "--alpha", "0.25"]) == 1
-    shifted = tmp_path / "shifted"
-    _spread(shifted, shift=0.5)  # t = 6.1: p = 0.002
-    capsys.readouterr()
-    assert main(["check", "n", "--results", str(shifted), "--pinned", str(pinned)]) == 1
+    assert "paired on 3 seed(s): mean shift +0.080 vs ±0.05" in out and "REGRESSED" in out
+    _spread(tmp_path / "same")
+    assert main(["check", "n", "--results", str(tmp_path / "same"), "--pinned", str(pinned), "-v"]) == 0
     out = capsys.readouterr().out
-    assert "REGRESSED" in out and "Welch p=0.00" in out and "alpha 0.05" in out
+    assert "paired on 3 seed(s): identical" in out and "check: OK" in out and "2 equal" in out
 
 
-def test_one_seed_falls_back_to_the_tolerance_and_says_so(tmp_path, capsys):
+def test_other_seeds_are_judged_by_bounds_and_say_what_would_settle_them(tmp_path, capsys):
+    _spread(tmp_path / "base", spread=0.01)
+    pinned = tmp_path / "pinned"
+    assert main(["pin", "n", "--results", str(tmp_path / "base"), "--pinned", str(pinned)]) == 0
+    capsys.readouterr()
+    for shift, code, said in ((0.04, 3, r"95% bounds \[\+0\.023, \+0\.057\] straddle \+0\.05: \d+ seeds a side would settle"),
+                              (0.1, 1, r"95% bounds \[\+0\.083, \+0\.117\]: lower bound above \+0\.05 +REGRESSED"),
+                              (0.0, 0, r"95% bounds \[-0\.017, \+0\.017\]: upper bound at or below \+0\.05 +ok")):
+        current = tmp_path / f"shift{shift}"
+        _spread(current, shift=shift, spread=0.01, first_seed=10)  # other seeds than the pinned ones
+        assert main(["check", "n", "--results", str(current), "--pinned", str(pinned), "-v"]) == code
+        out = capsys.readouterr().out
+        assert re.search(said, out), out
+    assert "check: OK" in out and "decided by: 0 paired by seed, 1 by 95% one-sided bounds" in out
+    _spread(tmp_path / "wide", shift=0.0, spread=0.1, first_seed=10)  # a wide spread cannot show an all-clear
+    assert main(["check", "n", "--results", str(tmp_path / "wide"), "--pinned", str(pinned)]) == 3
+    assert "check: INCONCLUSIVE" in capsys.readouterr().out
+
+
+def test_one_seed_a_side_is_the_tolerance_alone_and_never_a_regression(tmp_path, capsys):
     _spread(tmp_path / "base", seeds=1)
     pinned = tmp_path / "pinned"
     main(["pin", "n", "--results", str(tmp_path / "base"), "--pinned", str(pinned)])
-    _spread(tmp_path / "cur", shift=0.08, seeds=3)  # three seeds now, one pinned: no test possible
+    _spread(tmp_path / "cur", shift=0.08, seeds=1, first_seed=5)  # another seed: no spread to judge it by
     capsys.readouterr()
-    assert main(["check", "n", "--results", str(tmp_path / "cur"), "--pinned", str(pinned)]) == 1
+    assert main(["check", "n", "--results", str(tmp_path / "cur"), "--pinned", str(pinned)]) == 3
     out = capsys.readouterr().out
-    assert "n=1: tolerance only" in out and "have one seed on a side: tolerance only" in out
+    assert "tolerance alone (one seed a side): beyond ±0.05, no bound to decide" in out
+    _spread(tmp_path / "near", shift=0.02, seeds=1, first_seed=5)
+    assert main(["check", "n", "--results", str(tmp_path / "near"), "--pinned", str(pinned), "-v"]) == 0
+    assert "tolerance alone (one seed a side): within ±0.05" in capsys.readouterr().out
 
 
 def test_welch_p_values_against_scipy():
@@ -191,25 +209,30 @@ def test_welch_p_values_against_scipy():
 def test_every_check_appends_to_the_history_and_history_shows_it(pinned, results, tmp_path, capsys):
     from bench.history import history_path
 
-    path = history_path(results, "c")
+    path = history_path(pinned, "c")  # beside the pinned file: it outlives the results folder
     for k in range(3):
         assert main(["check", "c", "--results", str(results), "--pinned", str(pinned)]) == 0
         assert len(path.read_text().splitlines()) == k + 1  # one entry per check
     entry = json.loads(path.read_text().splitlines()[-1])
     assert entry["git_sha"] == "abc123" and entry["exit_code"] == 0 and entry["date"][:2] == "20"
+    assert entry["seeds"] == [0, 1, 2] and entry["device"].startswith("cpu") and entry["suite_sha"] is None  # records only
     row = next(r for r in entry["rows"] if (r["model"], r["dataset"], r["quantity"]) == ("realnvp", "rings", "nll"))
-    assert row["current"] == pytest.approx(2.01) and row["pinned"] == pytest.approx(2.01) and row["verdict"] == "ok"
+    assert row["current"] == pytest.approx(2.01) and row["pinned"] == pytest.approx(2.01)
+    assert (row["verdict"], row["test"]) == ("equal", "paired")
+    shutil.rmtree(results)  # a CI job's results folder is thrown away; the history stays with the pins
+    _sweep(results)
     capsys.readouterr()
-    assert main(["history", "c", "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["history", "c", "--results", str(results), "--pinned", str(pinned), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "3 checks recorded" in out and "#0 abc123 20" in out and "#2 abc123" in out
-    assert "| realnvp | rings | nll | 2.01 | 2.01 | 2.01 | 2.01 |" in out  # three checks, then the pinned mean
+    # three checks, then the pinned mean and its band (± 0.05 nats)
+    assert "| realnvp | rings | nll | 2.01 | 2.01 | 2.01 | 2.01 | 1.96 | 2.06 |" in out
     for name in ("history.md", "history.csv", "history.png", "history.pdf"):
         assert (tmp_path / "rep" / "c" / name).exists(), name
-    assert main(["history", "c", "--results", str(results), "--quantity", "nfe_forward", "--no-figures",
-                 "--out", str(tmp_path / "rep")]) == 0
+    assert main(["history", "c", "--results", str(results), "--pinned", str(pinned), "--quantity", "nfe_forward",
+                 "--no-figures", "--out", str(tmp_path / "rep")]) == 0
     assert "| ffjord | moons | nfe_forward |" in capsys.readouterr().out
-    assert main(["history", "c", "--results", str(tmp_path / "none")]) == 2
+    assert main(["history", "c", "--results", str(results), "--pinned", str(tmp_path / "none")]) == 2
     assert 'no check history for suite "c"' in capsys.readouterr().err
 
 
@@ -323,7 +346,7 @@ def test_time_is_gated_only_against_numbers_pinned_on_the_same_device_kind(tmp_p
     out = capsys.readouterr().out
     assert re.search(r"train_seconds \(s\) .*\+2900\.0%.* pinned on cuda, now cpu: not gated +info", out), out
     assert "time shown for information, not gated (1 of 2 quantities): pinned on cuda, now cpu\n" in out
-    assert "check: OK: 2 pinned quantities: 1 info, 1 ok" in out
+    assert "check: OK: 2 pinned quantities: 1 info, 1 equal" in out
 
     _timed(tmp_path / "slow-gpu", H100, seconds=300.0)  # the same kind: gated as ever
     assert main(["check", "d", "--results", str(tmp_path / "slow-gpu"), "--pinned", str(pinned)]) == 1
