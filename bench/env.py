@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["device_name", "environment", "git_sha", "gpu", "numerics", "PACKAGES", "versions"]
+__all__ = ["cpu_model", "device_name", "environment", "git_sha", "gpu", "numerics", "PACKAGES", "versions"]
 
 PACKAGES = ("torch", "torchdiffeq", "normflows", "numpy", "pandas", "submitit")
 
@@ -44,7 +44,22 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the platform's processor or machine name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: Any) -> str:
+    """The device's name, which with its kind is the host class that time is compared within: the
+    GPU's name, or the CPU's model and the torch threads the run used."""
     import torch
 
     device = torch.device(device)
@@ -52,7 +67,7 @@ def device_name(device: Any) -> str:
         if not torch.cuda.is_available():
             return "unavailable: no CUDA on this machine"
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def numerics() -> dict[str, bool]:

@@ -123,16 +123,19 @@ def test_tolerance_rules():
 
 def test_smoke_suite_reproduces_its_pinned_numbers(tmp_path, capsys):
     """The project's CI gate: `flowbench run smoke` then `flowbench check smoke` against the committed
-    baselines/pinned/smoke.csv (NLL within 0.05 nats, NFE within 20%, time within 4x)."""
+    baselines/pinned/smoke.csv, paired by seed: the same code gives the same numbers (`=`) on every
+    metric and NFE; time is within its tolerance where the pins' host class is this one."""
     from bench.check import PINNED_DIR
 
     assert (PINNED_DIR / "smoke.csv").exists(), "baselines/pinned/smoke.csv is committed"
     results = str(tmp_path / "results")
     assert main(["run", "smoke", "--results", results, "--quiet", "--no-report"]) == 0
-    code = main(["check", "smoke", "--results", results])
+    code = main(["check", "smoke", "--results", results, "--history", str(tmp_path / "history.jsonl"), "-v"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "check: OK" in out
+    rows = [line for line in out.splitlines() if line.startswith("  ") and "paired on 1 seed(s)" in line]
+    assert len(rows) >= 48 and all("train_seconds" in line or line.rstrip().endswith(" =") for line in rows), out
 
 
 def _spread(results, shift=0.0, spread=0.1, seeds=3, suite="n", first_seed=0):
@@ -367,3 +370,16 @@ def test_a_file_pinned_before_device_kind_does_not_gate_time_and_says_so(tmp_pat
     out = capsys.readouterr().out
     assert "pinned device unknown: not gated" in out and "`flowbench pin` again on this device to gate time" in out
     assert check.read_pinned("d", pinned)["device_kind"].tolist() == ["", ""]
+
+
+def test_history_reads_from_its_first_check_with_the_band_and_the_commit(pinned, results, tmp_path, capsys):
+    log = tmp_path / "elsewhere" / "c.jsonl"
+    assert main(["check", "c", "--results", str(results), "--pinned", str(pinned), "--history", str(log)]) == 0
+    shutil.rmtree(results)  # the results folder goes; the history does not
+    capsys.readouterr()
+    assert main(["history", "c", "--results", str(results), "--pinned", str(pinned), "--history", str(log),
+                 "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "1 checks recorded" in out and "#0 abc123 20" in out
+    assert "| realnvp | moons | nll | 1.01 | 1.01 | 0.96 | 1.06 |" in out
+    assert (tmp_path / "rep" / "c" / "history.png").stat().st_size > 1000

@@ -309,6 +309,7 @@ def test_a_job_writes_its_final_record_once_with_the_code_and_why_it_stopped(wri
     writes = []
     original_write = RunRecord.write_result
     monkeypatch.setattr(RunRecord, "write_result", lambda self, r: (writes.append(dict(r)), original_write(self, r)))
+    monkeypatch.setattr("bench.env.git_sha", lambda: None)  # a code snapshot holds no .git
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
     try:
         out = RunJob(str(tmp_path / "results"), None, "cpu", 1, {"sha": "abc123", "git": "0123+dirty"})(spec.to_dict())
@@ -318,6 +319,7 @@ def test_a_job_writes_its_final_record_once_with_the_code_and_why_it_stopped(wri
     final = [w for w in writes if w.get("status") != "running"]
     assert len(final) == 1 and final[0]["status"] == "preempted", writes
     assert final[0]["code"]["submitted"] == "abc123" and final[0]["code"]["git"] == "0123+dirty"
+    assert final[0]["env"]["git_sha"] == "0123+dirty"  # the submission's commit, for check's history and the report
     assert final[0]["error"].startswith("stopped by SIGTERM (scancel or shutdown) at step 5; checkpointed")
     assert out == {"run_id": spec.run_id, "status": "preempted", "error": final[0]["error"]}
     assert RunRecord(tmp_path / "results", spec.suite, spec.run_id).read_result() == final[0]
