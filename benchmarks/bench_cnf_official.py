@@ -6,7 +6,7 @@ start from the same weights (ours copied into the official layers), see the same
 train interleaved step by step (the order alternates), so machine load hits both alike.
 
     python benchmarks/bench_cnf_official.py --official /path/to/ffjord [--steps 100] [--direct]
-        [--fixed-end-time] [--seminorm] [--float64] [--compile] [--warmup 3]
+        [--fixed-end-time] [--seminorm] [--float64] [--compile] [--warmup 3] [--device cuda]
 
 ``--official DIR`` is a checkout of rtqichen/ffjord; its model is imported from there (nothing of
 it is copied here). Without it, ours is measured alone. The official code cuts T's gradient
@@ -15,6 +15,8 @@ a like-with-like count (ours otherwise spends one evaluation a step on T's gradi
 ``--compile`` adds a third model to the interleaved loop: ours with ``torch.compile``'d dynamics
 (``flowbench run --compile``), from the same weights. The first ``--warmup`` steps (where
 compilation happens) are left out of every model's figures; their wall time is printed.
+``--device`` (default cpu) puts both models and the batches there, the device synchronised around
+every timed step.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def copy_weights(ours, official) -> None:
 
 
 def official_loss(model, x: torch.Tensor) -> torch.Tensor:
-    z, delta_logp = model(x, torch.zeros(x.shape[0], 1, dtype=x.dtype))
+    z, delta_logp = model(x, torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device))
     log_pz = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(1, keepdim=True)
     return -(log_pz - delta_logp).mean()
 
@@ -84,13 +86,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="ours with torch.compile'd dynamics")
     ap.add_argument("--warmup", type=int, default=3, help="steps left out of the figures (compilation, caches)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.float64 else torch.float32
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     torch.manual_seed(0)
     ours = build(DataInfo("8gaussians", "toy", (2,)), adjoint=not args.direct, adjoint_seminorm=args.seminorm,
-                 train_end_time=not args.fixed_end_time).to(dtype)
+                 train_end_time=not args.fixed_end_time).to(device, dtype)
     models = {"flowbench": ours}
     if args.compile:
         from baselines.cnf import compile_dynamics
@@ -98,10 +103,10 @@ def main() -> None:
         compile_dynamics(models["compiled"])
     if args.official:
         official, count_nfe = official_model(args.official)
-        official = official.to(dtype)
+        official = official.to(device, dtype)
         copy_weights(ours, official)
         models["official"] = official
-        x = eight_gaussians(1000, torch.Generator().manual_seed(1)).to(dtype)
+        x = eight_gaussians(1000, torch.Generator().manual_seed(1)).to(device, dtype)
         ours.eval(), official.eval()
         with torch.no_grad():
             gap = abs(float(ours.log_prob(x).mean()) + float(official_loss(official, x)))
@@ -113,10 +118,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(2)
     warmup_wall: dict[str, float] = {}
     for step in range(args.warmup + args.steps):
-        x = eight_gaussians(100, gen).to(dtype)
+        x = eight_gaussians(100, gen).to(device, dtype)
         order = list(models) if step % 2 == 0 else list(reversed(models))
         for name in order:
             model, opt = models[name], optimizers[name]
+            sync()
             start, wall_start = time.process_time(), time.perf_counter()
             if name == "official":
                 loss = official_loss(model, x)
@@ -131,6 +137,7 @@ def main() -> None:
                 loss.backward()
                 opt.step()
                 forward, backward = model.read_nfe()
+            sync()
             if step >= args.warmup:
                 rows[name].append((time.process_time() - start, int(forward), int(backward)))
             else:
@@ -141,7 +148,8 @@ def main() -> None:
         print(f"warm-up ({args.warmup} steps, left out), wall s: "
               + ", ".join(f"{k} {v:.1f}" for k, v in warmup_wall.items()))
     print(f"{args.steps} steps, batch 100, {method} (ours), "
-          f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), {dtype}, {args.threads} thread(s), CPU s:")
+          f"T {'fixed' if args.fixed_end_time else 'trained'} (ours), {dtype}, {args.threads} thread(s), "
+          + ("" if device.type == "cpu" else f"on {torch.cuda.get_device_name(device)}, ") + "CPU s:")
     print(f"{'':10s} {'s/step':>8s} {'NFE fwd':>8s} {'NFE bwd':>8s} {'ms/eval':>8s}")
     summary = {}
     for name, r in rows.items():

@@ -3,6 +3,7 @@
     python benchmarks/bench_discrete.py                 # interleaved: the cases with a normflows twin
     python benchmarks/bench_discrete.py --separate      # every case, each measurement in its own process
     python benchmarks/bench_discrete.py --quick         # fewer steps
+    python benchmarks/bench_discrete.py --device cuda   # on a GPU (default: cpu)
 
 Interleaved (the default): per case, in one process, normflows' twin in a bare loop, our model in
 the same bare loop and our model in the harness's loop (``bench.train.Trainer``: the body of its
@@ -20,6 +21,9 @@ the harness's loop (``bench.train.Trainer``, on a synthetic dataset of the same 
 peak memory of each (max RSS growth of a fresh process on a CPU, the allocator's peak on a GPU).
 Ratios: ours / normflows (what our model adds: batch norm, split priors, our series estimator)
 and harness / bare (what the harness adds per step).
+
+``--device cuda``: models and batches on the GPU, the device synchronised before and after every
+timed step (the CPU seconds then include the wait for the GPU).
 """
 
 from __future__ import annotations
@@ -128,17 +132,25 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (nothing to wait for on the CPU), so a clock read times it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bare_steps(net: torch.nn.Module, log_prob, batch: torch.Tensor, steps: int, warmup: int = 3) -> list[float]:
     """Fastest seconds of a mean-NLL Adam step on one fixed batch (the minimum filters other
     processes' load on a shared machine; the median is in the JSON of each case)."""
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     times = []
     for i in range(warmup + steps):
+        synchronize(batch.device)
         start = time.perf_counter()
         loss = -log_prob(batch).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        synchronize(batch.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
@@ -161,7 +173,7 @@ def _synthetic_dataset(name: str, root, *, kind: str = "tabular", n: int = 8192)
     return Dataset(DataInfo(name, kind, shape), Split(x), Split(x[:256]), Split(x[:256]))
 
 
-def make_trainer(model: str, hp: dict, kind: str, steps: int, tmp: Path):
+def make_trainer(model: str, hp: dict, kind: str, steps: int, tmp: Path, device: str = "cpu"):
     """``bench.train.Trainer`` for ``model`` on a synthetic dataset of the kind's shape (registered
     as ``bench-<kind>``), Adam lr 1e-4, no evaluation or checkpoint within ``steps``."""
     from bench.data import REGISTRY
@@ -180,7 +192,7 @@ def make_trainer(model: str, hp: dict, kind: str, steps: int, tmp: Path):
     spec = RunSpec("bench", model, name, 0, hp, {"kind": kind}, train, "bpd" if kind == "image" else "nll")
     record = RunRecord(tmp, "bench", spec.run_id)
     record.create(spec.to_dict())
-    return Trainer(spec, record, device="cpu", progress=False)
+    return Trainer(spec, record, device=device, progress=False)
 
 
 def harness_step(trainer) -> None:
@@ -191,19 +203,22 @@ def harness_step(trainer) -> None:
     trainer.state.stop_reason = trainer._budget_reached()
 
 
-def harness_steps(model: str, hp: dict, kind: str, steps: int, tmp: Path) -> list[float]:
+def harness_steps(model: str, hp: dict, kind: str, steps: int, tmp: Path, device: str = "cpu") -> list[float]:
     """Seconds of each of ``bench.train.Trainer``'s training steps on a synthetic dataset of the shape."""
-    trainer = make_trainer(model, hp, kind, steps, tmp)
+    trainer = make_trainer(model, hp, kind, steps, tmp, device)
     times = []
     for i in range(3 + steps):
+        synchronize(trainer.device)
         start = time.perf_counter()
         harness_step(trainer)
+        synchronize(trainer.device)
         if i >= 3:
             times.append(time.perf_counter() - start)
     return times
 
 
-def interleaved_case(case: str, steps: int, warmup: int = 3, profile: bool = False) -> dict[str, dict[str, float]]:
+def interleaved_case(case: str, steps: int, warmup: int = 3, profile: bool = False,
+                     device: str = "cpu") -> dict[str, dict[str, float]]:
     """normflows' twin (bare loop), ours (bare loop) and ours in the harness's loop, in this process,
     one step each in turn, the order reversed every step. Per variant: median and minimum CPU
     (process) seconds and median wall seconds over the ``steps`` timed steps, and the parameter count."""
@@ -221,15 +236,16 @@ def interleaved_case(case: str, steps: int, warmup: int = 3, profile: bool = Fal
         from bench.data.images import make_preprocess
 
         batch, _ = make_preprocess(256)((batch * 255).round(), True)
+    batch = batch.to(device)
     variants = {}
     if twin:
-        nf_net = globals()[twin](shape[0] if len(shape) == 1 else shape, hp)
+        nf_net = globals()[twin](shape[0] if len(shape) == 1 else shape, hp).to(device)
         variants["normflows"] = bare_stepper(nf_net, getattr(nf_net, "log_prob_x", nf_net.log_prob), batch)
-    ours = get_builder(model)(DataInfo("bench", kind, shape), **hp)
+    ours = get_builder(model)(DataInfo("bench", kind, shape), **hp).to(device)
     ours.train()
     variants["ours bare"] = bare_stepper(ours, ours.log_prob, batch)
     tmp = tempfile.TemporaryDirectory()
-    trainer = make_trainer(model, hp, kind, warmup + steps, Path(tmp.name))
+    trainer = make_trainer(model, hp, kind, warmup + steps, Path(tmp.name), device)
     variants["ours harness"] = lambda: harness_step(trainer)
     profiler = cProfile.Profile() if profile else None
     cpu: dict[str, list[float]] = {k: [] for k in variants}
@@ -239,8 +255,10 @@ def interleaved_case(case: str, steps: int, warmup: int = 3, profile: bool = Fal
         for name in (names if i % 2 == 0 else names[::-1]):
             if profiler is not None and name == "ours harness" and i >= warmup:
                 profiler.enable()
+            synchronize(device)
             c, w = time.process_time(), time.perf_counter()
             variants[name]()
+            synchronize(device)
             c, w = time.process_time() - c, time.perf_counter() - w
             if profiler is not None:
                 profiler.disable()
@@ -271,7 +289,7 @@ def bare_stepper(net: torch.nn.Module, log_prob, batch: torch.Tensor):
     return step
 
 
-def run_case(case: str, which: str, steps: int) -> dict:
+def run_case(case: str, which: str, steps: int, device: str = "cpu") -> dict:
     """One measurement in this (fresh) process: which = normflows | bare | harness."""
     from baselines.registry import get_builder
     from bench.data.base import DataInfo
@@ -280,33 +298,42 @@ def run_case(case: str, which: str, steps: int) -> dict:
     model, hp, kind, twin, _ = CASES[case]
     shape = SHAPE[kind]
     batch = torch.rand(BATCH[kind], *shape) if kind == "image" else torch.randn(BATCH[kind], *shape)
+    batch = batch.to(device)
     rss0 = _rss_mb()
     if which == "normflows":
-        net = globals()[twin](shape[0] if len(shape) == 1 else shape, hp)
+        net = globals()[twin](shape[0] if len(shape) == 1 else shape, hp).to(device)
         fn = getattr(net, "log_prob_x", net.log_prob)
         seconds = bare_steps(net, fn, batch, steps)
     elif which == "bare":
-        net = get_builder(model)(DataInfo("bench", kind, shape), **hp)
+        net = get_builder(model)(DataInfo("bench", kind, shape), **hp).to(device)
         net.train()
         seconds = bare_steps(net, net.log_prob, batch, steps)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            seconds = harness_steps(model, hp, kind, steps, Path(tmp))
+            seconds = harness_steps(model, hp, kind, steps, Path(tmp), device)
         net = None
     params = sum(p.numel() for p in net.parameters() if p.requires_grad) if net is not None else None
-    return {"seconds": min(seconds), "median_seconds": statistics.median(seconds), "peak_mb": _rss_mb() - rss0,
+    cuda = torch.device(device).type == "cuda"
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb() - rss0
+    return {"seconds": min(seconds), "median_seconds": statistics.median(seconds), "peak_mb": peak,
             "params": params}
 
 
-def interleaved(cases: list[str], steps: int, threads: int, profile: bool) -> None:
+def device_name(device: str) -> str:
+    """How the tables name the device: CPU, or the GPU's name."""
+    return "CPU" if torch.device(device).type == "cpu" else f"{torch.cuda.get_device_name(device)} ({device})"
+
+
+def interleaved(cases: list[str], steps: int, threads: int, profile: bool, device: str = "cpu") -> None:
     """The interleaved table: per case CPU ms per step of each variant and the two ratios."""
     torch.set_num_threads(threads)
     print(f"one training step, interleaved in one process (order reversed every step), median CPU time of "
-          f"{steps} steps after 3 warm-up steps; torch {torch.__version__}, {threads} thread(s), CPU\n")
+          f"{steps} steps after 3 warm-up steps; torch {torch.__version__}, {threads} thread(s), "
+          f"{device_name(device)}\n")
     print(f"{'case':<12} {'params nf/ours':>17} {'normflows':>10} {'ours bare':>10} {'harness':>10} "
           f"{'nf/harness':>11} {'harness/bare-1':>15}")
     for case in cases:
-        r = interleaved_case(case, steps, profile=profile)
+        r = interleaved_case(case, steps, profile=profile, device=device)
         nf_r, bare, harness = r.get("normflows"), r["ours bare"], r["ours harness"]
         params = f"{nf_r['params'] if nf_r else 0:,}/{bare['params']:,}"
         speed = f"{nf_r['cpu'] / harness['cpu']:10.2f}x" if nf_r else f"{'-':>11}"
@@ -328,21 +355,24 @@ def main() -> None:
     parser.add_argument("--separate", action="store_true", help="each measurement in its own process, not interleaved")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the interleaved run (default 1)")
     parser.add_argument("--profile", action="store_true", help="interleaved: cProfile the harness's steps")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args()
     steps = args.steps or (5 if args.quick else 15)
     if args.case:
-        print(json.dumps(run_case(args.case, args.which, steps)))
+        print(json.dumps(run_case(args.case, args.which, steps, args.device)))
         return
     cases = args.only.split(",") if args.only else (list(CASES) if args.separate else list(INTERLEAVED))
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"--only: unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if not args.separate:
-        interleaved(cases, steps, args.threads, args.profile)
+        interleaved(cases, steps, args.threads, args.profile, args.device)
         return
     torch_threads = torch.get_num_threads()
+    peak = ("max-RSS growth of a fresh process" if torch.device(args.device).type == "cpu"
+            else "the allocator's peak (torch.cuda.max_memory_allocated)")
     print(f"one training step, fastest of {steps} (after 3 warm-up steps), torch {torch.__version__}, "
-          f"{torch_threads} threads, CPU; peak = max-RSS growth of a fresh process\n")
+          f"{torch_threads} threads, {device_name(args.device)}; peak = {peak}\n")
     print(f"{'case':<15} {'params':>9} {'normflows':>11} {'ours bare':>11} {'ours harness':>13} "
           f"{'ours/nf':>8} {'harness/bare':>13} {'peak MB nf/ours/harness':>25}")
     here = Path(__file__).resolve()
@@ -352,7 +382,8 @@ def main() -> None:
         twin = CASES[case][3]
         out = {}
         for which in (["normflows"] if twin else []) + ["bare", "harness"]:
-            proc = subprocess.run([sys.executable, str(here), "--case", case, "--which", which, "--steps", str(steps)],
+            proc = subprocess.run([sys.executable, str(here), "--case", case, "--which", which, "--steps", str(steps),
+                                   "--device", args.device],
                                   capture_output=True, text=True, env=env)
             if proc.returncode:
                 raise SystemExit(f"{case}/{which} failed:\n{proc.stderr[-2000:]}")
