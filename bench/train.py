@@ -164,6 +164,10 @@ def resolve_device(device: str | None, local_rank: int = 0, world: int = 1) -> t
     on a CUDA machine) is ``cuda:LOCAL_RANK``, one GPU per process of a multi-process run; an explicit
     ``cuda:N`` stays as given for a one-process run. A device this machine lacks is a FlowbenchError."""
     name = str(device or "auto")
+    try:
+        torch.device(name if name != "auto" else "cpu")
+    except RuntimeError:
+        raise FlowbenchError(f"--device {name}: not a device torch knows; use auto, cpu, cuda or cuda:N") from None
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")

@@ -82,6 +82,10 @@ def test_cuda_on_a_machine_without_it_is_a_recorded_failed_run(write_suite, tmp_
     assert written["error"] == "--device cuda: CUDA is not available on this machine; use --device cpu or auto"
     assert written["env"]["device"] == "cuda" and written["env"]["device_name"].startswith("unavailable")
     assert (record.dir / "spec.json").exists() and not record.checkpoint_path.exists()
+    other = RunRecord(tmp_path / "typo", spec.suite, spec.run_id)
+    assert run_one(spec, other, device="nosuchdevice", progress=False)["status"] == "failed"
+    assert other.read_result()["error"] == ("--device nosuchdevice: not a device torch knows; use auto, cpu, cuda "
+                                            "or cuda:N")
 
 
 @contextlib.contextmanager
