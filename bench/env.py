@@ -62,7 +62,10 @@ def device_name(device: Any) -> str:
     GPU's name, or the CPU's model and the torch threads the run used."""
     import torch
 
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        return f"unknown device {device!r}"
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return "unavailable: no CUDA on this machine"
@@ -86,7 +89,10 @@ def gpu(device: Any) -> dict[str, Any]:
     with (None where they do not apply), so time and memory are only compared like with like."""
     import torch
 
-    kind = torch.device(device).type
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:  # a device string torch does not know: the run's record says so
+        kind = "unknown"
     cuda = kind == "cuda" and torch.cuda.is_available()
     return {"device_kind": kind, "gpu_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
             "cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version() if cuda else None}
