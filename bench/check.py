@@ -173,7 +173,7 @@ def summarise(df, metric: str | None = None, labels: Mapping[str, Mapping[str, A
     g = long.groupby([*KEYS, "quantity", "column"], sort=False)
     out = g["value"].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
     out["seeds"] = g["seed"].agg(lambda s: " ".join(str(int(x)) for x in s))  # in seed order, as the values
-    out["values"] = g["value"].agg(lambda v: " ".join(f"{x:.10g}" for x in v))
+    out["values"] = g["value"].agg(lambda v: " ".join(repr(float(x)) for x in v))  # exact: what pairing compares
     out = out.reset_index().merge(_devices(done), on=KEYS, how="left")
     out = out[~((out["quantity"].str.startswith("nfe")) & (out["max"] == 0))]  # no NFE: not a CNF
     return out[PIN_COLUMNS].reset_index(drop=True), records
