@@ -128,9 +128,8 @@ def test_a_new_users_outputs_go_where_the_readme_says(workdir, capsys):
     assert os.path.join("elsewhere", "res", "reports", "mine", "report.md") in capsys.readouterr().out
 
     created = _tree(workdir) - start
-    expected = ({f"results/mine/RUN/{f}" for f in RUN_FILES} | {"results/mine/.scan-cache.json",
-                                                                "results/mine/check_history.jsonl"}
-                | {f"reports/mine/{f}" for f in REPORT_FILES} | {"mine/pinned/mine.csv"}
+    expected = ({f"results/mine/RUN/{f}" for f in RUN_FILES} | {"results/mine/.scan-cache.json"}
+                | {f"reports/mine/{f}" for f in REPORT_FILES} | {"mine/pinned/mine.csv", "mine/pinned/mine.history.jsonl"}
                 | {f"elsewhere/res/mine/RUN/{f}" for f in RUN_FILES} | {"elsewhere/res/mine/.scan-cache.json"}
                 | {f"elsewhere/res/reports/mine/{f}" for f in REPORT_FILES})
     assert created == expected, (sorted(created - expected), sorted(expected - created))
