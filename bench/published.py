@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import METRICS
+from bench.protocol import Protocol, of_published
 
 __all__ = ["COLUMNS", "index", "Key", "load_published", "lookup", "PUBLISHED_CSV", "Reference", "rows_for"]
 
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "baselines" / "published.csv"
-COLUMNS = ["model", "dataset", "metric", "unit", "value", "std", "setting", "source", "table", "notes"]
+COLUMNS = ["model", "dataset", "metric", "unit", "value", "std", "setting", "source", "table", "notes", "dims",
+           "dequantize", "checkpoint", "device"]  # the last four: the row's protocol (bench.protocol)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Reference:
     source: str
     table: str
     setting: str
+    protocol: Protocol = Protocol()
 
     @property
     def cite(self) -> str:
@@ -46,7 +49,11 @@ def load_published(path: str | os.PathLike | None = None) -> Any:
     path = Path(path) if path else PUBLISHED_CSV
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(path, keep_default_na=False, na_values={"value": [""], "std": [""]})
+    table = pd.read_csv(path, keep_default_na=False, na_values={"value": [""], "std": [""]})
+    for column in COLUMNS:  # a file from before the protocol columns states no protocol
+        if column not in table:
+            table[column] = ""
+    return table
 
 
 Key = tuple[str, str, str, str]  # (published model, dataset, published metric, setting)
@@ -65,7 +72,8 @@ def index(published) -> dict[Key, Reference]:
         key = (row.model, row.dataset, row.metric, " ".join(str(row.setting).split()))
         if key not in out:
             std = float(row.std) if row.std == row.std else float("nan")
-            out[key] = Reference(float(row.value), std, str(row.source), str(row.table), key[3])
+            out[key] = Reference(float(row.value), std, str(row.source), str(row.table), key[3],
+                                 of_published(row._asdict()))
     return out
 
 

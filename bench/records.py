@@ -219,6 +219,9 @@ def aggregate(records: Records, column: str = "headline", field: str | None = No
     out = g["_v"].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
     out["field"], out["setting"], out["published_model"] = g["_f"].first(), g["setting"].first(), g[
         "published_model"].first()
+    carried = [c for c in done.columns if c == "base_dataset" or c.startswith("protocol.")]
+    for column in carried:  # a report column's protocol (bench.tables): one per column by construction
+        out[column] = done.loc[frame.index].groupby(KEYS, sort=False)[column].first()
     out = out.reset_index()
     out["se"] = np.where(out["n"] > 1, out["std"] / np.sqrt(out["n"].clip(lower=1)), np.nan)
     fails = records.failed.groupby(KEYS).size().rename("failed") if not records.failed.empty else None
@@ -227,7 +230,7 @@ def aggregate(records: Records, column: str = "headline", field: str | None = No
         out["failed"] = out["failed"].fillna(0).astype(int)
     else:
         out["failed"] = 0
-    return out[AGG_COLUMNS]
+    return out[AGG_COLUMNS + carried]
 
 
 def run_counts(records: Records) -> pd.DataFrame:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bench.metrics import METRICS, Metric, get_metric
+from bench.protocol import FIELDS as PROTOCOL_FIELDS, Protocol, differences, of_record
 from bench.published import Reference, index as published_index, lookup
 from bench.records import ModelRows, Records, aggregate
 
-__all__ = ["build_tables", "fmt_cell", "fmt_gap", "fmt_number", "headline_tables", "LONG_COLUMNS", "make_table",
-           "reference_values", "SECONDARY", "sources_text", "Table", "tex_escape", "to_html", "to_latex", "to_long",
+__all__ = ["build_tables", "column_label", "fmt_cell", "fmt_gap", "fmt_number", "headline_tables", "LONG_COLUMNS", "make_table",
+           "protocol_columns", "reference_values", "SECONDARY", "sources_text", "Table", "tex_escape", "to_html", "to_latex", "to_long",
            "to_markdown", "to_wide"]
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Table(ModelRows):
     show_failed: bool = False  # "(k failed)" in cells (the headline tables)
     sources: list[str] = field(default_factory=list)  # the published rows' citations, [k] in cells when several
     headline: bool = False
+    not_compared: list[str] = field(default_factory=list)  # published rows of another protocol, and what differs
 
     def __post_init__(self) -> None:
         self._index = {(r["model"], r["variant"], r["dataset"]): r for r in self.cells.to_dict("records")}
@@ -128,10 +130,20 @@ def make_table(agg, key: str, title: str, rows: Sequence[tuple[str, str]], datas
     for col in ("mean", "std", "se"):
         cells[col] = cells[col].astype(float) / scale
     sources: list[str] = []
+    not_compared: list[str] = []
     published, published_std, which = [], [], []
-    for m, d, f, s, pm in zip(cells["model"], cells["dataset"], cells["field"], cells["setting"],
-                              cells["published_model"]):
+    bases = cells["base_dataset"] if "base_dataset" in cells else cells["dataset"]
+    for row, m, d, f, s, pm in zip(cells.to_dict("records"), cells["model"], bases, cells["field"], cells["setting"],
+                                   cells["published_model"]):
         ref, factor = lookup(dict(refs or {}), m, d, f, s, pm)
+        if ref is not None:  # the same definition and setting: compared only under the same protocol
+            ours = Protocol(*(str(row.get(f"protocol.{k}") or "") for k in PROTOCOL_FIELDS))
+            differ = differences(ours, ref.protocol, with_device=metric.family == "time")
+            if differ:
+                note = f"{pm or m} on {d}: {ref.value:g} ({ref.cite}): {', '.join(differ)}"
+                if note not in not_compared:
+                    not_compared.append(note)
+                ref = None
         if ref is None:
             published.append(np.nan), published_std.append(np.nan), which.append(-1)
             continue
@@ -151,7 +163,8 @@ def make_table(agg, key: str, title: str, rows: Sequence[tuple[str, str]], datas
     present = set(zip(cells["model"], cells["variant"]))
     return Table(key, title, cells, [r for r in rows if r in present] or sorted(present),
                  [d for d in datasets if d in set(cells["dataset"])] or sorted(set(cells["dataset"])), metric,
-                 digits, metric.rank, metric.unit if unit is None else unit, scale, sources=sources, headline=headline)
+                 digits, metric.rank, metric.unit if unit is None else unit, scale, sources=sources, headline=headline,
+                 not_compared=not_compared)
 
 
 def _title(metric: Metric, agg, unit: str | None = None, note: str = "") -> str:
@@ -192,10 +205,49 @@ def _headline_groups(records: Records) -> dict[str, list[str]]:
     return groups
 
 
+def column_label(dataset: str, protocol: Protocol, native_dims: str) -> str:
+    """A report column's name: the dataset, with what sets its protocol apart from the dataset's own:
+    another shape (``mnist (3x32x32)``), test images at the bin centre (``mnist (center)``)."""
+    parts = [protocol.dims] if protocol.dims and protocol.dims != native_dims else []
+    if protocol.dequantize == "center":
+        parts.append("center")
+    return f"{dataset} ({', '.join(parts)})" if parts else dataset
+
+
+def protocol_columns(records: Records) -> Records:
+    """The records with each run's report column as its ``dataset`` (``column_label``: MNIST padded and
+    tiled to 3x32x32 has bits/dim per 3,072 dimensions, not 784, and its own column), beside
+    ``base_dataset`` and its protocol (``protocol.dims``, ``.dequantize``, ``.checkpoint``,
+    ``.device``; ``bench.protocol``)."""
+    import dataclasses
+
+    from bench.data import REGISTRY
+    from bench.protocol import shape_text
+
+    def labelled(df):
+        if df.empty or "dataset" not in df:
+            return df
+        wanted = [c for c in df.columns if c == "dataset" or c.startswith(("data_config.", "train.restore_best",
+                                                                          "env.device_"))]
+        protocols = [of_record(r) for r in df[wanted].to_dict("records")]
+        native = {d: shape_text(REGISTRY[d].shape) if d in REGISTRY else "" for d in set(df["dataset"])}
+        labels = [column_label(d, p, native[d]) for d, p in zip(df["dataset"], protocols)]
+        extra = {f"protocol.{k}": [getattr(p, k) for p in protocols] for k in PROTOCOL_FIELDS}
+        return df.assign(base_dataset=df["dataset"], dataset=labels, **extra)
+
+    completed, failed = labelled(records.completed), labelled(records.failed)
+    present = list(dict.fromkeys([*completed.get("dataset", []), *failed.get("dataset", [])]))
+    order = [label for d in records.datasets for label in [d, *sorted(x for x in present if x.startswith(f"{d} ("))]]
+    order += [x for x in present if x not in order]
+    return dataclasses.replace(records, completed=completed, failed=failed, datasets=order)
+
+
 def build_tables(records: Records, published=None) -> list[Table]:
     """The headline tables first (one per headline metric: nll, bpd, mse), each followed by its
     conditional twin where conditional models ran (-log p(x|y)), then each secondary table that has
-    data (test error, extrapolation MSE, NFE, wall-clock, parameters)."""
+    data (test error, extrapolation MSE, NFE, wall-clock, parameters). A column holds one dataset under
+    one protocol (``protocol_columns``)."""
+    records = protocol_columns(records)
     refs = published_index(published)
     done = records.completed
     groups = _headline_groups(records) or {"nll": []}
@@ -278,12 +330,16 @@ def _header(d: str, part: str) -> str:
 
 
 def sources_text(tab: Table) -> str:
-    """Which published rows the pub. columns hold (paper, table, setting); empty when none."""
-    if not tab.sources:
-        return ""
+    """Which published rows the pub. columns hold (paper, table, setting), and the published rows of
+    the same metric and setting left out because their protocol differs; empty when none."""
+    parts = []
     if len(tab.sources) == 1:
-        return f"pub.: {tab.sources[0]}"
-    return "pub.: " + "; ".join(f"[{k + 1}] {cite}" for k, cite in enumerate(tab.sources))
+        parts.append(f"pub.: {tab.sources[0]}")
+    elif tab.sources:
+        parts.append("pub.: " + "; ".join(f"[{k + 1}] {cite}" for k, cite in enumerate(tab.sources)))
+    if tab.not_compared:
+        parts.append("not compared (another protocol, ours vs theirs): " + "; ".join(tab.not_compared))
+    return "\n".join(parts)
 
 
 def to_markdown(tab: Table, title: str | None = None) -> str:

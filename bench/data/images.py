@@ -405,7 +405,7 @@ def _hold_out(x: np.ndarray, y: np.ndarray, n_val: int, test, what: str):
     return [(x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:]), test], f"{what}; validation = last {n_val:,} training images"
 
 
-@register_dataset("mnist", kind="image", metric="bpd", files=verify_mnist,
+@register_dataset("mnist", kind="image", metric="bpd", shape=(1, 28, 28), files=verify_mnist,
                   description="MNIST 1x28x28 from the IDX files (pad 2, channels 3: Glow/i-ResNet's 3x32x32), "
                               "10 classes")
 def load_mnist(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000, pad: Annotated[int, Range(0, 16)] = 0,
@@ -426,7 +426,7 @@ def load_mnist(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000, 
                     crop_padding, shift)
 
 
-@register_dataset("cifar10", kind="image", metric="bpd", files=verify_cifar10,
+@register_dataset("cifar10", kind="image", metric="bpd", shape=(3, 32, 32), files=verify_cifar10,
                   description="CIFAR10 3x32x32 from the pickled batches")
 def load_cifar10(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000, flip: bool = True,
                  logit: bool = True, alpha: BelowHalf = 1e-6, dequantize: Dequantize = "uniform", crop: NonNegInt = 0,
@@ -440,7 +440,7 @@ def load_cifar10(name: str, root: Path | None = None, *, n_val: NonNegInt = 5000
     return _dataset(name, splits, 256, (3, 32, 32), logit, alpha, dequantize, flip, notes, crop, crop_padding, shift)
 
 
-@register_dataset("mnist10k", kind="image", metric="bpd", files=verify_mnist,
+@register_dataset("mnist10k", kind="image", metric="bpd", shape=(1, 28, 28), files=verify_mnist,
                   description="8,000/1,000/1,000 split of the real MNIST TEST set (small runs, not the benchmark)")
 def load_mnist10k(name: str, root: Path | None = None, *, n_train: Count = 8000, n_val: Count = 1000, seed: Seed = 0,
                   logit: bool = True, alpha: BelowHalf = 1e-6, dequantize: Dequantize = "uniform",
@@ -459,7 +459,7 @@ def load_mnist10k(name: str, root: Path | None = None, *, n_train: Count = 8000,
     return _dataset(name, [(x[p], y[p]) for p in parts], 256, (1, 28, 28), logit, alpha, dequantize, False, notes)
 
 
-@register_dataset("digits", kind="image", metric="bpd", files=SKLEARN,
+@register_dataset("digits", kind="image", metric="bpd", shape=(1, 8, 8), files=SKLEARN,
                   description="scikit-learn 8x8 digits as 1x8x8 images, 17 levels, 10 classes")
 def load_digits(name: str, root: Path | None = None, *, val_fraction: Fraction = 0.1, test_fraction: Fraction = 0.2,
                 seed: Seed = 0, logit: bool = True, alpha: BelowHalf = 1e-6, dequantize: Dequantize = "uniform"):

@@ -71,6 +71,17 @@ class DatasetEntry:
     description: str
     metric: str = "nll"
     files: FileCheck | NoFiles | None = None
+    shape: tuple[int, ...] | None = None  # an image set's C x H x W with its default options
+
+    def data_shape(self, options: Mapping[str, Any]) -> tuple[int, ...] | None:
+        """The shape a run's data has: the declared image shape, padded by ``pad`` pixels a side and
+        with ``channels`` channels when the options set them (MNIST as Glow's and i-ResNet's code feed
+        it: 3x32x32); None when the dataset declares no shape."""
+        if self.shape is None:
+            return None
+        c, h, w = self.shape
+        pad = int(options.get("pad") or 0)
+        return (int(options.get("channels") or c), h + 2 * pad, w + 2 * pad)
 
     @property
     def where(self) -> str:
@@ -174,7 +185,7 @@ def _metric_name(metric: Any, name: str) -> str:
 
 
 def register_dataset(name: str, *, kind: str, description: str, metric: Any = "nll",
-                     files: FileCheck | NoFiles) -> Callable[[Callable], Callable]:
+                     files: FileCheck | NoFiles, shape: tuple[int, ...] | None = None) -> Callable[[Callable], Callable]:
     """Decorator that registers ``load(name, root, *, option=default, ...) -> Dataset`` under ``name``.
 
     ``kind``: one of ``bench.data.base.KINDS``. ``metric``: the headline metric (a name of
@@ -182,6 +193,7 @@ def register_dataset(name: str, *, kind: str, description: str, metric: Any = "n
     check ``check(name, root) -> Status`` of the files it reads, or ``GENERATED`` / ``SKLEARN`` /
     ``NoFiles(state, where)`` when it reads none. Registering a name that another loader holds is
     an error; the same loader registering again (a module imported twice) replaces its entry.
+    ``shape``: an image set's C x H x W with the default options (what bits/dim are per).
     """
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise FlowbenchError(f"register_dataset: the name must be a non-empty word, got {name!r}")
@@ -200,7 +212,8 @@ def register_dataset(name: str, *, kind: str, description: str, metric: Any = "n
         if held is not None and _qualname(held.loader) != _qualname(loader):
             raise FlowbenchError(f'dataset "{name}" is registered twice: by {held.where} and by {_qualname(loader)}; '
                                  "give the new one another name")
-        _registered[name] = DatasetEntry(name, loader, kind, " ".join(description.split()), metric_name, files)
+        _registered[name] = DatasetEntry(name, loader, kind, " ".join(description.split()), metric_name, files,
+                                         tuple(shape) if shape else None)
         return loader
 
     return decorate

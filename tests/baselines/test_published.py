@@ -30,7 +30,8 @@ def find(rows, model, dataset, metric, setting=""):
 
 
 def test_columns_and_no_duplicates(rows):
-    assert list(rows[0]) == ["model", "dataset", "metric", "unit", "value", "std", "setting", "source", "table", "notes"]
+    assert list(rows[0]) == ["model", "dataset", "metric", "unit", "value", "std", "setting", "source", "table", "notes",
+                             "dims", "dequantize", "checkpoint", "device"]
     keys = [(r["model"], r["dataset"], r["metric"], r["setting"]) for r in rows]
     assert len(keys) == len(set(keys)), [k for k in keys if keys.count(k) > 1]
     for r in rows:

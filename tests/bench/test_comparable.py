@@ -81,7 +81,10 @@ def test_infocnf_large_batch_suite_shows_the_large_batch_published_numbers(tmp_p
     want = {"ccnf": (3.71, 38.14, 660.71), "infocnf": (3.674, 31.64, 582.22), "infocnf_learned": (3.638, 27.88, 589.69)}
     for model, (bpd, error, nfe_train) in want.items():
         assert tables["bpd_conditional"].cell(model, "cifar10")["published"] == pytest.approx(bpd)
-        assert tables["error"].cell(model, "cifar10")["published"] == pytest.approx(error)
+        # Table 1's error is the lowest over training; ours is the best-test-bits/dim checkpoint's
+        assert tables["error"].cell(model, "cifar10")["published"] != tables["error"].cell(model, "cifar10")["published"]
+        assert any(f"on cifar10: {error:g} (" in n and "checkpoint best_test vs lowest" in n
+                   for n in tables["error"].not_compared), tables["error"].not_compared
         assert tables["nfe_train"].cell(model, "cifar10")["published"] == pytest.approx(nfe_train)
     assert tables["headline"].published_datasets == []  # nobody published a marginal bits/dim
     md = (tmp_path / "rep" / suite.name / "report.md").read_text()

@@ -102,10 +102,14 @@ def test_secondary_tables_and_every_output_file(results, tmp_path):
                     "params"]
     assert "realnvp" in rep.tables[0].models and all("realnvp" not in t.models for t in rep.tables[2:6])
     head = rep.tables[0]
-    assert head.cell("rnode", "cifar10")["published"] == 3.398 and head.cell("rnode", "cifar10")["best"]
+    # RNODE's 3.398 is at the bin centre, ours with uniform noise: listed under the table, no gap
+    assert head.cell("rnode", "cifar10")["published"] != head.cell("rnode", "cifar10")["published"]
+    assert head.cell("rnode", "cifar10")["best"]
+    assert any(n.startswith("rnode on cifar10: 3.398") and "dequantize uniform vs center" in n for n in head.not_compared)
     wall = next(t for t in rep.tables if t.key == "train_seconds")
     assert wall.unit == "hours" and wall.cell("ffjord", "cifar10")["mean"] == pytest.approx(8.0)
-    assert wall.cell("rnode", "cifar10")["published"] == pytest.approx(31.84)
+    assert wall.cell("rnode", "cifar10")["published"] != wall.cell("rnode", "cifar10")["published"]  # other hardware
+    assert any(n.startswith("rnode on cifar10: 31.84") and "vs unknown GPU" in n for n in wall.not_compared)
     for key in ("markdown", "table", "latex", "csv", "headline_csv", "runs_csv", "parquet", "records_parquet", "html"):
         assert rep.files[key].exists() and rep.files[key].stat().st_size > 0, key
     long = pd.read_parquet(rep.files["parquet"])
