@@ -91,6 +91,7 @@ class Metric:
     published_scale: float = 1.0
     marginal: str | None = None  # a conditional model's marginal twin: its headline instead of this
     suite_metric: bool = False  # may be a suite's `metric:` (a test term every run of its data reports)
+    protocol: tuple[tuple[str, str], ...] = ()  # protocol fields this metric sets (bench.protocol), e.g. checkpoint
 
     @property
     def source(self) -> str:
@@ -130,6 +131,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("bpd_conditional", "bits/dim", "test conditional bits/dim of p(x|y) (conditional models)", "bpd",
            column="test.bpd", published="bpd"),
     Metric("error", "%", "test error (%)", "error", digits=2, suite_metric=True),
+    Metric("error_min", "%", "lowest test error over training (%)", "error", digits=2, published="error",
+           protocol=(("checkpoint", "lowest"),)),
     # time series (LatentODE)
     Metric("mse", "MSE", "test trajectory MSE (observed window)", "mse", digits=4, suite_metric=True),
     Metric("mse_extrapolation", "MSE", "test trajectory MSE (extrapolation)", "mse", digits=4, suite_metric=True),

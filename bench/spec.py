@@ -174,6 +174,8 @@ TRAIN_FIELDS: dict[str, Field] = {
     "patience": Field((int,), None, nullable=True, minimum=1,
                       help="early stopping after this many evaluations without improvement"),
     "checkpoint_every": Field((int,), 200, minimum=1, help="steps between checkpoints"),
+    "test_center": Field((bool,), False, help="images: also test with the pixels at the bin centre, (x + 0.5) / "
+                                                 "levels (RNODE's test), as <metric>_center (one more test pass)"),
     "tf32": Field((bool,), False, help="TF32 matrix products and convolutions on GPUs that have them (faster, about "
                                         "10 bits of mantissa); false: full float32"),
     "cudnn_benchmark": Field((bool,), False, help="let cuDNN time its convolution algorithms and keep the fastest "
@@ -185,7 +187,7 @@ TRAIN_FIELDS: dict[str, Field] = {
 TRAIN_DEFAULTS = {k: f.default for k, f in TRAIN_FIELDS.items()}
 # training fields added after run ids were in use: left out of the hashed content while at their default,
 # so every run (and pinned number) from before they existed keeps its id
-RUN_ID_OPTIONAL = ("tf32", "cudnn_benchmark", "deterministic")
+RUN_ID_OPTIONAL = ("tf32", "cudnn_benchmark", "deterministic", "test_center")
 
 SUITE_KEYS = {
     "name": "suite name (defaults to the file name)",

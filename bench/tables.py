@@ -10,6 +10,7 @@ secondary tables (test error, extrapolation MSE, NFE, wall-clock, parameters); `
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # tables after the headline ones (and the conditional ones that follow each headline metric with a marginal twin)
-SECONDARY = ("error", "mse_extrapolation", "nfe_forward", "nfe_backward", "nfe_train", "nfe_test", "train_seconds",
+SECONDARY = ("error", "error_min", "mse_extrapolation", "nfe_forward", "nfe_backward", "nfe_train", "nfe_test", "train_seconds",
              "params")
 
 
@@ -138,6 +139,7 @@ def make_table(agg, key: str, title: str, rows: Sequence[tuple[str, str]], datas
         ref, factor = lookup(dict(refs or {}), m, d, f, s, pm)
         if ref is not None:  # the same definition and setting: compared only under the same protocol
             ours = Protocol(*(str(row.get(f"protocol.{k}") or "") for k in PROTOCOL_FIELDS))
+            ours = dataclasses.replace(ours, **dict(metric.protocol))  # a metric of its own protocol (error_min)
             differ = differences(ours, ref.protocol, with_device=metric.family == "time")
             if differ:
                 note = f"{pm or m} on {d}: {ref.value:g} ({ref.cite}): {', '.join(differ)}"
@@ -214,11 +216,26 @@ def column_label(dataset: str, protocol: Protocol, native_dims: str) -> str:
     return f"{dataset} ({', '.join(parts)})" if parts else dataset
 
 
-def protocol_columns(records: Records) -> Records:
+def _with_center_rows(done):
+    """Completed records plus, for each run also tested at the bin centre (``test.<field>_center``), a
+    copy whose headline is that number and whose dequantisation is ``center``: its own column."""
+    import pandas as pd
+
+    if done.empty or "headline_field" not in done:
+        return done
+    centre = [pd.to_numeric(done[f"test.{f}_center"], errors="coerce").iat[i]
+              if f"test.{f}_center" in done else float("nan") for i, f in enumerate(done["headline_field"])]
+    extra = done.assign(headline=centre, centre_copy=True, **{"data_config.dequantize": "center"})
+    extra = extra[extra["headline"].notna()]
+    return pd.concat([done, extra], ignore_index=True) if len(extra) else done
+
+
+def protocol_columns(records: Records, centre: bool = False) -> Records:
     """The records with each run's report column as its ``dataset`` (``column_label``: MNIST padded and
     tiled to 3x32x32 has bits/dim per 3,072 dimensions, not 784, and its own column), beside
     ``base_dataset`` and its protocol (``protocol.dims``, ``.dequantize``, ``.checkpoint``,
-    ``.device``; ``bench.protocol``)."""
+    ``.device``; ``bench.protocol``). ``centre``: runs also tested at the bin centre add their centre
+    numbers as the headline of a ``(center)`` column (the headline tables)."""
     import dataclasses
 
     from bench.data import REGISTRY
@@ -235,7 +252,8 @@ def protocol_columns(records: Records) -> Records:
         extra = {f"protocol.{k}": [getattr(p, k) for p in protocols] for k in PROTOCOL_FIELDS}
         return df.assign(base_dataset=df["dataset"], dataset=labels, **extra)
 
-    completed, failed = labelled(records.completed), labelled(records.failed)
+    completed = labelled(_with_center_rows(records.completed) if centre else records.completed)
+    failed = labelled(records.failed)
     present = list(dict.fromkeys([*completed.get("dataset", []), *failed.get("dataset", [])]))
     order = [label for d in records.datasets for label in [d, *sorted(x for x in present if x.startswith(f"{d} ("))]]
     order += [x for x in present if x not in order]
@@ -247,28 +265,32 @@ def build_tables(records: Records, published=None) -> list[Table]:
     conditional twin where conditional models ran (-log p(x|y)), then each secondary table that has
     data (test error, extrapolation MSE, NFE, wall-clock, parameters). A column holds one dataset under
     one protocol (``protocol_columns``)."""
+    heads = protocol_columns(records, centre=True)
     records = protocol_columns(records)
     refs = published_index(published)
-    done = records.completed
-    groups = _headline_groups(records) or {"nll": []}
+    done = heads.completed
+    groups = _headline_groups(heads) or {"nll": []}
     tables: list[Table] = []
     conditional: list[Table] = []
     for i, (name, datasets) in enumerate(groups.items()):
         metric = METRICS.get(name) or get_metric(name)
         in_group = done["dataset"].isin(datasets) if not done.empty else None
-        agg = aggregate(records, "headline", where=in_group)
+        agg = aggregate(heads, "headline", where=in_group)
         marginal = bool(metric.marginal) and (agg["field"] == metric.marginal).any()
         note = "conditional models: their marginal −log p(x)" if marginal else ""
         tab = make_table(agg, "headline" if i == 0 else f"headline_{name}", _title(metric, agg, note=note),
-                         records.rows, datasets, refs, metric, headline=True)
+                         heads.rows, datasets, refs, metric, headline=True)
         tab.show_failed = True
         tables.append(tab)
         if marginal:
             cond = METRICS[f"{name}_conditional"]
-            agg = aggregate(records, cond.source, cond.name, where=in_group & (done["headline_field"] == metric.marginal))
+            own = ~done["centre_copy"].fillna(False).astype(bool) if "centre_copy" in done else True
+            agg = aggregate(heads, cond.source, cond.name,
+                            where=in_group & (done["headline_field"] == metric.marginal) & own)
             conditional.append(make_table(agg, cond.name, _title(cond, agg),
                                           records.rows, datasets, refs, cond))
     tables += conditional
+    done = records.completed
     for name in SECONDARY:
         metric = METRICS[name]
         if name in groups or done.empty or metric.source not in done:

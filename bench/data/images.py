@@ -332,7 +332,8 @@ def make_preprocess(levels: int, logit: bool = True, alpha: float = 1e-6, dequan
     check_image_options(logit, alpha, dequantize, crop, crop_padding, shift)
     log_scale = float(np.log1p(-2 * alpha))
 
-    def preprocess(x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(x: torch.Tensor, train: bool, test_dequantize: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``test_dequantize`` overrides the test-time convention for one evaluation (``center``)."""
         x = x.to(torch.float32)
         if train and crop:
             x = random_crop(x, crop, crop_padding)
@@ -341,7 +342,8 @@ def make_preprocess(levels: int, logit: bool = True, alpha: float = 1e-6, dequan
         if train and flip:
             mirror = draw_like(x.new_empty(x.shape[0]), torch.rand_like) < 0.5
             x = torch.where(mirror.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
-        noise = draw_like(x, torch.rand_like) if train or dequantize == "uniform" else torch.full_like(x, 0.5)
+        mode = dequantize if train or test_dequantize is None else test_dequantize
+        noise = draw_like(x, torch.rand_like) if train or mode == "uniform" else torch.full_like(x, 0.5)
         u = (x + noise) / levels
         if not logit:
             return u - 0.5, torch.zeros(x.shape[0], device=x.device)
