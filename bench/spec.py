@@ -151,8 +151,9 @@ TRAIN_FIELDS: dict[str, Field] = {
                          "and the saved model; null: off"),
     "restore_best": Field((bool,), True,
                           help="test the best-validation weights (false: the final weights)"),
-    "schedule": Field((str,), "constant", choices=("constant", "cosine", "step"),
-                      help="learning-rate schedule after warm-up"),
+    "schedule": Field((str,), "constant", choices=("constant", "cosine", "step", "plateau"),
+                      help="learning-rate schedule after warm-up (plateau: lr / 10 after 10 and lr / 100 after 20 "
+                           "validations without improvement, FFJORD's update_lr)"),
     "milestones": Field((list,), [], help="steps at which the 'step' schedule multiplies lr by gamma"),
     "gamma": Field((float,), 0.1, minimum=0.0),
     "warmup_steps": Field((int,), 0, minimum=0, help="linear learning-rate warm-up"),

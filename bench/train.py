@@ -38,9 +38,9 @@ from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_tor
 from bench.trackers import Trackers
 
 __all__ = ["BACKENDS", "process_group_backend", "apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",
-           "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores", "Polyak",
-           "Preempted", "read_model_nfe", "request_stop", "resolve_device", "run_one", "run_threads", "seed_everything",
-           "TimedOut", "Trainer", "use_device"]
+           "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores",
+           "PLATEAU_STALE", "plateau_drops", "Polyak", "Preempted", "read_model_nfe", "request_stop",
+           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer", "use_device"]
 
 _stop = threading.Event()
 
@@ -81,7 +81,8 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_metric: float = math.inf
     best_step: int = -1
-    bad_evals: int = 0
+    bad_evals: int = 0  # validations since the last improvement (early stopping, the plateau schedule)
+    lr_drops: int = 0  # times the plateau schedule has divided the learning rate by 10
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     nfe_forward: int = 0
@@ -221,10 +222,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
+PLATEAU_STALE = (10, 20)  # the plateau schedule's thresholds: FFJORD's --early_stopping 30 // 3 and // 3 * 2
+
+
+def plateau_drops(drops: int, stale: int) -> int:
+    """The plateau schedule's drop count after a validation: ``drops`` before it, ``stale`` the validations
+    since the last improvement counted with this one (0 when it improved). The rate is ``lr / 10**drops``;
+    the first drop comes when ``stale`` exceeds 10, the second when it exceeds 20, and a drop is never
+    undone: FFJORD's ``update_lr`` in rtqichen/ffjord train_tabular.py (Grathwohl et al. 2019).
+
+    >>> [plateau_drops(0, n) for n in (0, 10, 11)], plateau_drops(1, 11), plateau_drops(1, 21), plateau_drops(2, 0)
+    ([0, 0, 1], 1, 2, 2)
+    """
+    if drops < len(PLATEAU_STALE) and stale > PLATEAU_STALE[drops]:
+        return drops + 1
+    return drops
+
+
+def lr_at(step: int, train: dict[str, Any], total_steps: int | None, drops: int = 0) -> float:
     """Learning rate at ``step``: a linear warm-up factor times the schedule (constant, step decay,
-    or cosine after the warm-up). A step milestone inside the warm-up takes effect at once, as the
-    official scripts' ``update_lr`` multiplies the warm-up factor into the current rate."""
+    cosine after the warm-up, or plateau: ``lr / 10**drops`` with ``drops`` from ``plateau_drops``).
+    A step milestone or a plateau drop inside the warm-up takes effect at once, as the official
+    scripts' ``update_lr`` multiplies the warm-up factor into the current rate."""
     lr = train["lr"]
     warmup = train["warmup_steps"]
     factor = (step + 1) / warmup if warmup and step < warmup else 1.0
@@ -235,6 +254,8 @@ def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
         return lr * 0.5 * (1 + math.cos(math.pi * progress))
     if train["schedule"] == "step":
         return lr * factor * train["gamma"] ** sum(step >= m for m in train["milestones"])
+    if train["schedule"] == "plateau":
+        return lr * factor / 10**drops
     return lr * factor
 
 
@@ -587,7 +608,7 @@ class Trainer:
         end the loop (a stop request, a lost claim, the time budget) ride on the same all-reduce."""
         x, y, total = self._next_batch()
         if self._lr_varies or self.state.step == 0 or self.state.resumes:
-            lr = lr_at(self.state.step, self.train, self.total_steps)
+            lr = lr_at(self.state.step, self.train, self.total_steps, self.state.lr_drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         if self.data.preprocess is not None:
@@ -649,7 +670,7 @@ class Trainer:
         s.eval_seconds += time.perf_counter() - start
         steps = max(1, s.window_steps)
         row = {"step": s.step, "epoch": s.step / self.steps_per_epoch, "seconds": round(s.train_seconds, 4),
-               "train_loss": s.window_loss / steps, "lr": lr_at(max(0, s.step - 1), t, self.total_steps),
+               "train_loss": s.window_loss / steps, "lr": lr_at(max(0, s.step - 1), t, self.total_steps, s.lr_drops),
                "nfe_forward": s.window_nfe_forward / steps, "nfe_backward": s.window_nfe_backward / steps,
                "nfe_forward_total": s.nfe_forward, "nfe_backward_total": s.nfe_backward,
                **{f"train_{k}": v / steps for k, v in s.window_stats.items()},
@@ -668,6 +689,8 @@ class Trainer:
             self.best_model_state = snapshot
         else:
             s.bad_evals += 1
+        if t["schedule"] == "plateau":  # the rate of the steps after this validation
+            s.lr_drops = plateau_drops(s.lr_drops, s.bad_evals)
         pbar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{self.spec.metric}": f"{metric:.4f}"}, refresh=False)
         return bool(t["patience"] and s.bad_evals >= t["patience"])
 
