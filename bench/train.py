@@ -9,7 +9,9 @@ evaluation, NaN/inf and solver-failure detection, periodic checkpoints with exac
 
 Model contract (see baselines.base.FlowModel): ``training_loss(x, y) -> (loss, stats)``,
 ``evaluate(x, y) -> {term: per-example tensor}``; CNFs add ``read_nfe() -> (forward, backward)``,
-which returns the function evaluations since the last call and resets the counters.
+which returns the function evaluations since the last call and resets the counters; submodules
+with an ``evaluation_phase`` attribute (CNF blocks) hold "val" during validation and "test" during
+the final test (``baselines.base.evaluation_phase``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from baselines.base import evaluation_phase
 from baselines.shards import Shard, sharded
 from bench.data import Dataset, Split, load_dataset
 from bench.env import environment
@@ -555,14 +558,15 @@ class Trainer:
 
         return solve_limits(self.train.get("max_solver_evals"), seconds, self.train.get("min_solver_step"))
 
-    def _evaluate(self, split: Split, max_examples: int | None, seed: int) -> dict[str, float]:
-        """``evaluate`` on ``split``, each of its solves bounded; an evaluation may take as long as the
-        training budget (``max_minutes``) and is stopped (``TimedOut``) past it."""
+    def _evaluate(self, split: Split, max_examples: int | None, seed: int, phase: str) -> dict[str, float]:
+        """``evaluate`` on ``split``, each of its solves bounded, the model told the ``phase`` ("val" or
+        "test": ``baselines.base.evaluation_phase``); an evaluation may take as long as the training
+        budget (``max_minutes``) and is stopped (``TimedOut``) past it."""
         from baselines.cnf import SolveTimeout
 
         budget = 60 * self.train["max_minutes"] if self.train["max_minutes"] else None
         try:
-            with self._solve_limits(budget):
+            with self._solve_limits(budget), evaluation_phase(self.model, phase):
                 return evaluate(self.model, self.data, split, self.device, self.train["eval_batch_size"],
                                 max_examples, seed=seed, dist=self.dist)
         except SolveTimeout:
@@ -663,7 +667,7 @@ class Trainer:
         start = time.perf_counter()
         snapshot = None
         with self._evaluated_weights():
-            val = self._evaluate(self.data.val, t["eval_max_examples"], seed=self.spec.seed)
+            val = self._evaluate(self.data.val, t["eval_max_examples"], seed=self.spec.seed, phase="val")
             metric = val.get(self.spec.metric)
             if metric is not None and metric < s.best_metric:  # the weights evaluated, averaged or live
                 snapshot = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -776,7 +780,7 @@ class Trainer:
         elif self.polyak is not None:
             self.polyak.copy_to_model()
         start = time.perf_counter()
-        test = self._evaluate(self.data.test, None, seed=10_000)
+        test = self._evaluate(self.data.test, None, seed=10_000, phase="test")
         self.state.eval_seconds += time.perf_counter() - start
         s = self.state
         if self.dist.main:
