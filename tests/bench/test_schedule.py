@@ -55,7 +55,9 @@ def scripted_validation(monkeypatch):
 
 def test_plateau_drops_follow_ffjords_update_lr():
     """rtqichen/ffjord train_tabular.py (--early_stopping 30): ``ndecs`` 0 -> 1 when the stale count
-    exceeds 30 // 3 = 10, 1 -> 2 when it exceeds 30 // 3 * 2 = 20, and never back."""
+    exceeds 30 // 3 = 10, 1 -> 2 when it exceeds 30 // 3 * 2 = 20. On an improvement the official
+    code zeroes ``n_vals_without_improvement`` but not the global ``ndecs``, and its else branch sets
+    ``lr / 10**ndecs``: the rate stays where it dropped to, never back to ``lr``."""
     stale, drops, rates = 0, 0, []
     for improved in [True] + [False] * 11 + [True] + [False] * 25:
         stale = 0 if improved else stale + 1
