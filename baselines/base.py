@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowModel", "LatentFlowModel", "LOG_2PI", "normal_log_prob", "SoftClampScale", "std_normal_log_prob"]
+__all__ = ["EVALUATION_PHASES", "evaluation_phase", "FlowModel", "LatentFlowModel", "LOG_2PI", "normal_log_prob", "SoftClampScale", "std_normal_log_prob"]
 
 
 LOG_2PI = math.log(2 * math.pi)
+EVALUATION_PHASES = ("val", "test")
+
+
+@contextlib.contextmanager
+def evaluation_phase(model: nn.Module, phase: str) -> Iterator[None]:
+    """Tell ``model`` which split the evaluations inside are for (``"val"`` or ``"test"``): every
+    submodule with an ``evaluation_phase`` attribute (a CNF block, which then applies its
+    ``val_divergence`` to validation) holds ``phase`` inside and its own value again after; a model
+    without such submodules is unaffected.
+
+    >>> layer = nn.Linear(1, 1)
+    >>> layer.evaluation_phase = "test"
+    >>> with evaluation_phase(nn.Sequential(layer), "val"):
+    ...     layer.evaluation_phase
+    'val'
+    >>> layer.evaluation_phase
+    'test'
+    """
+    if phase not in EVALUATION_PHASES:
+        raise ValueError(f"evaluation phase must be one of {EVALUATION_PHASES}, got {phase!r}")
+    marked = [m for m in model.modules() if isinstance(getattr(m, "evaluation_phase", None), str)]
+    before = [m.evaluation_phase for m in marked]
+    for module in marked:
+        module.evaluation_phase = phase
+    try:
+        yield
+    finally:
+        for module, value in zip(marked, before):
+            module.evaluation_phase = value
 
 
 def std_normal_log_prob(z: Tensor) -> Tensor:

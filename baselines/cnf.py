@@ -528,7 +528,10 @@ class CNF(nn.Module):
 
     ``divergence`` (training) and ``eval_divergence`` (``self.training == False``): ``"hutchinson"``,
     ``"exact"``, or ``"auto"`` (exact for vectors up to AUTO_EXACT_TRAIN_DIM / AUTO_EXACT_EVAL_DIM
-    dimensions; Hutchinson for images).
+    dimensions; Hutchinson for images). ``val_divergence`` (``None``: ``eval_divergence``) replaces
+    ``eval_divergence`` while ``evaluation_phase`` is ``"val"`` (the harness sets it around its
+    validation evaluations, ``baselines.base.evaluation_phase``; ``"test"`` otherwise), as FFJORD's
+    train_tabular.py validates with Hutchinson's estimator and tests with the exact trace.
     Training solves use ``train_solver``, evaluation solves ``eval_solver``.
     ``steer``: b of STEER; in training the end time is ``T + U(-b, b)``.
     ``regularize``: integrate the kinetic and Jacobian terms in training (returned by ``forward``).
@@ -549,9 +552,11 @@ class CNF(nn.Module):
     def __init__(self, net: nn.Module, shape: Sequence[int], end_time: float = 1.0, train_end_time: bool = False,
                  divergence: str = "hutchinson", eval_divergence: str = "auto", noise: str = "gaussian",
                  train_solver: Solver | None = None, eval_solver: Solver | None = None, adjoint: bool = True,
-                 steer: float = 0.0, regularize: bool = False, adjoint_seminorm: bool = False):
+                 steer: float = 0.0, regularize: bool = False, adjoint_seminorm: bool = False,
+                 val_divergence: str | None = None):
         super().__init__()
-        for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
+        for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence),
+                            ("val_divergence", eval_divergence if val_divergence is None else val_divergence)):
             if value not in DIVERGENCES:
                 raise ValueError(f"{name} must be 'hutchinson', 'exact' or 'auto', got {value!r}")
         if not 0.0 <= steer < end_time:
@@ -561,6 +566,8 @@ class CNF(nn.Module):
         self.shape = tuple(shape)
         self.dim = math.prod(self.shape)
         self.divergence, self.eval_divergence, self.noise = divergence, eval_divergence, noise
+        self.val_divergence = val_divergence
+        self.evaluation_phase = "test"  # "val" inside the harness's validation evaluations
         self.train_solver = train_solver or Solver()
         self.eval_solver = eval_solver or Solver()
         self.adjoint, self.steer, self.regularize = adjoint, steer, regularize
@@ -570,8 +577,11 @@ class CNF(nn.Module):
     def _exact(self) -> bool:
         """Exact trace for this solve? ``auto`` means exact for low-dimensional vectors, never for images
         (a conv net's exact trace costs one tangent a pixel: Hutchinson, as FFJORD evaluates images)."""
-        mode, limit = ((self.divergence, AUTO_EXACT_TRAIN_DIM) if self.training
-                       else (self.eval_divergence, AUTO_EXACT_EVAL_DIM))
+        if self.training:
+            mode, limit = self.divergence, AUTO_EXACT_TRAIN_DIM
+        else:
+            validating = self.evaluation_phase == "val" and self.val_divergence is not None
+            mode, limit = (self.val_divergence if validating else self.eval_divergence), AUTO_EXACT_EVAL_DIM
         return mode == "exact" or (mode == "auto" and len(self.shape) == 1 and self.dim <= limit)
 
     def _end_time(self, steer_offset: float, like: Tensor) -> Tensor:

@@ -44,7 +44,9 @@ class CNFOptions:
     ``zero_last`` (zero the last layer's weights).
     Time: ``end_time`` T (toy 0.5, else 1.0), ``train_end_time`` (learn T), ``steer`` (STEER's b).
     Divergence: ``divergence`` / ``eval_divergence`` (hutchinson, exact, auto), ``noise`` of the
-    Hutchinson probe (images rademacher, else gaussian).
+    Hutchinson probe (images rademacher, else gaussian); ``val_divergence`` in the harness's
+    validation evaluations (``None``: ``eval_divergence``; FFJORD's train_tabular.py validates with
+    Hutchinson and tests with the exact trace).
     Solvers: ``solver`` with ``atol`` / ``rtol`` (tabular 1e-8 / 1e-6, else 1e-5) and ``step_size``
     (fixed-step methods); ``eval_solver`` with ``eval_atol`` / ``eval_rtol`` (min(train, 1e-5));
     ``adjoint`` backpropagation, ``adjoint_seminorm`` (parameter adjoints out of the backward
@@ -78,6 +80,7 @@ class CNFOptions:
     n_scales: NonNegInt = 0
     zero_last: bool = False
     adjoint_seminorm: bool = False
+    val_divergence: Divergence | None = None
 
     def regularisation(self) -> tuple[float, float]:
         """(kinetic, jacobian) weights of RNODE's regularisers in the loss: none for a plain CNF."""

@@ -250,7 +250,8 @@ def make_cnf_model(data: Any, options: CNFOptions) -> CNFFlowModel:
         net = TimeNet(block_shape, hidden, layer_type, activation, zero_last=o.zero_last)
         return CNF(net, block_shape, end_time=end_time, train_end_time=o.train_end_time, divergence=o.divergence,
                    eval_divergence=o.eval_divergence, noise=noise, train_solver=train_solver, eval_solver=test_solver,
-                   adjoint=o.adjoint, steer=o.steer, regularize=regularize, adjoint_seminorm=o.adjoint_seminorm)
+                   adjoint=o.adjoint, steer=o.steer, regularize=regularize, adjoint_seminorm=o.adjoint_seminorm,
+                   val_divergence=o.val_divergence)
 
     # images: the loss in bits/dim (less a constant) with the regularisers added to it, as FFJORD's and
     # RNODE's code train them

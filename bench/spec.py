@@ -31,10 +31,10 @@ from bench.trackers import check_trackers
 from bench.metrics import SUITE_METRICS
 
 __all__ = ["check_field", "check_seeds", "check_suite_name", "check_train", "checked", "declaration", "Field",
-           "find_suite", "import_suite_plugins", "load_suite", "MAX_NODES", "METRICS", "MODULE_NAME", "ONLY_KEYS",
-           "Override", "OVERRIDE_KEYS", "parse_only", "parse_sets", "parse_value", "read_yaml",
-           "resolve_data_options", "resolve_model_config", "RUN_ID_OPTIONAL", "RunSpec", "Suite", "SUITE_KEYS",
-           "suite_metrics", "SUITE_NAME", "suite_names", "SUITES_DIR", "TRAIN_DEFAULTS", "TRAIN_FIELDS"]
+           "find_suite", "import_suite_plugins", "load_suite", "MAX_NODES", "METRICS", "MODEL_RUN_ID_OPTIONAL",
+           "MODULE_NAME", "ONLY_KEYS", "Override", "OVERRIDE_KEYS", "parse_only", "parse_sets", "parse_value",
+           "read_yaml", "resolve_data_options", "resolve_model_config", "RUN_ID_OPTIONAL", "RunSpec", "Suite",
+           "SUITE_KEYS", "suite_metrics", "SUITE_NAME", "suite_names", "SUITES_DIR", "TRAIN_DEFAULTS", "TRAIN_FIELDS"]
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 METRICS = ("auto", *SUITE_METRICS)  # a suite's `metric:` (bench/metrics.py defines each)
@@ -151,8 +151,9 @@ TRAIN_FIELDS: dict[str, Field] = {
                          "and the saved model; null: off"),
     "restore_best": Field((bool,), True,
                           help="test the best-validation weights (false: the final weights)"),
-    "schedule": Field((str,), "constant", choices=("constant", "cosine", "step"),
-                      help="learning-rate schedule after warm-up"),
+    "schedule": Field((str,), "constant", choices=("constant", "cosine", "step", "plateau"),
+                      help="learning-rate schedule after warm-up (plateau: lr / 10 after 10 and lr / 100 after 20 "
+                           "validations without improvement, FFJORD's update_lr)"),
     "milestones": Field((list,), [], help="steps at which the 'step' schedule multiplies lr by gamma"),
     "gamma": Field((float,), 0.1, minimum=0.0),
     "warmup_steps": Field((int,), 0, minimum=0, help="linear learning-rate warm-up"),
@@ -188,6 +189,9 @@ TRAIN_DEFAULTS = {k: f.default for k, f in TRAIN_FIELDS.items()}
 # training fields added after run ids were in use: left out of the hashed content while at their default,
 # so every run (and pinned number) from before they existed keeps its id
 RUN_ID_OPTIONAL = ("tf32", "cudnn_benchmark", "deterministic", "test_center")
+# model options added after run ids were in use: left out of the resolved model_config while at the
+# builder's default (which the builder fills in again), so every run from before they existed keeps its id
+MODEL_RUN_ID_OPTIONAL = ("val_divergence",)
 
 SUITE_KEYS = {
     "name": "suite name (defaults to the file name)",
@@ -508,7 +512,8 @@ def _builder_signature(model: str) -> inspect.Signature:
 
 def resolve_model_config(model: str, config: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Hyperparameters with the builder's defaults filled in, each given value checked against the
-    builder's annotation (``baselines.constraints``); unknown names get a did-you-mean."""
+    builder's annotation (``baselines.constraints``); unknown names get a did-you-mean. A
+    MODEL_RUN_ID_OPTIONAL option at its default is left out (the builder's default applies)."""
     params = {n: p for n, p in list(_builder_signature(model).parameters.items())[1:]
               if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     for key in config:
@@ -519,6 +524,9 @@ def resolve_model_config(model: str, config: Mapping[str, Any], where: str) -> d
     if missing:
         raise FlowbenchError(f'{where}: model "{model}" needs hyperparameter(s) {", ".join(missing)}')
     out.update({key: checked(value, params[key].annotation, f"{where}.{key}") for key, value in config.items()})
+    for name in MODEL_RUN_ID_OPTIONAL:
+        if name in out and type(out[name]) is type(params[name].default) and out[name] == params[name].default:
+            del out[name]
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 

@@ -9,7 +9,9 @@ evaluation, NaN/inf and solver-failure detection, periodic checkpoints with exac
 
 Model contract (see baselines.base.FlowModel): ``training_loss(x, y) -> (loss, stats)``,
 ``evaluate(x, y) -> {term: per-example tensor}``; CNFs add ``read_nfe() -> (forward, backward)``,
-which returns the function evaluations since the last call and resets the counters.
+which returns the function evaluations since the last call and resets the counters; submodules
+with an ``evaluation_phase`` attribute (CNF blocks) hold "val" during validation and "test" during
+the final test (``baselines.base.evaluation_phase``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from baselines.base import evaluation_phase
 from baselines.shards import Shard, sharded
 from bench.data import Dataset, Split, load_dataset
 from bench.env import environment
@@ -38,9 +41,9 @@ from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_tor
 from bench.trackers import Trackers
 
 __all__ = ["BACKENDS", "process_group_backend", "apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",
-           "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores", "Polyak",
-           "Preempted", "read_model_nfe", "request_stop", "resolve_device", "run_one", "run_threads", "seed_everything",
-           "TimedOut", "Trainer", "use_device"]
+           "init_distributed", "LoopState", "lr_at", "make_optimizer", "out_of_memory", "owned_cores",
+           "PLATEAU_STALE", "plateau_drops", "Polyak", "Preempted", "read_model_nfe", "request_stop",
+           "resolve_device", "run_one", "run_threads", "seed_everything", "TimedOut", "Trainer", "use_device"]
 
 _stop = threading.Event()
 
@@ -81,7 +84,8 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_metric: float = math.inf
     best_step: int = -1
-    bad_evals: int = 0
+    bad_evals: int = 0  # validations since the last improvement (early stopping, the plateau schedule)
+    lr_drops: int = 0  # times the plateau schedule has divided the learning rate by 10
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     nfe_forward: int = 0
@@ -221,10 +225,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
+PLATEAU_STALE = (10, 20)  # the plateau schedule's thresholds: FFJORD's --early_stopping 30 // 3 and // 3 * 2
+
+
+def plateau_drops(drops: int, stale: int) -> int:
+    """The plateau schedule's drop count after a validation: ``drops`` before it, ``stale`` the validations
+    since the last improvement counted with this one (0 when it improved). The rate is ``lr / 10**drops``;
+    the first drop comes when ``stale`` exceeds 10, the second when it exceeds 20, and a drop is never
+    undone: FFJORD's ``update_lr`` in rtqichen/ffjord train_tabular.py (Grathwohl et al. 2019).
+
+    >>> [plateau_drops(0, n) for n in (0, 10, 11)], plateau_drops(1, 11), plateau_drops(1, 21), plateau_drops(2, 0)
+    ([0, 0, 1], 1, 2, 2)
+    """
+    if drops < len(PLATEAU_STALE) and stale > PLATEAU_STALE[drops]:
+        return drops + 1
+    return drops
+
+
+def lr_at(step: int, train: dict[str, Any], total_steps: int | None, drops: int = 0) -> float:
     """Learning rate at ``step``: a linear warm-up factor times the schedule (constant, step decay,
-    or cosine after the warm-up). A step milestone inside the warm-up takes effect at once, as the
-    official scripts' ``update_lr`` multiplies the warm-up factor into the current rate."""
+    cosine after the warm-up, or plateau: ``lr / 10**drops`` with ``drops`` from ``plateau_drops``).
+    A step milestone or a plateau drop inside the warm-up takes effect at once, as the official
+    scripts' ``update_lr`` multiplies the warm-up factor into the current rate."""
     lr = train["lr"]
     warmup = train["warmup_steps"]
     factor = (step + 1) / warmup if warmup and step < warmup else 1.0
@@ -235,6 +257,8 @@ def lr_at(step: int, train: dict[str, Any], total_steps: int | None) -> float:
         return lr * 0.5 * (1 + math.cos(math.pi * progress))
     if train["schedule"] == "step":
         return lr * factor * train["gamma"] ** sum(step >= m for m in train["milestones"])
+    if train["schedule"] == "plateau":
+        return lr * factor / 10**drops
     return lr * factor
 
 
@@ -537,15 +561,16 @@ class Trainer:
 
         return solve_limits(self.train.get("max_solver_evals"), seconds, self.train.get("min_solver_step"))
 
-    def _evaluate(self, split: Split, max_examples: int | None, seed: int,
+    def _evaluate(self, split: Split, max_examples: int | None, seed: int, phase: str,
                   test_dequantize: str | None = None) -> dict[str, float]:
-        """``evaluate`` on ``split``, each of its solves bounded; an evaluation may take as long as the
-        training budget (``max_minutes``) and is stopped (``TimedOut``) past it."""
+        """``evaluate`` on ``split``, each of its solves bounded, the model told the ``phase`` ("val" or
+        "test": ``baselines.base.evaluation_phase``); an evaluation may take as long as the training
+        budget (``max_minutes``) and is stopped (``TimedOut``) past it."""
         from baselines.cnf import SolveTimeout
 
         budget = 60 * self.train["max_minutes"] if self.train["max_minutes"] else None
         try:
-            with self._solve_limits(budget):
+            with self._solve_limits(budget), evaluation_phase(self.model, phase):
                 return evaluate(self.model, self.data, split, self.device, self.train["eval_batch_size"],
                                 max_examples, seed=seed, dist=self.dist, test_dequantize=test_dequantize)
         except SolveTimeout:
@@ -591,7 +616,7 @@ class Trainer:
         end the loop (a stop request, a lost claim, the time budget) ride on the same all-reduce."""
         x, y, total = self._next_batch()
         if self._lr_varies or self.state.step == 0 or self.state.resumes:
-            lr = lr_at(self.state.step, self.train, self.total_steps)
+            lr = lr_at(self.state.step, self.train, self.total_steps, self.state.lr_drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         if self.data.preprocess is not None:
@@ -646,14 +671,14 @@ class Trainer:
         start = time.perf_counter()
         snapshot = None
         with self._evaluated_weights():
-            val = self._evaluate(self.data.val, t["eval_max_examples"], seed=self.spec.seed)
+            val = self._evaluate(self.data.val, t["eval_max_examples"], seed=self.spec.seed, phase="val")
             metric = val.get(self.spec.metric)
             if metric is not None and metric < s.best_metric:  # the weights evaluated, averaged or live
                 snapshot = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         s.eval_seconds += time.perf_counter() - start
         steps = max(1, s.window_steps)
         row = {"step": s.step, "epoch": s.step / self.steps_per_epoch, "seconds": round(s.train_seconds, 4),
-               "train_loss": s.window_loss / steps, "lr": lr_at(max(0, s.step - 1), t, self.total_steps),
+               "train_loss": s.window_loss / steps, "lr": lr_at(max(0, s.step - 1), t, self.total_steps, s.lr_drops),
                "nfe_forward": s.window_nfe_forward / steps, "nfe_backward": s.window_nfe_backward / steps,
                "nfe_forward_total": s.nfe_forward, "nfe_backward_total": s.nfe_backward,
                **{f"train_{k}": v / steps for k, v in s.window_stats.items()},
@@ -672,6 +697,8 @@ class Trainer:
             self.best_model_state = snapshot
         else:
             s.bad_evals += 1
+        if t["schedule"] == "plateau":  # the rate of the steps after this validation
+            s.lr_drops = plateau_drops(s.lr_drops, s.bad_evals)
         pbar.set_postfix(loss=f"{row['train_loss']:.3f}", **{f"val_{self.spec.metric}": f"{metric:.4f}"}, refresh=False)
         return bool(t["patience"] and s.bad_evals >= t["patience"])
 
@@ -682,7 +709,7 @@ class Trainer:
         they ran on the whole test set (the validation curve is the test set: InfoCNF Table 1's)."""
         out: dict[str, float] = {}
         if self.train.get("test_center") and self.data.info.kind == "image" and self.data.preprocess is not None:
-            center = self._evaluate(self.data.test, None, seed=10_000, test_dequantize="center")
+            center = self._evaluate(self.data.test, None, seed=10_000, phase="test", test_dequantize="center")
             out.update({f"{k}_center": v for k, v in center.items() if k.startswith(("nll", "bpd"))})
         errors = [row["val_error"] for row in self.state.history if row.get("val_error") is not None]
         whole_test = self.data.val.x is self.data.test.x or (
@@ -773,7 +800,7 @@ class Trainer:
         elif self.polyak is not None:
             self.polyak.copy_to_model()
         start = time.perf_counter()
-        test = self._evaluate(self.data.test, None, seed=10_000)
+        test = self._evaluate(self.data.test, None, seed=10_000, phase="test")
         test.update(self._other_protocols(test))
         self.state.eval_seconds += time.perf_counter() - start
         s = self.state

@@ -127,7 +127,7 @@ def test_shipped_run_ids_survive_new_fields_at_their_default():
     (BASE.replace("max_steps: 50, ", "max_steps: null, "), "no budget; set max_steps, max_epochs or max_minutes"),
     (BASE + "overrides:\n  - match: {dataset: rings}\n    train: {lr: 0.1}\n", 'match.dataset: "rings" is not in this suite'),
     (BASE + "metric: nlll\n", 'unknown metric "nlll" (did you mean "nll"?)'),
-    (BASE.replace("train: {", "train: {schedule: linear, "), "train.schedule: expected one of constant, cosine, step, got 'linear'"),
+    (BASE.replace("train: {", "train: {schedule: linear, "), "train.schedule: expected one of constant, cosine, step, plateau, got 'linear'"),
     (BASE + "datasets: [moons\n", "is not valid YAML"),
     ("- just\n- a list\n", "a suite is a mapping"),
     (BASE + "differences: one line\n", "differences: expected a list of non-empty lines of text"),
