@@ -8,20 +8,31 @@ edge-padded 3x3 / 1x1 / zero-initialised 3x3 conditioner; half the channels are 
 after every level but the last under a learned split prior (a zero-initialised conv of the other
 half), and the top latent has Glow's learned prior (``learn_top``) or N(0, I).
 Vectors: K normflows steps (affine coupling with an MLP, a dense invertible linear map, ActNorm).
+
+``glow_ffjord`` (``build_ffjord_tabular``): the different vector Glow that produced the Glow rows of
+FFJORD's Table 2 (rtqichen/ffjord ``train_discrete_tabular.py --glow``): blocks of an
+identity-initialised dense linear map and a masked affine coupling with separate tanh-MLP
+log-scale and ReLU-MLP shift networks; no ActNorm, no zero initialisation.
 """
 
 from __future__ import annotations
 
 import warnings
 
-import normflows as nf
+from collections.abc import Sequence
 
-from baselines.base import FlowModel
+import normflows as nf
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.base import FlowModel, LatentFlowModel
 from baselines.constraints import Count, NonNegInt
 from baselines.layers import (ActNorm, ConditionalGaussianPrior, GaussianPrior, GlowStep, LearnedTopPrior, MultiScaleFlow,
                               MultiScaleModel, StandardNormalPrior, VectorFlowModel, squeezable, squeezed)
 
-__all__ = ["build", "glow_image", "GlowVector"]
+__all__ = ["alternate_mask", "build", "build_ffjord_tabular", "DenseLinearFlow", "glow_image", "GlowFFJORDTabular",
+           "GlowVector", "MaskedAffineCoupling"]
 
 
 class GlowVector(VectorFlowModel):
@@ -132,3 +143,144 @@ def build(data, n_levels: Count = 3, n_steps: Count = 32, hidden: Count = 512, n
             return glow_image(tuple(data.shape), n_levels=n_levels, n_steps=n_steps, hidden=hidden,
                               split_prior=split_prior, lu=lu, learn_top=learn_top)
     raise ValueError(f"glow needs flat (D,) or image (C, H, W) data, got shape {data.shape} for {data.name}")
+
+
+# -- Glow as FFJORD's tabular table ran it (rtqichen/ffjord train_discrete_tabular.py --glow) ----------
+class DenseLinearFlow(nn.Module):
+    """``x -> x W^T`` with a dense ``dim x dim`` weight that starts at the identity, no bias;
+    log|det| = log|det W|, computed in float64 (the form of FFJORD's ``BruteForceLayer``).
+
+    >>> layer = DenseLinearFlow(3)
+    >>> y, log_det = layer(torch.ones(2, 3))
+    >>> y.tolist(), log_det.tolist(), layer.inverse(y).tolist()
+    ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [0.0, 0.0], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def log_abs_det(self) -> Tensor:
+        """log|det W| (a 0-dim tensor in the weight's dtype; float64 arithmetic, as the official layer)."""
+        return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x -> (x W^T, log|det W| for every example)."""
+        return F.linear(x, self.weight), self.log_abs_det().expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """y -> y W^{-T} (a float64 solve, cast back to y's dtype)."""
+        return torch.linalg.solve(self.weight.double().T, y.double(), left=False).to(y.dtype)
+
+
+def alternate_mask(dim: int, swap: bool) -> Tensor:
+    """MAF's index mask as FFJORD builds it: 1 (conditioning, left unchanged) on even indices,
+    0 (transformed) on odd ones; ``swap`` flips it.
+
+    >>> alternate_mask(5, swap=False).tolist(), alternate_mask(5, swap=True).tolist()
+    ([1.0, 0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0, 0.0])
+    """
+    mask = torch.zeros(dim)
+    mask[::2] = 1
+    return 1 - mask if swap else mask
+
+
+def _mlp(dim: int, hidden: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
+    """``dim -> hidden... -> dim`` Linear layers with ``activation`` after every hidden one (torch's
+    default initialisation; the last layer is not zeroed)."""
+    widths = [dim, *hidden, dim]
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(hidden):
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class MaskedAffineCoupling(nn.Module):
+    """Masked affine coupling (the form of FFJORD's ``MaskedCouplingLayer``), data -> latent:
+    ``y = x * exp(s) + t`` on the entries where ``mask`` is 0, the others pass unchanged, with
+    ``s = scale_net(x * mask)`` (an MLP with tanh between its layers, linear output) and
+    ``t = shift_net(x * mask)`` (a separate MLP with ReLU); both map all ``dim`` entries to ``dim``
+    and only the unmasked outputs are used. log|det| = sum of ``s`` over the unmasked entries.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int], mask: Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.reshape(1, dim).clone())
+        self.scale_net = _mlp(dim, hidden, nn.Tanh)
+        self.shift_net = _mlp(dim, hidden, nn.ReLU)
+
+    def _scale_shift(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(log-scale, shift), zero on the conditioning entries, from the conditioning entries of x."""
+        kept = x * self.mask
+        free = 1 - self.mask
+        return self.scale_net(kept) * free, self.shift_net(kept) * free
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x -> (y, log|det dy/dx| per example)."""
+        log_scale, shift = self._scale_shift(x)
+        return x * torch.exp(log_scale) + shift, log_scale.sum(1)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """y -> x (the conditioning entries of y are those of x)."""
+        log_scale, shift = self._scale_shift(y)
+        return (y - shift) * torch.exp(-log_scale)
+
+
+class GlowFFJORDTabular(LatentFlowModel):
+    """The Glow of FFJORD's tabular table (rtqichen/ffjord ``train_discrete_tabular.py --glow``):
+    ``n_blocks`` blocks over N(0, I), each, data -> latent, a ``DenseLinearFlow`` (identity at the
+    start) and a ``MaskedAffineCoupling`` whose log-scale and shift MLPs have the ``hidden`` widths;
+    block i transforms the even indices when i is even, the odd ones when i is odd (the official
+    ``swap=i % 2 == 0`` on MAF's alternating mask).
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = GlowFFJORDTabular(3, n_blocks=2, hidden=(4,))
+    >>> x = torch.randn(5, 3)
+    >>> z, log_det = model.to_latent(x)
+    >>> z.shape, torch.allclose(model.from_latent(z), x, atol=1e-5), model.num_params()
+    (torch.Size([5, 3]), True, 142)
+    """
+
+    def __init__(self, dim: int, n_blocks: int = 10, hidden: Sequence[int] = (100, 100)):
+        super().__init__()
+        self.dim = dim
+        self.blocks = nn.ModuleList()
+        for i in range(n_blocks):
+            self.blocks.append(DenseLinearFlow(dim))
+            self.blocks.append(MaskedAffineCoupling(dim, hidden, alternate_mask(dim, swap=i % 2 == 0)))
+
+    def to_latent(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x -> (z, log|det dz/dx|)."""
+        log_det = x.new_zeros(x.shape[0])
+        for layer in self.blocks:
+            x, ld = layer(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def from_latent(self, z: Tensor) -> Tensor:
+        for layer in reversed(self.blocks):
+            z = layer.inverse(z)
+        return z
+
+    @property
+    def latent_dim(self) -> int:
+        return self.dim
+
+
+def build_ffjord_tabular(data, n_blocks: Count = 10, hidden: Sequence[Count] = (100, 100)) -> FlowModel:
+    """Glow as FFJORD's tabular table ran it (Grathwohl et al. 2019, Table 2's Glow rows; rtqichen/ffjord
+    ``train_discrete_tabular.py --glow``): ``n_blocks`` (``--depth``, 10) blocks of an
+    identity-initialised dense linear map and a masked affine coupling whose tanh log-scale and ReLU
+    shift MLPs have the ``hidden`` widths (``--dims``, 100-100). Vectors only. docs/models.md.
+
+    >>> from types import SimpleNamespace
+    >>> power = SimpleNamespace(name="power", kind="tabular", shape=(6,))
+    >>> build_ffjord_tabular(power).num_params()
+    228480
+    """
+    if len(data.shape) != 1:
+        raise ValueError(f"glow_ffjord is FFJORD's tabular model: it needs flat (D,) data, got shape {data.shape} "
+                         f"for {data.name}")
+    return GlowFFJORDTabular(data.shape[0], n_blocks=n_blocks, hidden=tuple(hidden))

@@ -30,6 +30,8 @@ __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "call_builder", "describe_models", "f
 BUILTIN: dict[str, tuple[str, str]] = {
     "realnvp": ("baselines.realnvp:build", "RealNVP (Dinh et al. 2017): affine couplings, alternating masks"),
     "glow": ("baselines.glow:build", "Glow (Kingma & Dhariwal 2018): ActNorm, LU 1x1 conv, affine coupling, split priors"),
+    "glow_ffjord": ("baselines.glow:build_ffjord_tabular",
+                    "Glow as FFJORD's tabular table ran it: identity-initialised dense map, masked affine coupling"),
     "iresnet": ("baselines.iresnet:build", "i-ResNet (Behrmann et al. 2019): Lipschitz residual blocks, power-series log-det"),
     "ffjord": ("baselines.ffjord:build", "FFJORD (Grathwohl et al. 2019): CNF blocks, Hutchinson trace, multi-scale images"),
     "rnode": ("baselines.rnode:build", "RNODE (Finlay et al. 2020): FFJORD + kinetic/Jacobian-norm regularisers, rk4 option"),

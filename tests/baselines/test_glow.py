@@ -1,5 +1,6 @@
 """Glow: exact change of variables, ActNorm's data-dependent init, the plain (default) and LU 1x1
-convolutions, split and top priors, the official 3x32x32 MNIST shapes, short runs."""
+convolutions, split and top priors, the official 3x32x32 MNIST shapes, short runs; FFJORD's tabular
+Glow (glow_ffjord): its log-det and inverse, masks, layers and the official parameter counts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import normflows as nf
 import pytest
 import torch
 
-from baselines.glow import GlowVector, build
+from baselines.glow import (DenseLinearFlow, GlowFFJORDTabular, GlowVector, MaskedAffineCoupling, build,
+                            build_ffjord_tabular)
 from baselines.layers import (ActNorm, ConditionalGaussianPrior, GlowActNorm, GlowStep, LearnedTopPrior, StandardNormalPrior)
 
 CASES = [
@@ -120,3 +122,64 @@ def test_short_run_on_8gaussians_lowers_test_nll(short_run):
 
 def test_short_run_on_digits_gives_finite_bits_per_dim_below_uniform(digits_run, flowcheck):
     flowcheck.digits_below_uniform(*digits_run("glow", {"n_levels": 2, "n_steps": 2, "hidden": 16}))
+
+
+# -- glow_ffjord: FFJORD's tabular Glow (rtqichen/ffjord train_discrete_tabular.py --glow) ----------------
+FFJORD_CASES = [((2,), dict(n_blocks=3, hidden=[16, 16])), ((5,), dict(n_blocks=4, hidden=[16, 16])),
+                ((6,), dict(n_blocks=2, hidden=[8, 12, 8]))]
+
+
+@pytest.mark.parametrize("shape,hp", FFJORD_CASES, ids=lambda c: str(c))
+def test_ffjord_tabular_log_prob_is_the_change_of_variables(flowcheck, shape, hp):
+    model = flowcheck.prepared(build_ffjord_tabular, shape, **hp)
+    flowcheck.change_of_variables(model, shape)
+
+
+@pytest.mark.parametrize("shape,hp", FFJORD_CASES, ids=lambda c: str(c))
+def test_ffjord_tabular_inverse_and_samples(flowcheck, shape, hp):
+    model = flowcheck.prepared(build_ffjord_tabular, shape, **hp)
+    flowcheck.inverse_and_samples(model, shape)
+
+
+def test_ffjord_dense_map_starts_at_the_identity_and_its_log_det_is_brute_force(flowcheck):
+    layer = DenseLinearFlow(4).double()
+    torch.testing.assert_close(layer.weight.detach(), torch.eye(4, dtype=torch.float64))
+    flowcheck.perturb(layer, scale=0.4)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    y, log_det = layer(x)
+    brute = torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda a: layer(a.view(1, 4))[0].view(-1), x[0]))[1]
+    assert brute.abs() > 1e-3
+    torch.testing.assert_close(log_det, brute.expand(3))
+    torch.testing.assert_close(layer.inverse(y), x)
+
+
+def test_ffjord_coupling_alternates_its_mask_and_uses_tanh_scale_and_relu_shift_nets(flowcheck):
+    """Block 0 transforms the even indices and keeps the odd ones (the official swap = i % 2 == 0),
+    block 1 the reverse; each coupling has two separate nets: tanh between the log-scale net's layers,
+    ReLU in the shift net's, both D -> hidden -> D."""
+    model = GlowFFJORDTabular(5, n_blocks=2, hidden=(7, 9)).double()
+    flowcheck.perturb(model, scale=0.3)
+    couplings = [m for m in model.blocks if isinstance(m, MaskedAffineCoupling)]
+    assert [type(m) for m in model.blocks] == [DenseLinearFlow, MaskedAffineCoupling] * 2
+    assert couplings[0].mask.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]] and couplings[1].mask.tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0]]
+    x = torch.randn(4, 5, dtype=torch.float64)
+    for coupling, kept in zip(couplings, ([1, 3], [0, 2, 4])):
+        y, _ = coupling(x)
+        moved = [i for i in range(5) if i not in kept]
+        torch.testing.assert_close(y[:, kept], x[:, kept])
+        assert (y[:, moved] - x[:, moved]).abs().min() > 0
+    for net, act in ((couplings[0].scale_net, torch.nn.Tanh), (couplings[0].shift_net, torch.nn.ReLU)):
+        assert [type(m) for m in net] == [torch.nn.Linear, act, torch.nn.Linear, act, torch.nn.Linear]
+        assert [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)] == [(5, 7), (7, 9), (9, 5)]
+    assert couplings[0].scale_net is not couplings[0].shift_net
+
+
+def test_ffjord_tabular_refuses_images(flowcheck):
+    with pytest.raises(ValueError, match="flat"):
+        build_ffjord_tabular(flowcheck.info((1, 4, 4)))
+
+
+def test_ffjord_tabular_short_run_on_8gaussians_lowers_test_nll(short_run):
+    before, result = short_run("glow_ffjord", {"n_blocks": 4, "hidden": [32, 32]})
+    assert result["status"] == "completed", result.get("error")
+    assert result["test"]["nll"] < before - 0.5 and result["test"]["nll"] < 3.8, (before, result["test"])

@@ -2,7 +2,7 @@
 foreach Adam's step; no harness) makes at most its budget of host reads of device values, counted
 with the profiler (tests/sync_counts.py; a CPU build counts the reads CUDA would stall on).
 
-Budgets: RealNVP, Glow and i-ResNet none. The CNFs (FFJORD, RNODE, InfoCNF) pay torchdiffeq's own
+Budgets: RealNVP, Glow (both vector forms) and i-ResNet none. The CNFs (FFJORD, RNODE, InfoCNF) pay torchdiffeq's own
 reads (its step-size control reads the error ratio and the step on the host every step) plus ours:
 at most ``OURS_PER_SOLVE`` a solve (the solve's one finiteness / end-time read and its step-floor
 read at the end) and one step-floor read every ``FLOOR_CHECK_STEPS`` steps. torchdiffeq's share is
@@ -34,6 +34,7 @@ DISCRETE = {
     "realnvp-vector": ((3,), dict(n_layers=2, hidden=8, batch_norm=True)),
     "glow": ((3, 4, 4), dict(n_levels=2, n_steps=1, hidden=8)),
     "glow-vector": ((3,), dict(n_steps=2, hidden=8)),
+    "glow_ffjord": ((3,), dict(n_blocks=2, hidden=[8, 8])),
     "iresnet": ((3, 4, 4), dict(n_stages=2, n_blocks=1, hidden=8)),
     "iresnet-vector": ((3,), dict(n_blocks=2, hidden=8)),
 }

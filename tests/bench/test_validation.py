@@ -223,7 +223,7 @@ def test_every_default_meets_its_own_declaration():
 RESOLVED = {
     "cifar10": "d16785766ed99e77", "images-small": "fc3af7de1c2d5869", "infocnf-cifar10": "80ccd1dd50df1f44",
     "infocnf-cifar10-large": "da72b45797c12993", "infocnf-small": "404a3cf64ab41eb3", "mnist": "584db6a8a825592d",
-    "smoke": "bb93029473727280", "spirals": "e31563ff92429668", "tabular": "75827b1135bfc0a9",
+    "smoke": "bb93029473727280", "spirals": "e31563ff92429668", "tabular": "9b18dab7ae54bb1b",
     "tabular-small": "5a5286a679835962", "tolerance-audit": "8fd06ab365dad28e",
 }
 
