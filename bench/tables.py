@@ -131,7 +131,8 @@ def make_table(agg, key: str, title: str, rows: Sequence[tuple[str, str]], datas
     for col in ("mean", "std", "se"):
         cells[col] = cells[col].astype(float) / scale
     sources: list[str] = []
-    not_compared: list[str] = []
+    not_compared: list[tuple[str, Reference]] = []
+    compared: list[Reference] = []
     published, published_std, which = [], [], []
     bases = cells["base_dataset"] if "base_dataset" in cells else cells["dataset"]
     for row, m, d, f, s, pm in zip(cells.to_dict("records"), cells["model"], bases, cells["field"], cells["setting"],
@@ -142,10 +143,12 @@ def make_table(agg, key: str, title: str, rows: Sequence[tuple[str, str]], datas
             ours = dataclasses.replace(ours, **dict(metric.protocol))  # a metric of its own protocol (error_min)
             differ = differences(ours, ref.protocol, with_device=metric.family == "time")
             if differ:
-                note = f"{pm or m} on {d}: {ref.value:g} ({ref.cite}): {', '.join(differ)}"
+                note = (f"{pm or m} on {d}: {ref.value:g} ({ref.cite}): {', '.join(differ)}", ref)
                 if note not in not_compared:
                     not_compared.append(note)
                 ref = None
+            else:
+                compared.append(ref)
         if ref is None:
             published.append(np.nan), published_std.append(np.nan), which.append(-1)
             continue
@@ -166,7 +169,7 @@ def make_table(agg, key: str, title: str, rows: Sequence[tuple[str, str]], datas
     return Table(key, title, cells, [r for r in rows if r in present] or sorted(present),
                  [d for d in datasets if d in set(cells["dataset"])] or sorted(set(cells["dataset"])), metric,
                  digits, metric.rank, metric.unit if unit is None else unit, scale, sources=sources, headline=headline,
-                 not_compared=not_compared)
+                 not_compared=[text for text, ref in not_compared if ref not in compared])  # met in another column
 
 
 def _title(metric: Metric, agg, unit: str | None = None, note: str = "") -> str:
