@@ -718,6 +718,17 @@ class Trainer:
             out["error_min"] = min(errors + [test["error"]])
         return out
 
+    def _protocol(self) -> dict[str, str]:
+        """The protocol the test metrics were measured under (``bench.protocol``), as a report derives
+        it from the spec: recorded so that a reader of result.json alone sees it."""
+        from bench.env import device_name
+        from bench.protocol import of_record
+
+        row = {"dataset": self.spec.dataset, "train.restore_best": self.train.get("restore_best", True),
+               "env.device_kind": self.device.type, "env.device_name": device_name(self.device),
+               **{f"data_config.{k}": v for k, v in self.spec.data_config.items()}}
+        return asdict(of_record(row))
+
     def _evaluated_weights(self) -> contextlib.AbstractContextManager:
         """The weights evaluations see: the Polyak average when it is on, else the live ones."""
         return self.polyak.swapped_in() if self.polyak is not None else contextlib.nullcontext()
@@ -822,7 +833,7 @@ class Trainer:
             "seconds_per_step": s.train_seconds / max(1, s.step), "wall_seconds": time.perf_counter() - wall,
             "params": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
             "peak_memory_mb": peak_memory_mb(self.device), "resumes": s.resumes, "world_size": self.dist.world,
-            "compiled_blocks": self.compiled_blocks,
+            "compiled_blocks": self.compiled_blocks, "protocol": self._protocol(),
             "data": {"notes": self.data.info.notes, "n_train": len(self.data.train), "n_val": len(self.data.val),
                      "n_test": len(self.data.test)},
         }

@@ -113,9 +113,12 @@ def test_test_center_is_the_bin_centre_test_of_the_same_weights(write_suite, tmp
     results = {}
     for dequantize, centre in (("uniform", "true"), ("center", "false")):
         spec = load_suite(write_suite(DIGITS.format(dequantize=dequantize, centre=centre), dequantize)).runs()[0]
-        results[dequantize] = run_one(spec, RunRecord(tmp_path, spec.suite, spec.run_id), device="cpu",
-                                      progress=False)["test"]
+        record = RunRecord(tmp_path, spec.suite, spec.run_id)
+        results[dequantize] = run_one(spec, record, device="cpu", progress=False)["test"]
+        written = record.read_result() if dequantize == "uniform" else written
     assert results["uniform"]["bpd_center"] == results["center"]["bpd"]
+    assert written["protocol"] == {"dims": "1x8x8", "dequantize": "uniform", "checkpoint": "best_val",
+                                   "device": written["env"]["device_name"]}
     assert results["uniform"]["nll_center"] == results["center"]["nll"]
     assert results["uniform"]["bpd"] != results["uniform"]["bpd_center"] and "bpd_center" not in results["center"]
 
