@@ -23,15 +23,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape,hp", CASES, ids=lambda c: str(c))
-def test_log_prob_is_the_change_of_variables(flowcheck, shape, hp):
-    model = flowcheck.prepared(build, shape, **hp)
+# FFJORD's tabular Glow (glow_ffjord: rtqichen/ffjord train_discrete_tabular.py --glow) beside ours
+FFJORD_CASES = [((2,), dict(n_blocks=3, hidden=[16, 16])), ((5,), dict(n_blocks=4, hidden=[16, 16])),
+                ((6,), dict(n_blocks=2, hidden=[8, 12, 8]))]
+BUILT = [(build, shape, hp) for shape, hp in CASES] + [(build_ffjord_tabular, shape, hp) for shape, hp in FFJORD_CASES]
+
+
+@pytest.mark.parametrize("builder,shape,hp", BUILT, ids=lambda c: getattr(c, "__name__", str(c)))
+def test_log_prob_is_the_change_of_variables(flowcheck, builder, shape, hp):
+    model = flowcheck.prepared(builder, shape, **hp)
     flowcheck.change_of_variables(model, shape)
 
 
-@pytest.mark.parametrize("shape,hp", CASES, ids=lambda c: str(c))
-def test_inverse_and_samples(flowcheck, shape, hp):
-    model = flowcheck.prepared(build, shape, **hp)
+@pytest.mark.parametrize("builder,shape,hp", BUILT, ids=lambda c: getattr(c, "__name__", str(c)))
+def test_inverse_and_samples(flowcheck, builder, shape, hp):
+    model = flowcheck.prepared(builder, shape, **hp)
     flowcheck.inverse_and_samples(model, shape)
 
 
@@ -125,22 +131,6 @@ def test_short_run_on_digits_gives_finite_bits_per_dim_below_uniform(digits_run,
 
 
 # -- glow_ffjord: FFJORD's tabular Glow (rtqichen/ffjord train_discrete_tabular.py --glow) ----------------
-FFJORD_CASES = [((2,), dict(n_blocks=3, hidden=[16, 16])), ((5,), dict(n_blocks=4, hidden=[16, 16])),
-                ((6,), dict(n_blocks=2, hidden=[8, 12, 8]))]
-
-
-@pytest.mark.parametrize("shape,hp", FFJORD_CASES, ids=lambda c: str(c))
-def test_ffjord_tabular_log_prob_is_the_change_of_variables(flowcheck, shape, hp):
-    model = flowcheck.prepared(build_ffjord_tabular, shape, **hp)
-    flowcheck.change_of_variables(model, shape)
-
-
-@pytest.mark.parametrize("shape,hp", FFJORD_CASES, ids=lambda c: str(c))
-def test_ffjord_tabular_inverse_and_samples(flowcheck, shape, hp):
-    model = flowcheck.prepared(build_ffjord_tabular, shape, **hp)
-    flowcheck.inverse_and_samples(model, shape)
-
-
 def test_ffjord_dense_map_starts_at_the_identity_and_its_log_det_is_brute_force(flowcheck):
     layer = DenseLinearFlow(4).double()
     torch.testing.assert_close(layer.weight.detach(), torch.eye(4, dtype=torch.float64))
