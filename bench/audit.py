@@ -120,7 +120,7 @@ def audit_suite(df: Any, suite: str, tolerances: Sequence[float] = DEFAULT_TOLER
     from tqdm.auto import tqdm
 
     from bench.report import prepare
-    from bench.store import load_model
+    from bench.models import load_model
 
     done = prepare(df, labels=labels).completed
     rows, skipped = [], []

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import FlowbenchError
+from bench.io import atomic_write_json
 from bench.metrics import headline_of
 from bench.retry import DEFAULT_RETRY, pending
 from bench.slurm import (ACTIVE_STATES, check_slurm_reachable, job_states, read_slurm_info, slurm_parameters,
                          still_queued)
 from bench.snapshot import running_code, snapshot_code
 from bench.spec import RunSpec
-from bench.store import RunRecord, atomic_write_json
+from bench.store import RunRecord
 
 __all__ = ["EXECUTORS", "SweepSummary", "RunJob", "run_inline", "run_local", "local_gpus", "submit", "wait",
            "slurm_view", "reconcile", "cancel", "resource_groups", "run_resources", "environment_has_slurm", "gpus_per_run", "pick_gpus",

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.store import load_model
+from bench.models import load_model
 
 __all__ = ["all_figures", "bars", "density_grid", "image_figures", "load_histories", "metric_vs", "nfe_over_training",
            "sample_grid", "save", "start_workers", "sweep", "sweep_points", "swept_keys", "to_images", "tolerances",

@@ -10,105 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.errors import FlowbenchError, did_you_mean
+from bench.errors import FlowbenchError
+from bench.forking import MAX_WORKERS, fork_pool, usable_cores
+from bench.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["acquire_claim", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "build_model",
-           "CACHE_VERSION", "Claim", "claim_alive", "CLAIM_FILE", "current_umask", "flatten", "heartbeat_seconds",
-           "load_model", "load_tensors", "PARALLEL_READS", "read_claim", "read_row", "RunClaimed", "RunRecord",
-           "scan", "SCAN_CACHE", "SPEC_FIELDS", "stale_seconds", "STATUSES", "UnreadableFile"]
+__all__ = ["acquire_claim", "CACHE_VERSION", "Claim", "claim_alive", "CLAIM_FILE", "flatten", "heartbeat_seconds",
+           "PARALLEL_READS", "read_claim", "read_row", "RunClaimed", "RunRecord", "scan", "SCAN_CACHE", "SPEC_FIELDS",
+           "stale_seconds", "STATUSES"]
 
 log = logging.getLogger("flowbench")
 
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process's umask now, read without widening it (Linux: /proc/self/status; elsewhere a brief
-    swap to 0o077 and back, under a lock)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _UMASK_LOCK:
-        mask = os.umask(0o077)
-        os.umask(mask)
-    return mask
-
 STATUSES = ("pending", "running", "completed", "failed", "timeout", "preempted", "diverged", "oom")
-
-
-def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync (unless told not to),
-    rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it: the user's umask decides
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno is not None and not err.filename:
-            raise type(err)(err.errno, err.strerror, str(path)) from None  # name the file (a full disk: EFBIG, ENOSPC)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str, allow_nan=True) + "\n").encode())
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-class UnreadableFile(ValueError):
-    """A weights or checkpoint file that cannot be loaded safely; the message is one line."""
-
-
-def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, so a
-    file that would run code when unpickled (a planted pickle) is refused, never executed.
-    Raises FileNotFoundError when absent, ``UnreadableFile`` (one line) for anything else."""
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - whatever the file holds, the caller gets one line
-        text = str(err)
-        if "WeightsUnpickler error:" in text:
-            detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
-            reason = f"not a plain weights file ({detail}); refused unread, as unpickling it could run code"
-        else:
-            first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-            reason = f"{type(err).__name__}: {first}"
-        raise UnreadableFile(reason[:300]) from None
 
 
 class RunRecord:
@@ -429,65 +347,6 @@ def acquire_claim(path: Path) -> Claim:
         tmp.unlink(missing_ok=True)
 
 
-def build_model(model: str, info: Any, config: dict[str, Any], where: str) -> Any:
-    """The model ``model`` for the data ``info`` (a ``DataInfo``) with the hyperparameters ``config``
-    (a run spec's ``model_config``, flat): the one way a run's model is built, for training
-    (``bench.train.Trainer``) and for rebuilding a finished run (``load_model``), so both build the
-    same model. Raises FlowbenchError naming ``where`` when the model is not registered or its
-    builder does not take one of the hyperparameters."""
-    from baselines.registry import call_builder, flat_signature, get_builder, model_names
-
-    try:
-        builder = get_builder(model)
-    except KeyError:
-        raise FlowbenchError(f'{where}: unknown model "{model}"{did_you_mean(model, model_names())}; a plug-in '
-                             "model needs its module imported first (a suite's plugins:)") from None
-    known = list(flat_signature(builder).parameters)[1:]
-    unknown = [key for key in config if key not in known]
-    if unknown:
-        raise FlowbenchError(f'{where}: model "{model}" takes no hyperparameter {", ".join(map(repr, unknown))}'
-                             f"{did_you_mean(str(unknown[0]), known)}; its code changed since the run was "
-                             "specified: re-run it with --force")
-    return call_builder(builder, info, config)
-
-
-def load_model(run_dir: str | os.PathLike, data_root: str | None = None) -> tuple[Any, Any]:
-    """Rebuild a completed run's model (best-validation weights, ``model.pt``) in eval mode; returns
-    (model, dataset). Raises FlowbenchError naming the run when its files are missing or do not fit.
-    Nothing the run folder names is imported: a plug-in model's module must be imported already."""
-    from bench.data import load_dataset
-
-    run_dir = Path(run_dir)
-    try:
-        spec = json.loads((run_dir / "spec.json").read_text())
-    except (OSError, ValueError) as err:
-        raise FlowbenchError(f"run {run_dir}: cannot read its spec.json ({type(err).__name__}: {err})") from None
-    try:
-        state = load_tensors(run_dir / "model.pt")
-    except FileNotFoundError:
-        raise FlowbenchError(f"run {run_dir}: no model.pt; only completed runs keep one") from None
-    except (OSError, UnreadableFile) as err:
-        raise FlowbenchError(f"run {run_dir}: cannot load model.pt ({err}); re-run it with --force") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise FlowbenchError(f"run {run_dir}: model.pt holds {type(state).__name__}, not the weights flowbench "
-                             "saves; re-run it with --force")
-    data = load_dataset(spec["dataset"], spec.get("data_config", {}), data_root)
-    config = state.get("model_config")
-    config = config if isinstance(config, dict) else spec.get("model_config", {})
-    if not isinstance(config, dict):
-        raise FlowbenchError(f"run {run_dir}: spec.json's model_config is {type(config).__name__}, not a mapping of "
-                             "hyperparameters; re-run it with --force")
-    model = build_model(str(spec.get("model")), data.info, config, f"run {run_dir}")
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise FlowbenchError(f"run {run_dir}: model.pt does not fit the model built from its spec ({first}); "
-                             "the model code changed since the run; re-run it with --force") from None
-    model.eval()
-    return model, data
-
-
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> one level with dotted keys; lists stay as values."""
     if not any(isinstance(v, dict) for v in obj.values()):  # the common case: already flat
@@ -603,8 +462,6 @@ def _read_many(dirs: list[str]) -> Callable[[], list[tuple[str, Any, Any]]]:
     Many records are read by forked worker processes (``bench.forking``), so the caller can import
     pandas meanwhile; otherwise they are read here when the result is asked for.
     """
-    from bench.forking import MAX_WORKERS, fork_pool, usable_cores
-
     workers = min(usable_cores(), MAX_WORKERS)
     pool = fork_pool(workers) if len(dirs) >= PARALLEL_READS else None
     if pool is None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
+from bench.io import atomic_write_json
 
 __all__ = ["TRACKERS", "STATE_FILE", "check_trackers", "require_installed", "add_trackers", "Trackers",
            "read_wandb_records", "wandb_history"]
@@ -297,8 +298,6 @@ class Trackers:
             return {}
 
     def _save_state(self, name: str, entry: dict[str, Any]) -> None:
-        from bench.store import atomic_write_json
-
         atomic_write_json(self.record.dir / STATE_FILE, {**self._state(), name: entry})
 
     def _start(self) -> None:

@@ -35,9 +35,11 @@ from baselines.shards import Shard, sharded
 from bench.data import Dataset, Split, load_dataset
 from bench.env import environment
 from bench.errors import FlowbenchError
+from bench.io import UnreadableFile, atomic_torch_save, load_tensors
 from bench.metrics import peak_memory_mb, reported_metrics
+from bench.models import build_model
 from bench.spec import RunSpec
-from bench.store import Claim, RunClaimed, RunRecord, UnreadableFile, atomic_torch_save, build_model, load_tensors
+from bench.store import Claim, RunClaimed, RunRecord
 from bench.trackers import Trackers
 
 __all__ = ["BACKENDS", "process_group_backend", "apply_numerics", "CheckpointMismatch", "ClaimLost", "Distributed", "Diverged", "evaluate",

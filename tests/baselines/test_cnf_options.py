@@ -122,9 +122,9 @@ def test_options_are_frozen():
 
 
 def test_the_harness_builds_a_cnf_model_from_flat_options_in_one_place():
-    # bench.store.build_model: what training and rebuilding a finished run both call
+    # bench.models.build_model: what training and rebuilding a finished run both call
     from bench.errors import FlowbenchError
-    from bench.store import build_model
+    from bench.models import build_model
 
     model = build_model("rnode", TABULAR, {"hidden": [8], "kinetic": 0.5, "first_step": 0.01}, "run r")
     assert model.kinetic == 0.5 and model.blocks[0].train_solver.first_step == 0.01

@@ -15,7 +15,7 @@ from bench.store import RunRecord, scan
 
 WRITER = """
 import sys
-from bench.store import atomic_write_json
+from bench.io import atomic_write_json
 path = sys.argv[1]
 payload = {"blob": "x" * 2_000_000}
 i = 0
@@ -161,7 +161,7 @@ def test_records_are_written_with_the_users_umask(results):
 @pytest.mark.parametrize("content", ["pickle", "torch.save", "random bytes"])
 def test_model_pt_that_is_not_plain_weights_is_refused_in_one_line(results, planted_pickle, content):
     from bench.errors import FlowbenchError
-    from bench.store import load_model
+    from bench.models import load_model
 
     rec = _record(results, "s", "a1", test={"nll": 1.5})
     if content == "random bytes":
