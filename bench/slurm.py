@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
-from bench.spec import parse_value
+from bench.fields import parse_value
 from bench.store import RunRecord
 
 __all__ = ["SLURM_OPTIONS", "SLURM_DEFAULTS", "ACTIVE_STATES", "parse_slurm_overrides", "slurm_parameters", "check_slurm_reachable", "SLURM_QUERIES", "QUERY_CHUNK", "job_states", "read_slurm_info", "UNKNOWN_GRACE_S", "still_queued"]

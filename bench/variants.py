@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import FlowbenchError, did_you_mean
+from bench.fields import check_train
+from bench.slurm import slurm_parameters
 
 __all__ = ["Axes", "combine", "fmt_value", "from_sets", "label_of", "matches", "optional_text", "parse_grid",
            "parse_match", "parse_settings", "parse_variants", "PLAIN", "row_label", "run_label", "SECTIONS",
@@ -145,8 +147,6 @@ def _checked(section: str, name: str, value: Any, where: str) -> Any:
     """A training value validated (and normalised: 1 -> 1.0 for a float field); others are checked per run."""
     if section != "train":
         return value
-    from bench.spec import check_train  # spec imports this module
-
     return check_train({name: value}, where)[name]
 
 
@@ -165,8 +165,6 @@ def slurm_resources(raw: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise FlowbenchError(f"{where}: expected a mapping of SLURM resources, e.g. {{gpus_per_node: 4}}, got {raw!r}")
-    from bench.slurm import slurm_parameters  # bench.slurm imports spec, which imports this module
-
     slurm_parameters(raw, where, defaults=False)
     return dict(raw)
 

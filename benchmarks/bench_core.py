@@ -77,7 +77,8 @@ def time_overhead(tmp: Path, model: str, hparams: dict, steps: int = 400, rounds
     """Seconds per step: the bare model step, and the same step inside bench.train.Trainer."""
     from baselines.registry import get_builder
     from bench.data import load_dataset
-    from bench.spec import RunSpec, TRAIN_DEFAULTS
+    from bench.fields import TRAIN_DEFAULTS
+    from bench.spec import RunSpec
     from bench.store import RunRecord
     from bench.train import Trainer
 

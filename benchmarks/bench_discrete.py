@@ -179,7 +179,8 @@ def make_trainer(model: str, hp: dict, kind: str, steps: int, tmp: Path, device:
     from bench.data import REGISTRY
     from bench.data.base import GENERATED
     from bench.data.registry import register_dataset
-    from bench.spec import TRAIN_DEFAULTS, RunSpec
+    from bench.fields import TRAIN_DEFAULTS
+    from bench.spec import RunSpec
     from bench.store import RunRecord
     from bench.train import Trainer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.base import GENERATED, SKLEARN, DataInfo, Dataset, NoFiles, Split, Status
-from bench.data.registry import REGISTRY, DatasetEntry, describe_datasets, register_dataset
+from bench.data.registry import REGISTRY, DatasetEntry, describe_datasets, register_dataset, resolve_data_options
 from bench.errors import FlowbenchError, did_you_mean
 
 __all__ = ["DataInfo", "Dataset", "DatasetEntry", "GENERATED", "NoFiles", "REGISTRY", "SKLEARN", "Split", "Status",
@@ -39,7 +39,7 @@ def load_dataset(name: str, options: dict[str, Any] | None = None, root: str | o
     """Load (once per process) the dataset ``name`` with its options (merged over the registered
     defaults) from ``root`` (else $FLOWBENCH_DATA; generated sets need none): a ``Dataset`` with
     ``info`` (what a model's builder reads) and the ``train``/``val``/``test`` splits.
-    Options are checked against the loader's declarations (as a suite's are, ``bench.spec``): an
+    Options are checked against the loader's declarations (``resolve_data_options``, as a suite's are): an
     unknown or out-of-range option is one FlowbenchError naming it.
 
     >>> data = load_dataset("moons", {"n_train": 500, "n_val": 100, "n_test": 200})
@@ -62,8 +62,6 @@ def load_dataset(name: str, options: dict[str, Any] | None = None, root: str | o
         raise FlowbenchError(f'unknown dataset "{name}"{did_you_mean(name, REGISTRY)}; '
                              "`flowbench list datasets` shows them all (a plug-in dataset needs its module imported "
                              "first: the suite's plugins:)")
-    from bench.spec import resolve_data_options  # (bench.spec imports this package)
-
     entry = REGISTRY[name]
     options = resolve_data_options(name, options or {}, f'load_dataset("{name}")')
     root_path = resolve_root(root)

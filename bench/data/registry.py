@@ -6,7 +6,8 @@ register several names. Everything else is read from the loader itself:
 
 * options, their defaults and their declared types and ranges come from its signature
   (``n_train: Count = 20_000``, ``Annotated[float, Range(0, 1)]``: ``baselines.constraints``), and
-  ``bench.spec`` checks a suite's values against them with ``constraints.conform``, as for models;
+  ``resolve_data_options`` here checks a suite's (or ``load_dataset``'s) values against them with
+  ``constraints.conform`` (``bench.fields.checked``), as ``bench.spec`` does for models;
 * ``files`` is the loader module's own file check, ``check(name, root) -> Status`` (what it expects,
   sizes or checksums, and how to get the files), or a ``NoFiles`` declaration (``GENERATED``,
   ``SKLEARN``) for data that is made rather than read; ``flowbench data verify`` calls it;
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from bench.data.base import KINDS, NoFiles, Status
+from bench import metrics
 from bench.errors import FlowbenchError, did_you_mean
+from bench.fields import checked
 
 __all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "DatasetEntry", "DatasetRegistry", "FileCheck", "REGISTRY",
-           "register_dataset", "describe_datasets"]
+           "register_dataset", "describe_datasets", "resolve_data_options"]
 
 ENTRY_POINT_GROUP = "flowbench.datasets"
 # the modules whose loaders register the built-in datasets (imported on first use of the registry)
@@ -166,8 +169,6 @@ def _check_signature(loader: Callable, name: str) -> None:
 
 def _metric_name(metric: Any, name: str) -> str:
     """The headline metric's name; a new ``Metric`` is added to ``bench.metrics.METRICS``."""
-    from bench import metrics
-
     if isinstance(metric, metrics.Metric):
         declared = dataclasses.replace(metric, suite_metric=True)
         known = metrics.METRICS.get(metric.name)
@@ -263,6 +264,20 @@ class DatasetRegistry(Mapping[str, DatasetEntry]):
 
 
 REGISTRY = DatasetRegistry()
+
+
+def resolve_data_options(dataset: str, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Dataset options with the loader's defaults filled in, each checked against its declaration
+    (the loader's signature, read by ``REGISTRY``: type and range; an undeclared option is only
+    kept sane)."""
+    entry = REGISTRY[dataset]
+    out = dict(entry.options)
+    for key, value in options.items():
+        if key not in entry.options:
+            raise FlowbenchError(f'{where}: dataset "{dataset}" has no option "{key}"'
+                                 f"{did_you_mean(str(key), entry.options)}")
+        out[key] = checked(value, entry.checks.get(key, Any), f"{where}.{key}")
+    return out
 
 
 def describe_datasets() -> dict[str, tuple[str, str]]:

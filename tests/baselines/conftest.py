@@ -96,7 +96,8 @@ def short_run(tmp_path):
     a real harness run (RunSpec, RunRecord, run_one) on 8gaussians into a temporary results folder."""
     from baselines.registry import get_builder
     from bench.data import load_dataset
-    from bench.spec import TRAIN_DEFAULTS, RunSpec
+    from bench.fields import TRAIN_DEFAULTS
+    from bench.spec import RunSpec
     from bench.store import RunRecord
     from bench.train import evaluate, run_one
 

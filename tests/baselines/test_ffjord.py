@@ -108,7 +108,8 @@ def _blowup(data) -> VectorCNF:
 
 def test_solver_underflow_marks_the_run_diverged(tmp_path):
     """8gaussians points sit at radius ~2: z' = 10 z^2 blows up long before t = 1."""
-    from bench.spec import TRAIN_DEFAULTS, RunSpec
+    from bench.fields import TRAIN_DEFAULTS
+    from bench.spec import RunSpec
     from bench.store import RunRecord
     from bench.train import run_one
 

@@ -11,7 +11,8 @@ from baselines.base import evaluation_phase
 from baselines.cnf import CNF
 from baselines.registry import get_builder
 from bench.data.base import DataInfo
-from bench.spec import MODEL_RUN_ID_OPTIONAL, SUITES_DIR, RunSpec, load_suite
+from bench.fields import MODEL_RUN_ID_OPTIONAL
+from bench.spec import SUITES_DIR, RunSpec, load_suite
 from bench.store import RunRecord
 from bench.train import run_one
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from bench.errors import FlowbenchError
-from bench.spec import TRAIN_DEFAULTS, RunSpec, load_suite, parse_only, parse_sets
+from bench.fields import TRAIN_DEFAULTS
+from bench.spec import RunSpec, load_suite, parse_only, parse_sets
 
 BASE = """
 datasets: [8gaussians, moons]
@@ -103,7 +104,8 @@ SMOKE_IDS = {"realnvp/8gaussians/seed0": "e5912c8b0fc7", "ffjord/moons/seed0": "
 
 
 def test_shipped_run_ids_survive_new_fields_at_their_default():
-    from bench.spec import RUN_ID_OPTIONAL, SUITES_DIR
+    from bench.fields import RUN_ID_OPTIONAL
+    from bench.spec import SUITES_DIR
 
     runs = {r.label: r for r in load_suite(SUITES_DIR / "smoke.yaml").runs()}
     assert {label: runs[label].run_id for label in SMOKE_IDS} == SMOKE_IDS

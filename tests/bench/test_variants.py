@@ -10,7 +10,8 @@ import pytest
 
 from bench import variants
 from bench.errors import FlowbenchError
-from bench.spec import RUN_ID_OPTIONAL, RunSpec, load_suite, parse_only
+from bench.fields import RUN_ID_OPTIONAL
+from bench.spec import RunSpec, load_suite, parse_only
 
 BASE = """
 datasets: [8gaussians, moons]
