@@ -437,6 +437,7 @@ def test_solve_limits_step_size_floor(adjoint):
 
 
 @pytest.mark.parametrize("divergence, regularize", [("exact", False), ("hutchinson", False), ("exact", True)])
+@pytest.mark.slow
 def test_compiled_dynamics_give_the_eager_gradients_and_nfe(divergence, regularize):
     """compile_dynamics swaps in torch.compile'd divergence terms: through the adjoint (which keeps each
     evaluation's graph) it gives the eager model's loss, gradients and NFE. The aot_eager backend

@@ -158,6 +158,7 @@ def torchdiffeq_reads(block: CNF, state: tuple[torch.Tensor, ...]) -> tuple[floa
 
 
 @pytest.mark.parametrize("family", sorted(CNFS))
+@pytest.mark.slow
 def test_cnf_steps_read_the_host_no_more_than_torchdiffeq_plus_a_constant_a_solve(family, monkeypatch):
     shape, hparams, classes = CNFS[family]
     model, step = _built(family, shape, hparams, classes)

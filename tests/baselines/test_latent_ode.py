@@ -196,6 +196,7 @@ def test_nfe_counts_and_resets(data):
 
 
 @pytest.mark.parametrize("model,targets", [("latent_ode", "direction"), ("latent_ode_partitioned", "all")])
+@pytest.mark.slow
 def test_short_harness_run_improves_the_fit(short_run, model, targets):
     before, result = short_run(model, {}, steps=100, dataset="spirals", batch_size=64, lr=1e-2,
                                data_config={**SMALL, "targets": targets}, metric="mse")

@@ -121,6 +121,7 @@ def test_tolerance_rules():
         check.parse_tolerances(["nll"])
 
 
+@pytest.mark.slow
 def test_smoke_suite_reproduces_its_pinned_numbers(tmp_path, capsys):
     """The project's CI gate: `flowbench run smoke` then `flowbench check smoke` against the committed
     baselines/pinned/smoke.csv, paired by seed: the same code gives the same numbers (`=`) on every

@@ -34,12 +34,14 @@ def _verdicts(shift: float, sd: float, n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.mark.parametrize("sd, n", [(0.02, 3), (0.05, 5), (0.2, 3)])
+@pytest.mark.slow
 def test_unchanged_populations_regress_at_most_alpha_of_the_time(sd, n):
     verdicts = _verdicts(0.0, sd, n)
     assert verdicts.count("regressed") <= ALPHA * DRAWS
 
 
 @pytest.mark.parametrize("sd, n", [(0.02, 3), (0.05, 5), (0.2, 3)])
+@pytest.mark.slow
 def test_a_shift_of_twice_the_tolerance_passes_at_most_alpha_of_the_time(sd, n):
     verdicts = _verdicts(2 * TOL, sd, n, seed=1)
     assert verdicts.count("ok") <= ALPHA * DRAWS
@@ -88,6 +90,7 @@ train: {max_steps: 20, batch_size: 128, lr: 5e-3, eval_every: 10}
 """
 
 
+@pytest.mark.slow
 def test_real_runs_equal_regressed_and_other_seeds(write_suite, tmp_path, capsys):
     suite = write_suite(SUITE, "g")
     pinned, first, again = tmp_path / "pinned", tmp_path / "first", tmp_path / "again"

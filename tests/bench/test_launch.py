@@ -15,6 +15,7 @@ from tiny_suites import REALNVP_MOONS as SUITE
 from tiny_suites import SIX_SEEDS as SIX_RUNS
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(write_suite, tmp_path):
     """torch.distributed over submitit's tasks: each process takes half of every batch and the
     gradients are averaged, so the run follows the single-process run on the same global batch."""
@@ -36,6 +37,7 @@ def test_two_processes_train_like_one(write_suite, tmp_path):
 
 
 @pytest.mark.parametrize("processes", [2, 6])
+@pytest.mark.slow
 def test_concurrent_runs_train_each_run_exactly_once(write_suite, tmp_path, processes):
     """Several `flowbench run`s on one suite and folder: each run is claimed by one of them, trained
     once (counted from what every process says it trained), completed, with an unbroken history."""
@@ -242,6 +244,7 @@ def build(data, hidden: int = 8):
 '''
 
 
+@pytest.mark.slow
 def test_local_jobs_bound_the_runs_alive_at_once(write_suite, tmp_path, monkeypatch):
     """--jobs 2 over three runs: never more than two run processes alive, two at some point, and
     the two alive at once hold different GPUs (CUDA_VISIBLE_DEVICES round-robin over the slots)."""

@@ -73,6 +73,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_a_new_users_outputs_go_where_the_readme_says(workdir, capsys):
     package = {PINNED_DIR: _snapshot(PINNED_DIR), SUITES_DIR: _snapshot(SUITES_DIR)}
     repo_reports = _snapshot(SUITES_DIR.parent / "reports")

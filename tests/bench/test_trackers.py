@@ -105,6 +105,7 @@ def _close(got: list[tuple[int, float]], want: list[tuple[int, float]], key: str
         assert a == pytest.approx(b, rel=1e-5, abs=1e-9), (tracker, key)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_the_same_tracker_runs_without_repeating_a_step(write_suite, tmp_path):
     path = write_suite(SUITE.replace("MAX", "300"))
     spec = load_suite(path).runs()[0]

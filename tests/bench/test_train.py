@@ -53,6 +53,7 @@ def _run_cli(path, results):
                              "--quiet", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_continues_its_history(write_suite, tmp_path, capsys):
     path = write_suite(TINY.replace("max_steps: 400", "max_steps: 1500"))
     spec = load_suite(path).runs()[0]
@@ -374,6 +375,7 @@ variants:
 """
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_finish_is_stopped_within_its_budget(write_suite, results, capsys):
     """FFJORD at lr 1e4, seed 2: after one step the dynamics are so stiff that one dopri5 solve ran
     for minutes (and grew to 24 GB before the kernel killed the sweep). Its solves are now bounded:

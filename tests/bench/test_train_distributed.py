@@ -115,6 +115,7 @@ def same_run(single: dict, multi: dict, rel: float | None = 1e-4) -> None:
 
 
 @pytest.mark.parametrize("model", sorted(FAMILIES))
+@pytest.mark.slow
 def test_two_processes_make_the_single_process_run(model, tmp_path):
     dataset, options = FAMILIES[model]
     # micro-batches: each process holds its rows of each part. Glow needs them here: a batch that
@@ -176,6 +177,7 @@ SKEWED_CLOCK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("model, steps", [("realnvp", 3), ("ffjord", 2)])
+@pytest.mark.slow
 def test_ranks_stop_together_when_one_clock_runs_ahead(model, steps, tmp_path):
     """One process past the budget: its step's all-reduce carries the flag (RealNVP: the step budget,
     checked by each process's clock), or the solver's step does (FFJORD: the deadline inside an ODE
@@ -203,6 +205,7 @@ STOP_AT_3 = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("world", [1, 3])
+@pytest.mark.slow
 def test_a_checkpoint_of_two_processes_resumes_on_one_or_three(world, tmp_path):
     """Two processes stopped at step 3 (a stop request in one of them: both checkpoint, through rank 0),
     resumed by ``world`` processes: the run one process makes uninterrupted."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
@@ -25,6 +27,7 @@ def rows(stdout: str) -> dict[str, list[str]]:
     return {c[0]: c[1:] for c in cells}
 
 
+@pytest.mark.slow
 def test_a_check_on_the_cpu_is_an_ok_row_of_the_table(tmp_path):
     out = tmp_path / "gpu.md"
     proc = gpu_check("--device", "cpu", "--only", "train-glow,bench-cnf-official", "--out", str(out))

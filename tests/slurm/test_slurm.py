@@ -88,6 +88,7 @@ def _until(predicate, timeout: float, what: str, every: float = 0.25) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.slow
 def test_array_completes_and_matches_inline(slurm_cluster, write_suite, tmp_path, capsys):
     path = write_suite(SUITE)
     assert main(["run", str(path), "--executor", "slurm", "--results", str(tmp_path / "slurm"),
@@ -123,6 +124,7 @@ def test_array_completes_and_matches_inline(slurm_cluster, write_suite, tmp_path
     assert "nothing submitted" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_suite, tmp_path, capsys):
     # SLURM's own --signal fires with up to 60 s of slack (measured here: ~7 s into a 1-minute job),
     # so the test sends the end-of-allocation signal itself, early, exactly as slurmctld would.
@@ -166,6 +168,7 @@ def test_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_suite, tmp
     assert len(resubmitted) <= 2, resubmitted
 
 
+@pytest.mark.slow
 def test_scancel_is_reported_and_rerun_resubmits(slurm_cluster, write_suite, tmp_path, capsys):
     path = write_suite(LONG.replace("TIMEOUT", "10"))
     spec = load_suite(path).runs()[0]
@@ -228,6 +231,7 @@ slurm: {timeout_min: 5, cpus_per_task: 1, mem_gb: 1, additional: {hold: true}}
 """
 
 
+@pytest.mark.slow
 def test_a_queued_task_runs_the_code_of_its_submission(slurm_cluster, write_suite, tmp_path):
     """Submitted on hold from a checkout, which is then edited (a bench module, and the plugin's width
     constant): the released task runs the snapshot taken at submission, and says so."""

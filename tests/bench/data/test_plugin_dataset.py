@@ -144,6 +144,7 @@ def test_a_plugin_dataset_is_listed_verified_loaded_and_run(plugin, capsys):
     assert json.loads(record.spec_path.read_text())["data_config"] == spec.data_config
 
 
+@pytest.mark.slow
 def test_a_plugin_dataset_runs_in_worker_processes(plugin):
     """The worker imports the suite's plugins from spec.json before loading the data."""
     suite = _write(plugin, SUITE)
