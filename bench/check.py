@@ -434,14 +434,11 @@ def _ungate_other_devices(merged, pinned, current, gate_time: bool = False):
     """Time rows whose pinned and current devices differ (or are unknown) become ``info``, unless
     ``gate_time``."""
     def devices(table, prefix: str):
-        cols = {"device_kind": f"{prefix}_device", "device_name": f"{prefix}_device_name"}
-        frame = table[KEYS].drop_duplicates().assign(**{v: "" for v in cols.values()})
-        if "device_kind" in table:
-            frame = table[[*KEYS, *[c for c in cols if c in table]]].drop_duplicates(KEYS).rename(columns=cols)
-            for v in cols.values():
-                if v not in frame:
-                    frame[v] = ""
-        return frame
+        """Per row key: the device kind and name the table states ("" where it has no such column)."""
+        frame = table[KEYS].copy()
+        frame[f"{prefix}_device"] = table["device_kind"] if "device_kind" in table else ""
+        frame[f"{prefix}_device_name"] = table["device_name"] if "device_name" in table else ""
+        return frame.drop_duplicates(KEYS)
 
     merged = merged.merge(devices(pinned, "pinned"), on=KEYS, how="left").merge(
         devices(current, "current"), on=KEYS, how="left")

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["differences", "FIELDS", "of_published", "of_record", "Protocol", "shape_text"]
+__all__ = ["differences", "FIELDS", "of_published", "of_record", "of_spec", "Protocol", "shape_text"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,13 @@ def of_record(row: Mapping[str, Any]) -> Protocol:
         checkpoint = "best_test" if _value(options, "n_val") == 0 else "best_val"
     kind, name = _value(row, "env.device_kind", ""), _value(row, "env.device_name", "")
     return Protocol(shape_text(shape), dequantize, checkpoint, str(name or kind or ""))
+
+
+def of_spec(dataset: str, data_config: Mapping[str, Any], train: Mapping[str, Any], device: str = "") -> Protocol:
+    """A run's protocol from its resolved spec (``of_record`` on the columns a scan would read)."""
+    row = {"dataset": dataset, "train.restore_best": train.get("restore_best", True), "env.device_name": device,
+           **{f"data_config.{k}": v for k, v in data_config.items()}}
+    return of_record(row)
 
 
 def of_published(row: Mapping[str, Any]) -> Protocol:

@@ -226,8 +226,12 @@ def _with_center_rows(done):
 
     if done.empty or "headline_field" not in done:
         return done
-    centre = [pd.to_numeric(done[f"test.{f}_center"], errors="coerce").iat[i]
-              if f"test.{f}_center" in done else float("nan") for i, f in enumerate(done["headline_field"])]
+    centre = pd.Series(float("nan"), index=done.index)
+    for field in done["headline_field"].unique():  # one column read per headline field, not per record
+        column = f"test.{field}_center"
+        if column in done:
+            rows = done["headline_field"] == field
+            centre[rows] = pd.to_numeric(done.loc[rows, column], errors="coerce")
     extra = done.assign(headline=centre, centre_copy=True, **{"data_config.dequantize": "center"})
     extra = extra[extra["headline"].notna()]
     return pd.concat([done, extra], ignore_index=True) if len(extra) else done
@@ -249,7 +253,12 @@ def protocol_columns(records: Records, centre: bool = False) -> Records:
             return df
         wanted = [c for c in df.columns if c == "dataset" or c.startswith(("data_config.", "train.restore_best",
                                                                           "env.device_"))]
-        protocols = [of_record(r) for r in df[wanted].to_dict("records")]
+        keys = list(df[wanted].astype(str).itertuples(index=False, name=None))
+        unique = {k: None for k in keys}  # runs of one grid share a protocol: derive each once
+        for key, row in zip(keys, df[wanted].to_dict("records")):
+            if unique[key] is None:
+                unique[key] = of_record(row)
+        protocols = [unique[k] for k in keys]
         native = {d: shape_text(REGISTRY[d].shape) if d in REGISTRY else "" for d in set(df["dataset"])}
         labels = [column_label(d, p, native[d]) for d, p in zip(df["dataset"], protocols)]
         extra = {f"protocol.{k}": [getattr(p, k) for p in protocols] for k in PROTOCOL_FIELDS}

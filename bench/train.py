@@ -124,9 +124,12 @@ class Distributed:
         dist.all_reduce(t)
         return t.tolist()
 
-    def shard(self, total: int, device: torch.device | str) -> Shard | None:
-        """This process's rows of a global batch of ``total`` rows (None when alone)."""
-        return Shard(self.rank, self.world, total, str(device)) if self.world > 1 else None
+    def shard(self, total: int, device: torch.device | str, start: int | None = None) -> Shard | None:
+        """This process's rows of a global batch of ``total`` rows, from row ``start`` (its rank
+        by default) every ``world`` rows (None when alone)."""
+        if self.world == 1:
+            return None
+        return Shard(self.rank if start is None else start, self.world, total, str(device))
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers into every process's ``module`` (identity when alone)."""
@@ -605,8 +608,8 @@ class Trainer:
                 continue
             lo = first + (rank - first) % world  # this process's first global row in the part
             mine = slice((lo - rank) // world, (lo - rank) // world + len(range(lo, first + size, world)))
-            shard = Shard(lo - first, world, size, str(self.device)) if world > 1 else None
-            out.append((x[mine], None if y is None else y[mine], shard, (mine.stop - mine.start) / total))
+            out.append((x[mine], None if y is None else y[mine], self.dist.shard(size, self.device, lo - first),
+                        (mine.stop - mine.start) / total))
             first += size
         return out
 
@@ -714,8 +717,7 @@ class Trainer:
             center = self._evaluate(self.data.test, None, seed=10_000, phase="test", test_dequantize="center")
             out.update({f"{k}_center": v for k, v in center.items() if k.startswith(("nll", "bpd"))})
         errors = [row["val_error"] for row in self.state.history if row.get("val_error") is not None]
-        whole_test = self.data.val.x is self.data.test.x or (
-            len(self.data.val) == len(self.data.test) and self.data.val.x.data_ptr() == self.data.test.x.data_ptr())
+        whole_test = self.data.val.x.data_ptr() == self.data.test.x.data_ptr()  # n_val 0: one split, two names
         if errors and whole_test and not self.train["eval_max_examples"] and "error" in test:
             out["error_min"] = min(errors + [test["error"]])
         return out
@@ -724,12 +726,9 @@ class Trainer:
         """The protocol the test metrics were measured under (``bench.protocol``), as a report derives
         it from the spec: recorded so that a reader of result.json alone sees it."""
         from bench.env import device_name
-        from bench.protocol import of_record
+        from bench.protocol import of_spec
 
-        row = {"dataset": self.spec.dataset, "train.restore_best": self.train.get("restore_best", True),
-               "env.device_kind": self.device.type, "env.device_name": device_name(self.device),
-               **{f"data_config.{k}": v for k, v in self.spec.data_config.items()}}
-        return asdict(of_record(row))
+        return asdict(of_spec(self.spec.dataset, self.spec.data_config, self.train, device_name(self.device)))
 
     def _evaluated_weights(self) -> contextlib.AbstractContextManager:
         """The weights evaluations see: the Polyak average when it is on, else the live ones."""

@@ -9,7 +9,7 @@ import pytest
 from report_records import write_spec_run
 
 from bench import report
-from bench.protocol import Protocol, differences, of_record
+from bench.protocol import Protocol, differences, of_record, of_spec
 from bench.published import index, load_published
 from bench.spec import load_suite, suite_names
 from bench.store import scan
@@ -79,9 +79,7 @@ def test_every_published_row_a_shipped_suite_meets_has_the_suites_protocol():
     found: dict[tuple[str, str, str], str] = {}
     for name in suite_names():
         for spec in load_suite(name).runs(check_models=False):
-            row = {"dataset": spec.dataset, "train.restore_best": spec.train.get("restore_best", True),
-                   **{f"data_config.{k}": v for k, v in spec.data_config.items()}}
-            ours = of_record(row)
+            ours = of_spec(spec.dataset, spec.data_config, spec.train)
             offered = [ours]
             if spec.train.get("test_center"):
                 offered.append(dataclasses.replace(ours, dequantize="center"))
